@@ -1,0 +1,124 @@
+//! Wire types for the two events an LLM application posts.
+//!
+//! Field names follow the original StreamLens so existing clients keep working. A value of
+//! these types has passed [`crate::validation`]; services never build one from unchecked input.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use validator::Validate;
+
+use crate::validation::{identifier, request_id, small_object};
+
+/// The largest token count a single event may report.
+pub const MAX_TOKENS: u64 = 100_000_000;
+
+/// Posted when an application calls a model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Validate)]
+pub struct RequestEvent {
+    #[validate(custom(function = request_id))]
+    pub request_id: String,
+    #[validate(custom(function = identifier))]
+    pub tenant_id: String,
+    #[validate(custom(function = identifier))]
+    pub route: String,
+    #[validate(custom(function = identifier))]
+    pub model: String,
+    #[serde(
+        deserialize_with = "crate::validation::rfc3339",
+        serialize_with = "crate::validation::write_rfc3339"
+    )]
+    pub timestamp: DateTime<Utc>,
+    #[validate(range(max = MAX_TOKENS, message = "must be at most 100000000"))]
+    pub prompt_tokens: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[validate(length(min = 1, max = 128, message = "must be 1 to 128 characters"))]
+    pub user_id_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[validate(custom(function = small_object))]
+    pub metadata: Option<Map<String, Value>>,
+}
+
+/// Posted when the model call returns or fails.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Validate)]
+pub struct ResponseEvent {
+    #[validate(custom(function = request_id))]
+    pub request_id: String,
+    #[serde(
+        deserialize_with = "crate::validation::rfc3339",
+        serialize_with = "crate::validation::write_rfc3339"
+    )]
+    pub timestamp: DateTime<Utc>,
+    pub latency_ms: u64,
+    #[validate(range(max = MAX_TOKENS, message = "must be at most 100000000"))]
+    pub completion_tokens: u64,
+    #[validate(length(min = 1, max = 64, message = "must be 1 to 64 characters"))]
+    pub finish_reason: String,
+    /// A non-empty error marks the call as failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[validate(length(max = 1024, message = "must be at most 1024 characters"))]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_to_first_token_ms: Option<u64>,
+    /// Prompt tokens served from the provider's cache. Following the OpenTelemetry GenAI
+    /// convention they are part of the request's `prompt_tokens` and priced at the cached rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[validate(range(max = MAX_TOKENS, message = "must be at most 100000000"))]
+    pub cached_prompt_tokens: Option<u64>,
+}
+
+impl ResponseEvent {
+    pub fn is_error(&self) -> bool {
+        self.error.as_deref().is_some_and(|e| !e.is_empty())
+    }
+}
+
+/// Either kind of event, as items of a batch carry them (`"type": "request" | "response"`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Request(RequestEvent),
+    Response(ResponseEvent),
+}
+
+impl Event {
+    pub fn request_id(&self) -> &str {
+        match self {
+            Event::Request(r) => &r.request_id,
+            Event::Response(r) => &r.request_id,
+        }
+    }
+
+    pub fn kind(&self) -> EventKind {
+        match self {
+            Event::Request(_) => EventKind::Request,
+            Event::Response(_) => EventKind::Response,
+        }
+    }
+
+    /// The JSON written to Kafka: the validated event, without any unknown input fields.
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256);
+        let written = match self {
+            Event::Request(r) => serde_json::to_writer(&mut out, r),
+            Event::Response(r) => serde_json::to_writer(&mut out, r),
+        };
+        // Serializing plain structs of strings, numbers and JSON maps cannot fail.
+        written.expect("events always serialize");
+        out
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    Request,
+    Response,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Request => "request",
+            EventKind::Response => "response",
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! What every StreamLens service shares.
+//!
+//! - [`events`]: the request and response events as they travel on the wire and on Kafka.
+//! - [`validation`]: turning untrusted JSON into events, naming every field that is wrong.
+//! - [`error`]: the one JSON error shape both HTTP APIs answer with.
+//! - [`settings`]: reading typed configuration from environment variables.
+//! - [`kafka`]: producer configuration, topic names and creation, the Java-compatible partitioner.
+//! - [`db`]: the Postgres pool and the embedded migrations.
+//! - [`telemetry`] and [`shutdown`]: logs and the stop signal.
+
+pub mod db;
+pub mod error;
+pub mod events;
+pub mod kafka;
+pub mod settings;
+pub mod shutdown;
+pub mod telemetry;
+pub mod validation;

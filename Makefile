@@ -1,0 +1,49 @@
+# StreamLens: `make run` and `make test` are all a newcomer needs.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+STACK := scripts/stack.sh
+# Variables for services and tests, from the local stack.
+STACK_ENV = eval "$$($(STACK) env)"
+
+.PHONY: run test stack-up stack-down build lint fmt bench bench-processor migrate
+
+## run: start Postgres and the broker, build and run the services on them
+run: stack-up
+	cargo build --release -p ingestion-api -p metrics-processor
+	@$(STACK_ENV); scripts/run.sh
+
+## test: start the local stack if needed and run every test
+test: stack-up
+	@$(STACK_ENV); \
+	export TEST_KAFKA_BROKERS=$$KAFKA_BROKERS TEST_DATABASE_URL=$$POSTGRES_DSN; \
+	cargo test --workspace
+
+stack-up:
+	@$(STACK) up
+
+stack-down:
+	@$(STACK) down
+
+migrate:
+	@$(STACK_ENV); cargo run --quiet -p common --bin streamlens-admin -- migrate
+
+build:
+	cargo build --workspace --all-targets
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	cargo fmt --all
+
+## bench: load harness against the local stack (figures for the README)
+bench: stack-up
+	cargo build --release -p ingestion-api -p loadgen
+	@$(STACK_ENV); scripts/bench.sh
+
+## bench-processor: the processor against a raw consumer on the same preloaded data
+bench-processor: stack-up
+	cargo build --release -p metrics-processor -p loadgen
+	@$(STACK_ENV); scripts/bench-processor.sh
+	cargo run --release -q -p metrics-processor --example join_state

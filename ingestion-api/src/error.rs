@@ -1,0 +1,103 @@
+//! Every way a request can fail, the status it gets and the JSON body that explains it.
+
+use axum::extract::rejection::BytesRejection;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use common::error::ErrorBody;
+use common::validation::FieldError;
+
+use crate::publisher::PublishError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 415: the body is not in a format this endpoint reads.
+    #[error("Content-Type must be {expected}")]
+    UnsupportedMediaType { expected: &'static str },
+    /// 413: the body is larger than the configured limit.
+    #[error("the body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    /// 413: a batch with more items than allowed.
+    #[error("a batch may hold at most {max} events, this one has {got}")]
+    TooManyItems { max: usize, got: usize },
+    /// 400: the body could not be read or is not JSON.
+    #[error("the body is not valid JSON: {0}")]
+    MalformedJson(String),
+    /// 400: JSON, but fields are missing or wrong; each one is named.
+    #[error("{} invalid", plural(.0.len()))]
+    Invalid(Vec<FieldError>),
+    /// 503: the broker did not acknowledge in time; nothing is claimed written.
+    #[error("the event was not written: {0}; retry later")]
+    Unavailable(PublishError),
+    /// 404
+    #[error("no such endpoint")]
+    NotFound,
+    /// 405
+    #[error("method not allowed on this endpoint")]
+    MethodNotAllowed,
+}
+
+fn plural(n: usize) -> String {
+    if n == 1 {
+        "1 field is".to_owned()
+    } else {
+        format!("{n} fields are")
+    }
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::PayloadTooLarge { .. } | ApiError::TooManyItems { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            ApiError::MalformedJson(_) | ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::UnsupportedMediaType { .. } => "unsupported_media_type",
+            ApiError::PayloadTooLarge { .. } | ApiError::TooManyItems { .. } => "payload_too_large",
+            ApiError::MalformedJson(_) => "malformed_json",
+            ApiError::Invalid(_) => "invalid_event",
+            ApiError::Unavailable(_) => "broker_unavailable",
+            ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+        }
+    }
+
+    /// Maps axum's body-reading failures: a body over the limit is a 413, anything else an
+    /// unreadable body.
+    pub fn from_body(rejection: BytesRejection, limit: usize) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge { limit }
+        } else {
+            ApiError::MalformedJson(rejection.body_text())
+        }
+    }
+
+    pub fn body(&self) -> ErrorBody {
+        let body = ErrorBody::new(self.code(), self.to_string());
+        match self {
+            ApiError::Invalid(fields) => body.with_fields(fields.clone()),
+            _ => body,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = Json(self.body());
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            (status, [(header::RETRY_AFTER, "1")], body).into_response()
+        } else {
+            (status, body).into_response()
+        }
+    }
+}

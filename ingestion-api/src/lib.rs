@@ -1,0 +1,19 @@
+//! StreamLens ingestion API.
+//!
+//! An LLM application posts a request event when it calls a model and a response event when
+//! the call returns; this service validates each one and answers `202` only once the Kafka
+//! broker has acknowledged the record.
+//!
+//! - [`settings`]: configuration from the environment.
+//! - [`startup`]: binds, connects, builds the router, runs until told to stop.
+//! - [`routes`]: the HTTP handlers (single events, batches, health, metrics, OpenAPI).
+//! - [`publisher`]: the durable write to Kafka, behind a trait so handlers can be tested alone.
+//! - [`error`]: how every failure becomes a status code and a JSON body.
+//! - [`telemetry`]: the Prometheus metrics this service exports.
+
+pub mod error;
+pub mod publisher;
+pub mod routes;
+pub mod settings;
+pub mod startup;
+pub mod telemetry;

@@ -1,0 +1,15 @@
+// mimalloc: the batch path allocates per event from several threads, where glibc malloc
+// spends much of its time on arena locks.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use ingestion_api::settings::Settings;
+use ingestion_api::startup::Application;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = Settings::from_env(common::settings::Env::process())?;
+    common::telemetry::init(settings.log_json);
+    let app = Application::build(settings).await?;
+    app.run_until_stopped(common::shutdown::signal()).await
+}

@@ -1,0 +1,289 @@
+//! `POST /v1/llm/request`, `POST /v1/llm/response` and `POST /v1/llm/batch`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::Json;
+use chrono::Utc;
+use common::error::FieldErrorBody;
+use common::events::{Event, EventKind};
+use common::validation::{self, FieldError};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use super::{AppState, REQUEST_ID};
+use crate::error::ApiError;
+use crate::publisher::{PublishError, Record};
+use crate::telemetry::{KindLabels, ReasonLabels};
+
+/// The answer to an accepted single event.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Accepted {
+    pub status: String,
+    pub request_id: String,
+}
+
+/// The answer to a batch: how many items were written, and which were not and why.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct BatchReport {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub accepted: usize,
+    /// Items that failed validation; not written.
+    pub rejected: Vec<ItemRejection>,
+    /// Valid items the broker did not acknowledge; not written, safe to send again.
+    pub failed: Vec<ItemFailure>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ItemRejection {
+    pub index: usize,
+    pub fields: Vec<FieldErrorBody>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ItemFailure {
+    pub index: usize,
+    pub request_id: String,
+    pub reason: String,
+}
+
+pub async fn post_request(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    single(state, headers, body, EventKind::Request).await
+}
+
+pub async fn post_response(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    single(state, headers, body, EventKind::Response).await
+}
+
+async fn single(
+    state: AppState,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    kind: EventKind,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    if content_type(&headers) != Some("application/json") {
+        return Err(ApiError::UnsupportedMediaType {
+            expected: "application/json",
+        });
+    }
+    let bytes = body.map_err(|r| ApiError::from_body(r, state.config.max_body_bytes))?;
+    let value: Value =
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+    let event = parse(&state, &value, kind).map_err(ApiError::Invalid)?;
+    let request_id = event.request_id().to_owned();
+    let record = state.record(&event, trace_id(&headers).map(Into::into));
+    match state.publish(std::slice::from_ref(&record)).await.pop() {
+        Some(Ok(())) => Ok((
+            StatusCode::ACCEPTED,
+            Json(Accepted {
+                status: "accepted".into(),
+                request_id,
+            }),
+        )),
+        Some(Err(e)) => Err(ApiError::Unavailable(e)),
+        None => Err(ApiError::Unavailable(PublishError::Refused(
+            "no result".into(),
+        ))),
+    }
+}
+
+pub async fn post_batch(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<BatchReport>), ApiError> {
+    let ndjson = match content_type(&headers) {
+        Some("application/json") => false,
+        Some("application/x-ndjson" | "application/ndjson" | "application/jsonl") => true,
+        _ => {
+            return Err(ApiError::UnsupportedMediaType {
+                expected: "application/json (an array of events) or application/x-ndjson",
+            })
+        }
+    };
+    let bytes = body.map_err(|r| ApiError::from_body(r, state.config.max_batch_bytes))?;
+    let items: Vec<&[u8]> = if ndjson {
+        bytes
+            .split(|b| *b == b'\n')
+            .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
+            .collect()
+    } else {
+        // Items stay raw slices of the body; each is parsed on its own below.
+        let array: Vec<&RawValue> = serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::MalformedJson(format!("{e} (a batch is a JSON array of events)"))
+        })?;
+        array.into_iter().map(|raw| raw.get().as_bytes()).collect()
+    };
+    if items.is_empty() {
+        let empty = FieldError::new("body", "a batch needs at least one event");
+        return Err(ApiError::Invalid(vec![empty]));
+    }
+    let max = state.config.max_batch_items;
+    if items.len() > max {
+        return Err(ApiError::TooManyItems {
+            max,
+            got: items.len(),
+        });
+    }
+
+    let mut report = BatchReport::default();
+    let mut records = Vec::with_capacity(items.len());
+    let mut positions = Vec::with_capacity(items.len());
+    let trace: Option<Arc<str>> = trace_id(&headers).map(Into::into);
+    let now = Utc::now();
+    for (index, item) in items.into_iter().enumerate() {
+        match validation::parse_event_bytes(item, now, &state.config.limits) {
+            Ok(event) => {
+                records.push(state.record(&event, trace.clone()));
+                positions.push(index);
+            }
+            Err(fields) => {
+                let kind = KindLabels {
+                    kind: declared_kind(item),
+                };
+                state.metrics.events_rejected.get_or_create(&kind).inc();
+                report.rejected.push(ItemRejection {
+                    index,
+                    fields: fields.into_iter().map(Into::into).collect(),
+                });
+            }
+        }
+    }
+
+    let results = state.publish(&records).await;
+    for ((index, record), result) in positions.into_iter().zip(&records).zip(results) {
+        match result {
+            Ok(()) => report.accepted += 1,
+            Err(e) => report.failed.push(ItemFailure {
+                index,
+                request_id: record.key.clone(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    let status = if !report.failed.is_empty() {
+        report.error = Some("broker_unavailable".into());
+        report.message = Some(format!(
+            "{} events were not written; send them again (duplicates are counted once)",
+            report.failed.len()
+        ));
+        StatusCode::SERVICE_UNAVAILABLE
+    } else if report.accepted == 0 {
+        report.error = Some("invalid_event".into());
+        report.message = Some("no event in the batch is valid".into());
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, Json(report)))
+}
+
+/// The `type` a rejected batch item claims, for the rejection metric.
+fn declared_kind(item: &[u8]) -> &'static str {
+    let value: Option<Value> = serde_json::from_slice(item).ok();
+    match value
+        .as_ref()
+        .and_then(|v| v.get("type"))
+        .and_then(Value::as_str)
+    {
+        Some("request") => "request",
+        Some("response") => "response",
+        _ => "unknown",
+    }
+}
+
+fn parse(state: &AppState, value: &Value, kind: EventKind) -> Result<Event, Vec<FieldError>> {
+    let (now, limits) = (Utc::now(), &state.config.limits);
+    let parsed = match kind {
+        EventKind::Request => validation::parse_request(value, now, limits).map(Event::Request),
+        EventKind::Response => validation::parse_response(value, now, limits).map(Event::Response),
+    };
+    if parsed.is_err() {
+        let labels = KindLabels {
+            kind: kind.as_str(),
+        };
+        state.metrics.events_rejected.get_or_create(&labels).inc();
+    }
+    parsed
+}
+
+/// The media type without parameters such as `charset`.
+fn content_type(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    Some(value.split(';').next().unwrap_or_default().trim())
+}
+
+fn trace_id(headers: &HeaderMap) -> Option<String> {
+    headers.get(REQUEST_ID)?.to_str().ok().map(str::to_owned)
+}
+
+impl AppState {
+    fn record(&self, event: &Event, trace_id: Option<Arc<str>>) -> Record {
+        Record {
+            kind: event.kind(),
+            key: event.request_id().to_owned(),
+            payload: event.to_json(),
+            trace_id,
+        }
+    }
+
+    /// Publishes and records the outcome in the metrics.
+    async fn publish(&self, records: &[Record]) -> Vec<Result<(), PublishError>> {
+        let started = Instant::now();
+        let results = self.publisher.publish(records).await;
+        self.metrics
+            .produce_duration
+            .observe(started.elapsed().as_secs_f64());
+        // Tallied here and added once per label: a batch holds thousands of records.
+        let (mut requests, mut responses) = (0, 0);
+        let mut errors: Vec<(&'static str, u64)> = Vec::new();
+        let mut first_error = None;
+        for (record, result) in records.iter().zip(&results) {
+            match result {
+                Ok(()) if record.kind == EventKind::Request => requests += 1,
+                Ok(()) => responses += 1,
+                Err(e) => {
+                    match errors.iter_mut().find(|(reason, _)| *reason == e.reason()) {
+                        Some((_, n)) => *n += 1,
+                        None => errors.push((e.reason(), 1)),
+                    }
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        let m = &self.metrics;
+        m.events_accepted
+            .get_or_create(&KindLabels { kind: "request" })
+            .inc_by(requests);
+        m.events_accepted
+            .get_or_create(&KindLabels { kind: "response" })
+            .inc_by(responses);
+        for (reason, n) in errors {
+            m.produce_errors
+                .get_or_create(&ReasonLabels { reason })
+                .inc_by(n);
+        }
+        if let Some(e) = first_error {
+            let failed = records.len() - (requests + responses) as usize;
+            tracing::warn!(error = %e, failed, "events not written");
+        }
+        results
+    }
+}

@@ -1,0 +1,45 @@
+//! Liveness, readiness, Prometheus metrics and the OpenAPI document.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use common::error::ErrorBody;
+use serde_json::json;
+
+use super::AppState;
+
+/// The service's OpenAPI document, kept beside the crate and embedded at build time.
+pub const OPENAPI: &str = include_str!("../../openapi.json");
+
+/// Liveness: the process answers. It does not touch the broker, so a broker outage does not
+/// get healthy API processes restarted.
+pub async fn live() -> impl IntoResponse {
+    Json(json!({"status": "ok"}))
+}
+
+/// Readiness: the broker answers and both input topics exist.
+pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
+    match state.publisher.ready().await {
+        Ok(()) => (StatusCode::OK, Json(json!({"status": "ready"}))).into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(ErrorBody::new("not_ready", reason)),
+        )
+            .into_response(),
+    }
+}
+
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+}
+
+pub async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+}

@@ -1,0 +1,137 @@
+//! Load through the ingestion API's HTTP endpoints.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+
+use crate::{events, Args};
+
+/// Batches of `--batch-size` typed events, `--concurrency` batches in flight.
+pub async fn batch(args: &Args) -> anyhow::Result<Value> {
+    let url = format!("{}/v1/llm/batch", args.text("url", "http://127.0.0.1:8080"));
+    let total = args.number("events", 100_000)?;
+    let size = args.number("batch-size", 500)?.max(1);
+    let concurrency = args.number("concurrency", 4)?.max(1);
+    let run = events::run_tag();
+    // Bodies are built before the clock starts: the figure is the service's, not ours.
+    let bodies: Vec<Vec<u8>> = (0..total)
+        .collect::<Vec<_>>()
+        .chunks(size)
+        .map(|chunk| {
+            let items: Vec<Value> = chunk.iter().map(|&i| events::typed(&run, i)).collect();
+            serde_json::to_vec(&items).unwrap_or_default()
+        })
+        .collect();
+    let bodies = Arc::new(bodies);
+    let next = Arc::new(AtomicUsize::new(0));
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (bodies, next, accepted, client, url) = (
+            bodies.clone(),
+            next.clone(),
+            accepted.clone(),
+            client.clone(),
+            url.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(body) = bodies.get(i) else { break };
+                let response = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await;
+                if let Ok(r) = response {
+                    if let Ok(report) = r.json::<Value>().await {
+                        let n = report["accepted"].as_u64().unwrap_or(0) as usize;
+                        accepted.fetch_add(n, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    for w in workers {
+        w.await?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let accepted = accepted.load(Ordering::Relaxed);
+    Ok(json!({
+        "mode": "batch",
+        "events": total,
+        "accepted": accepted,
+        "batch_size": size,
+        "concurrency": concurrency,
+        "seconds": seconds,
+        "events_per_sec": accepted as f64 / seconds,
+    }))
+}
+
+/// Single-event posts, `--concurrency` in flight, with latency percentiles.
+pub async fn single(args: &Args) -> anyhow::Result<Value> {
+    let base = args.text("url", "http://127.0.0.1:8080");
+    let total = args.number("requests", 10_000)?;
+    let concurrency = args.number("concurrency", 32)?.max(1);
+    let run = events::run_tag();
+    let next = Arc::new(AtomicUsize::new(0));
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (next, client, base, run) = (next.clone(), client.clone(), base.clone(), run.clone());
+        workers.push(tokio::spawn(async move {
+            let mut latencies =
+                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+            let mut accepted = 0usize;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    break;
+                }
+                let (path, body) = if i.is_multiple_of(2) {
+                    ("request", events::request(&run, i / 2))
+                } else {
+                    ("response", events::response(&run, i / 2))
+                };
+                let sent = Instant::now();
+                let response = client
+                    .post(format!("{base}/v1/llm/{path}"))
+                    .json(&body)
+                    .send()
+                    .await;
+                let micros = sent.elapsed().as_micros() as u64;
+                if response.is_ok_and(|r| r.status().as_u16() == 202) {
+                    accepted += 1;
+                }
+                latencies.saturating_record(micros.max(1));
+            }
+            (latencies, accepted)
+        }));
+    }
+    let mut latencies = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut accepted = 0;
+    for w in workers {
+        let (h, n) = w.await?;
+        latencies.add(h)?;
+        accepted += n;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let ms = |q: f64| latencies.value_at_quantile(q) as f64 / 1000.0;
+    Ok(json!({
+        "mode": "single",
+        "requests": total,
+        "accepted": accepted,
+        "concurrency": concurrency,
+        "seconds": seconds,
+        "requests_per_sec": accepted as f64 / seconds,
+        "p50_ms": ms(0.5),
+        "p99_ms": ms(0.99),
+    }))
+}

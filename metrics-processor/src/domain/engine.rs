@@ -1,0 +1,508 @@
+//! The processor's state for the partitions it owns, and the rules that make a restart or a
+//! rebalance count every event exactly once.
+//!
+//! Each input partition pair *i* (partition *i* of both topics) has its own joiner, windows and
+//! watermark (the minimum of its two inputs): both halves of a request are in the same pair,
+//! so a pair read from a backlog is never timed out by the progress of another. A flush closes the windows the watermark has
+//! passed and reports, per input partition, the offset consumed so far and the oldest offset
+//! still needed. The shell writes both, the closed windows and the timeout/orphan decisions in
+//! one transaction.
+//!
+//! After a restart the shell seeks each input partition to its oldest needed offset and tells
+//! the engine what the last commit stored ([`Committed`]). Records below the stored position
+//! are replays; the engine rebuilds its state from them but does not count again what that
+//! commit already wrote:
+//! - a pair whose two records were both consumed before the commit, in a window the commit's
+//!   watermark had closed, was written by it;
+//! - a timeout or orphan the commit wrote is in the stored decisions;
+//! - a half whose deadline (timestamp + TTL) the commit's watermark had passed was settled
+//!   and written before that commit, whatever its partner: it only rebuilds the memory of its
+//!   request id (its partner may lie below the resume offset and not be replayed at all).
+//!   This needs the TTL to be longer than a window plus its grace, so that a settled half's
+//!   window had closed too; [`EngineConfig::check`] insists on it.
+//!
+//! Everything else derived from replayed records was not written, and is counted now. A
+//! partition that is still replaying is not flushed: its stored position and watermark are
+//! what the rules above are measured against, and must stay as they are until it has caught up.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use common::events::Event;
+
+use super::join::{Ended, Joiner, Outcome, Sourced};
+use super::offsets::{Input, Source};
+use super::pricing::PricingTable;
+use super::watermark::Watermarks;
+use super::window::{Aggregate, WindowKey, Windows};
+
+#[derive(Debug, Clone, Copy)]
+pub struct EngineConfig {
+    /// How long a half waits for its partner, in event time.
+    pub ttl: TimeDelta,
+    /// How long after its end a window waits for stragglers before it is written.
+    pub grace: TimeDelta,
+    /// Processing time after which a silent partition stops holding the watermark back.
+    pub idle_after: TimeDelta,
+}
+
+impl EngineConfig {
+    /// The TTL must outlast a window and its grace (see the module documentation).
+    pub fn check(&self) -> Result<(), String> {
+        if self.ttl <= super::window::WINDOW + self.grace {
+            return Err(format!(
+                "the join TTL ({}s) must be longer than one minute plus the grace ({}s)",
+                self.ttl.num_seconds(),
+                self.grace.num_seconds()
+            ));
+        }
+        if self.grace < TimeDelta::zero() || self.idle_after <= TimeDelta::zero() {
+            return Err("the grace must not be negative and the idle time must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            ttl: TimeDelta::minutes(5),
+            grace: TimeDelta::seconds(2),
+            idle_after: TimeDelta::seconds(3),
+        }
+    }
+}
+
+/// What the last successful commit stored for one input partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    /// The next offset to consume after that commit.
+    pub position: i64,
+    /// The watermark whose closed windows that commit wrote.
+    pub watermark: Option<DateTime<Utc>>,
+}
+
+/// A timeout or orphan, written with the window rows so that a replay does not repeat it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub request_id: String,
+    pub ended: Ended,
+    pub source: Source,
+    /// The event time of the half it concerns.
+    pub at: DateTime<Utc>,
+}
+
+/// Something the shell acts on or counts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Goes to the dead-letter topic.
+    DeadLetter {
+        source: Source,
+        key: String,
+        reason: &'static str,
+    },
+    /// A contribution to a window that had already been written.
+    Late,
+    Duplicate,
+}
+
+/// Where an input partition stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub input: Input,
+    pub partition: i32,
+    /// The next offset to consume.
+    pub consumed: i64,
+    /// Where a restart must resume: the oldest offset still needed.
+    pub resume: i64,
+    /// The watermark whose closed windows this flush writes.
+    pub watermark: Option<DateTime<Utc>>,
+}
+
+/// One commit's worth of output.
+#[derive(Debug, Clone, Default)]
+pub struct Flush {
+    pub windows: Vec<(WindowKey, Aggregate)>,
+    pub decisions: Vec<Decision>,
+    pub positions: Vec<Position>,
+}
+
+#[derive(Debug, Clone)]
+struct Partition {
+    watermarks: Watermarks,
+    joiner: Joiner,
+    windows: Windows,
+    consumed: HashMap<Input, i64>,
+    committed: HashMap<Input, Committed>,
+    /// Stored decisions by request id: (timed out, orphaned).
+    decided: HashMap<String, (bool, bool)>,
+    /// Decisions made since the last flush.
+    decisions: Vec<Decision>,
+}
+
+#[derive(Debug)]
+pub struct Engine {
+    config: EngineConfig,
+    pricing: PricingTable,
+    partitions: HashMap<i32, Partition>,
+}
+
+impl Engine {
+    pub fn new(config: EngineConfig, pricing: PricingTable) -> Self {
+        debug_assert!(config.check().is_ok(), "{:?}", config.check());
+        Self {
+            config,
+            pricing,
+            partitions: HashMap::new(),
+        }
+    }
+
+    /// Takes ownership of partition pair `partition`, with what the last commit stored for
+    /// each of its two input partitions and the decisions it wrote for them. Returns where to
+    /// start reading each input partition.
+    pub fn assign(
+        &mut self,
+        partition: i32,
+        stored: [(Input, Option<(Committed, i64)>); 2],
+        decisions: Vec<Decision>,
+        now: DateTime<Utc>,
+    ) {
+        let mut state = Partition {
+            watermarks: Watermarks::new(self.config.idle_after),
+            joiner: Joiner::new(self.config.ttl),
+            windows: Windows::new(self.config.grace),
+            consumed: HashMap::new(),
+            committed: HashMap::new(),
+            decided: HashMap::new(),
+            decisions: Vec::new(),
+        };
+        for (input, stored) in stored {
+            if let Some((committed, resume)) = stored {
+                state.committed.insert(input, committed);
+                state.consumed.insert(input, resume);
+            }
+        }
+        for d in decisions {
+            let entry = state.decided.entry(d.request_id).or_default();
+            match d.ended {
+                Ended::TimedOut => entry.0 = true,
+                Ended::Orphaned => entry.1 = true,
+                Ended::Paired => {}
+            }
+        }
+        state.watermarks.assign(partition, now);
+        // Windows the last commit closed stay closed, so that what is written from now on is
+        // always described by the stored (position, watermark) pairs.
+        if let Some(floor) = state.committed.values().filter_map(|c| c.watermark).max() {
+            state.watermarks.raise_to(floor);
+        }
+        self.partitions.insert(partition, state);
+    }
+
+    /// Gives up partition pair `partition`: everything not yet written is dropped, and the
+    /// next owner rebuilds it from the stored positions.
+    pub fn revoke(&mut self, partition: i32) {
+        self.partitions.remove(&partition);
+    }
+
+    pub fn owns(&self, partition: i32) -> bool {
+        self.partitions.contains_key(&partition)
+    }
+
+    pub fn pending_halves(&self) -> usize {
+        self.partitions
+            .values()
+            .map(|p| p.joiner.pending_requests() + p.joiner.pending_responses())
+            .sum()
+    }
+
+    pub fn open_windows(&self) -> usize {
+        self.partitions
+            .values()
+            .map(|p| p.windows.open_windows())
+            .sum()
+    }
+
+    /// The consumer read an input partition to its end.
+    pub fn reached_end(&mut self, input: Input, partition: i32) {
+        if let Some(state) = self.partitions.get_mut(&partition) {
+            state.watermarks.reached_end((input, partition));
+        }
+    }
+
+    /// The next offset to consume in an input partition, as far as the engine knows.
+    pub fn consumed(&self, input: Input, partition: i32) -> Option<i64> {
+        self.partitions
+            .get(&partition)?
+            .consumed
+            .get(&input)
+            .copied()
+    }
+
+    /// Moves past a record that cannot be used (it went to the dead-letter topic).
+    pub fn skip(&mut self, source: Source) {
+        if let Some(state) = self.partitions.get_mut(&source.partition) {
+            let position = state.consumed.entry(source.input).or_insert(source.offset);
+            *position = (*position).max(source.offset + 1);
+        }
+    }
+
+    /// Applies one valid record of a partition this engine owns.
+    pub fn apply(&mut self, source: Source, event: Event, now: DateTime<Utc>) -> Vec<Effect> {
+        let Some(state) = self.partitions.get_mut(&source.partition) else {
+            return Vec::new();
+        };
+        let position = state.consumed.entry(source.input).or_insert(source.offset);
+        *position = (*position).max(source.offset + 1);
+        let replayed = state
+            .committed
+            .get(&source.input)
+            .is_some_and(|c| source.offset < c.position);
+        let timestamp = match &event {
+            Event::Request(r) => r.timestamp,
+            Event::Response(r) => r.timestamp,
+        };
+        state
+            .watermarks
+            .observe((source.input, source.partition), timestamp, now);
+        let decided = if replayed {
+            state
+                .decided
+                .get(event.request_id())
+                .copied()
+                .unwrap_or_default()
+        } else {
+            (false, false)
+        };
+        let settled = replayed
+            && state
+                .committed
+                .get(&source.input)
+                .and_then(|c| c.watermark)
+                .is_some_and(|w| timestamp + self.config.ttl < w);
+        let outcome = match event {
+            Event::Request(request) if decided.0 => {
+                state.joiner.restore(
+                    &request.request_id,
+                    Ended::TimedOut,
+                    source,
+                    request.timestamp,
+                );
+                None
+            }
+            Event::Response(response) if decided.1 => {
+                state.joiner.restore(
+                    &response.request_id,
+                    Ended::Orphaned,
+                    source,
+                    response.timestamp,
+                );
+                None
+            }
+            Event::Request(request) if settled => {
+                state.joiner.restore(
+                    &request.request_id,
+                    Ended::Paired,
+                    source,
+                    request.timestamp,
+                );
+                None
+            }
+            Event::Response(response) if settled => {
+                state.joiner.restore(
+                    &response.request_id,
+                    Ended::Paired,
+                    source,
+                    response.timestamp,
+                );
+                None
+            }
+            Event::Request(request) => state.joiner.on_request(Sourced {
+                source,
+                value: request,
+            }),
+            Event::Response(response) => state.joiner.on_response(Sourced {
+                source,
+                value: response,
+            }),
+        };
+        let mut effects = Vec::new();
+        if let Some(outcome) = outcome {
+            self.handle(source.partition, outcome, &mut effects);
+        }
+        effects
+    }
+
+    fn handle(&mut self, partition: i32, outcome: Outcome, effects: &mut Vec<Effect>) {
+        let Some(state) = self.partitions.get_mut(&partition) else {
+            return;
+        };
+        match outcome {
+            Outcome::Paired { request, response } => {
+                let key = state
+                    .windows
+                    .key_of(&request.value.names, request.value.timestamp);
+                if state.already_written(&key, request.source, response.source) {
+                    return;
+                }
+                let cost = self.pricing.cost(
+                    &request.value.names.model,
+                    request.value.prompt_tokens,
+                    response.value.cached_prompt_tokens.unwrap_or(0),
+                    response.value.completion_tokens,
+                );
+                let late = state
+                    .windows
+                    .add(key, &[request.source, response.source], |a| {
+                        a.record_paired(request.value.prompt_tokens, &response.value, cost);
+                    });
+                if late {
+                    effects.push(Effect::Late);
+                }
+            }
+            Outcome::TimedOut(request) => {
+                let key = state
+                    .windows
+                    .key_of(&request.value.names, request.value.timestamp);
+                if state
+                    .windows
+                    .add(key, &[request.source], Aggregate::record_timeout)
+                {
+                    effects.push(Effect::Late);
+                }
+                state.decisions.push(Decision {
+                    request_id: request.value.request_id.to_string(),
+                    ended: Ended::TimedOut,
+                    source: request.source,
+                    at: request.value.timestamp,
+                });
+            }
+            Outcome::Orphaned { response, reason } => {
+                effects.push(Effect::DeadLetter {
+                    source: response.source,
+                    key: response.value.request_id.clone(),
+                    reason: reason.as_str(),
+                });
+                state.decisions.push(Decision {
+                    request_id: response.value.request_id,
+                    ended: Ended::Orphaned,
+                    source: response.source,
+                    at: response.value.timestamp,
+                });
+            }
+            Outcome::Duplicate(_) => effects.push(Effect::Duplicate),
+        }
+    }
+
+    /// Lets event time advance: halves past their TTL become timeouts and orphans.
+    pub fn tick(&mut self, now: DateTime<Utc>) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        let partitions: Vec<i32> = self.partitions.keys().copied().collect();
+        for partition in partitions {
+            let outcomes = match self.partitions.get_mut(&partition) {
+                Some(state) => {
+                    let Some(watermark) = state.watermarks.current(now) else {
+                        continue;
+                    };
+                    let replaying = state.replaying();
+                    state.joiner.advance(watermark, replaying)
+                }
+                None => continue,
+            };
+            for outcome in outcomes {
+                self.handle(partition, outcome, &mut effects);
+            }
+        }
+        effects
+    }
+
+    /// Closes what each partition's watermark has passed and says where every input
+    /// partition stands. Partitions still replaying are left out. The shell writes the result
+    /// in one transaction and then calls [`Engine::committed`].
+    pub fn flush(&mut self, now: DateTime<Utc>) -> (Flush, Vec<Effect>) {
+        let effects = self.tick(now);
+        let mut flush = Flush::default();
+        let mut rows: HashMap<WindowKey, Aggregate> = HashMap::new();
+        for (&partition, state) in &mut self.partitions {
+            if state.replaying() {
+                continue;
+            }
+            let watermark = state.watermarks.current(now);
+            if let Some(w) = watermark {
+                for (key, aggregate) in state.windows.close(w) {
+                    match rows.get_mut(&key) {
+                        Some(row) => row.merge(&aggregate),
+                        None => {
+                            rows.insert(key, aggregate);
+                        }
+                    }
+                }
+            }
+            flush.decisions.append(&mut state.decisions);
+            for (&input, &consumed) in &state.consumed {
+                let oldest = [
+                    state.joiner.needed().min(input, partition),
+                    state.windows.needed().min(input, partition),
+                ]
+                .into_iter()
+                .flatten()
+                .min();
+                flush.positions.push(Position {
+                    input,
+                    partition,
+                    consumed,
+                    resume: oldest.map_or(consumed, |o| o.min(consumed)),
+                    watermark,
+                });
+            }
+        }
+        flush.windows = rows.into_iter().collect();
+        flush.windows.sort_by(|a, b| a.0.cmp(&b.0));
+        flush.positions.sort_by_key(|p| (p.partition, p.input));
+        (flush, effects)
+    }
+
+    /// The flush was written: from now on its positions and watermark are what a replay
+    /// would be measured against.
+    pub fn committed(&mut self, flush: &Flush) {
+        for p in &flush.positions {
+            if let Some(state) = self.partitions.get_mut(&p.partition) {
+                state.committed.insert(
+                    p.input,
+                    Committed {
+                        position: p.consumed,
+                        watermark: p.watermark,
+                    },
+                );
+            }
+        }
+    }
+}
+
+impl Partition {
+    /// Whether an input partition has not yet been read up to the stored position.
+    fn replaying(&self) -> bool {
+        self.committed.iter().any(|(input, c)| {
+            self.consumed
+                .get(input)
+                .is_none_or(|&consumed| consumed < c.position)
+        })
+    }
+
+    /// Whether the last commit already wrote this pair (see the module documentation).
+    fn already_written(&self, key: &WindowKey, request: Source, response: Source) -> bool {
+        let before = |s: Source| {
+            self.committed
+                .get(&s.input)
+                .filter(|c| s.offset < c.position)
+                .and_then(|c| c.watermark)
+        };
+        match (before(request), before(response)) {
+            (Some(w), Some(_)) => self.windows.closes_by(key.start, w),
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

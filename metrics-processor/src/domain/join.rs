@@ -1,0 +1,494 @@
+//! Pairs each request with its response by `request_id`, whichever arrives first.
+//!
+//! A half waits until the watermark passes its timestamp plus the TTL: a request then counts
+//! as a timeout, a response as an orphan. Once a request id is finished (paired, timed out or
+//! orphaned) it is remembered for another TTL, so a second delivery of either half is known as
+//! a duplicate and counted nowhere. Deadlines are event times, never the clock.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use common::events::{RequestEvent, ResponseEvent};
+
+use super::offsets::{Needed, Source};
+
+/// A waiting request, without its id (the map key).
+#[derive(Debug, Clone)]
+struct Waiting {
+    source: Source,
+    names: Arc<Names>,
+    timestamp: DateTime<Utc>,
+    prompt_tokens: u64,
+}
+
+impl Waiting {
+    fn into_request(self, request_id: Arc<str>) -> Sourced<Request> {
+        Sourced {
+            source: self.source,
+            value: Request {
+                request_id,
+                names: self.names,
+                timestamp: self.timestamp,
+                prompt_tokens: self.prompt_tokens,
+            },
+        }
+    }
+}
+
+/// Tenant, route and model, shared by every request that names the same three.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct Names {
+    pub tenant: Arc<str>,
+    pub route: Arc<str>,
+    pub model: Arc<str>,
+}
+
+/// What a request keeps while it waits: what its window and cost need, nothing more. The id
+/// is one allocation shared with the join's indexes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub request_id: Arc<str>,
+    pub names: Arc<Names>,
+    pub timestamp: DateTime<Utc>,
+    pub prompt_tokens: u64,
+}
+
+/// A value with the record it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sourced<T> {
+    pub source: Source,
+    pub value: T,
+}
+
+/// What a half or the passing of time produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Paired {
+        request: Sourced<Request>,
+        response: Sourced<ResponseEvent>,
+    },
+    TimedOut(Sourced<Request>),
+    Orphaned {
+        response: Sourced<ResponseEvent>,
+        reason: OrphanReason,
+    },
+    /// A second delivery of a half already seen; counted nowhere.
+    Duplicate(Source),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrphanReason {
+    /// No request with this id arrived within the TTL.
+    NoRequest,
+    /// The request had already been counted as a timeout.
+    AfterTimeout,
+}
+
+impl OrphanReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrphanReason::NoRequest => "no request with this request_id arrived within the TTL",
+            OrphanReason::AfterTimeout => "arrived after its request was counted as a timeout",
+        }
+    }
+}
+
+/// How a finished request id ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    Paired,
+    TimedOut,
+    Orphaned,
+}
+
+#[derive(Debug, Clone)]
+struct Finished {
+    ended: Ended,
+    forget_at: DateTime<Utc>,
+    /// The records it holds: one or two nearly always, so no allocation for those.
+    first: [Option<Source>; 2],
+    more: Vec<Source>,
+}
+
+impl Finished {
+    fn new(ended: Ended, forget_at: DateTime<Utc>, sources: &[Source]) -> Self {
+        let mut f = Self {
+            ended,
+            forget_at,
+            first: [None, None],
+            more: Vec::new(),
+        };
+        for s in sources {
+            f.push(*s);
+        }
+        f
+    }
+
+    fn push(&mut self, source: Source) {
+        match self.first.iter_mut().find(|s| s.is_none()) {
+            Some(slot) => *slot = Some(source),
+            None => self.more.push(source),
+        }
+    }
+
+    fn sources(&self) -> impl Iterator<Item = Source> + '_ {
+        self.first
+            .iter()
+            .flatten()
+            .copied()
+            .chain(self.more.iter().copied())
+    }
+}
+
+/// When which half (or finished id) of a request id is due.
+type Deadline = (DateTime<Utc>, Half, Arc<str>);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Half {
+    Request,
+    Response,
+    Finished,
+}
+
+#[derive(Debug, Clone)]
+pub struct Joiner {
+    ttl: TimeDelta,
+    // The id is the key only: a million waiting requests should not hold it twice.
+    requests: HashMap<Arc<str>, Waiting>,
+    responses: HashMap<Arc<str>, Sourced<ResponseEvent>>,
+    finished: HashMap<Arc<str>, Finished>,
+    names: HashMap<OwnedNames, Arc<Names>>,
+    deadlines: BinaryHeap<Reverse<Deadline>>,
+    needed: Needed,
+}
+
+impl Joiner {
+    pub fn new(ttl: TimeDelta) -> Self {
+        Self {
+            ttl,
+            requests: HashMap::new(),
+            responses: HashMap::new(),
+            finished: HashMap::new(),
+            names: HashMap::new(),
+            deadlines: BinaryHeap::new(),
+            needed: Needed::default(),
+        }
+    }
+
+    /// Input offsets still referenced by pending halves or remembered ids.
+    pub fn needed(&self) -> &Needed {
+        &self.needed
+    }
+
+    pub fn pending_requests(&self) -> usize {
+        self.requests.len()
+    }
+
+    pub fn pending_responses(&self) -> usize {
+        self.responses.len()
+    }
+
+    /// How a request id ended, if it did and is still remembered.
+    pub fn ended(&self, request_id: &str) -> Option<Ended> {
+        self.finished.get(request_id).map(|f| f.ended)
+    }
+
+    fn names(&mut self, event: &RequestEvent) -> Arc<Names> {
+        let key = (
+            event.tenant_id.as_str(),
+            event.route.as_str(),
+            event.model.as_str(),
+        );
+        if let Some(names) = self.names.get(&key as &dyn NamesKey) {
+            return Arc::clone(names);
+        }
+        let names = Arc::new(Names {
+            tenant: event.tenant_id.as_str().into(),
+            route: event.route.as_str().into(),
+            model: event.model.as_str().into(),
+        });
+        let owned = (key.0.into(), key.1.into(), key.2.into());
+        self.names.insert(owned, Arc::clone(&names));
+        names
+    }
+
+    fn id(&self, request_id: &str) -> Arc<str> {
+        // The allocation already held for this id, if any.
+        self.requests
+            .get_key_value(request_id)
+            .map(|(k, _)| k)
+            .or_else(|| self.responses.get_key_value(request_id).map(|(k, _)| k))
+            .or_else(|| self.finished.get_key_value(request_id).map(|(k, _)| k))
+            .map_or_else(|| request_id.into(), Arc::clone)
+    }
+
+    pub fn on_request(&mut self, event: Sourced<RequestEvent>) -> Option<Outcome> {
+        let id = self.id(&event.value.request_id);
+        let request = Sourced {
+            source: event.source,
+            value: Request {
+                request_id: Arc::clone(&id),
+                names: self.names(&event.value),
+                timestamp: event.value.timestamp,
+                prompt_tokens: event.value.prompt_tokens,
+            },
+        };
+        if self.finished.contains_key(&id) {
+            self.remember(&id, request.source, request.value.timestamp);
+            let finished = self.finished.get_mut(&id)?;
+            return match finished.ended {
+                // The response was given up on; this request got no answer in time.
+                Ended::Orphaned => {
+                    finished.ended = Ended::TimedOut;
+                    Some(Outcome::TimedOut(request))
+                }
+                Ended::Paired | Ended::TimedOut => Some(Outcome::Duplicate(request.source)),
+            };
+        }
+        if self.requests.contains_key(&id) {
+            return Some(Outcome::Duplicate(request.source));
+        }
+        if let Some(response) = self.responses.remove(&id) {
+            self.needed.release(response.source);
+            let outcome = Outcome::Paired { request, response };
+            self.finish(id, &outcome);
+            return Some(outcome);
+        }
+        self.needed.hold(request.source);
+        self.deadlines.push(Reverse((
+            request.value.timestamp + self.ttl,
+            Half::Request,
+            Arc::clone(&id),
+        )));
+        let waiting = Waiting {
+            source: request.source,
+            names: request.value.names,
+            timestamp: request.value.timestamp,
+            prompt_tokens: request.value.prompt_tokens,
+        };
+        self.requests.insert(id, waiting);
+        None
+    }
+
+    pub fn on_response(&mut self, response: Sourced<ResponseEvent>) -> Option<Outcome> {
+        let id = self.id(&response.value.request_id);
+        if self.finished.contains_key(&id) {
+            self.remember(&id, response.source, response.value.timestamp);
+            return match self.finished.get(&id)?.ended {
+                Ended::TimedOut => Some(Outcome::Orphaned {
+                    response,
+                    reason: OrphanReason::AfterTimeout,
+                }),
+                Ended::Paired | Ended::Orphaned => Some(Outcome::Duplicate(response.source)),
+            };
+        }
+        if self.responses.contains_key(&id) {
+            return Some(Outcome::Duplicate(response.source));
+        }
+        if let Some((key, waiting)) = self.requests.remove_entry(&id) {
+            let request = waiting.into_request(key);
+            self.needed.release(request.source);
+            let outcome = Outcome::Paired { request, response };
+            self.finish(id, &outcome);
+            return Some(outcome);
+        }
+        self.needed.hold(response.source);
+        self.deadlines.push(Reverse((
+            response.value.timestamp + self.ttl,
+            Half::Response,
+            id.clone(),
+        )));
+        self.responses.insert(id, response);
+        None
+    }
+
+    /// Another half of a finished id: it is remembered, with its record, for a TTL after
+    /// this half too. (After a restart this is how a replayed partner keeps the id and both
+    /// records as long as the first run kept them.)
+    fn remember(&mut self, id: &Arc<str>, source: Source, at: DateTime<Utc>) {
+        let Some(finished) = self.finished.get_mut(id) else {
+            return;
+        };
+        finished.push(source);
+        self.needed.hold(source);
+        let forget_at = at + self.ttl;
+        if forget_at > finished.forget_at {
+            finished.forget_at = forget_at;
+            self.deadlines
+                .push(Reverse((forget_at, Half::Finished, Arc::clone(id))));
+        }
+    }
+
+    /// Marks a request id as finished, as an earlier run settled it (after a restart, from
+    /// the stored positions and decisions). A half of it already waiting here is part of that
+    /// settled id, not something to pair or time out again.
+    pub fn restore(&mut self, request_id: &str, ended: Ended, source: Source, at: DateTime<Utc>) {
+        let id = self.id(request_id);
+        let mut sources = vec![source];
+        if let Some(request) = self.requests.remove(&id) {
+            self.needed.release(request.source);
+            sources.push(request.source);
+        }
+        if let Some(response) = self.responses.remove(&id) {
+            self.needed.release(response.source);
+            sources.push(response.source);
+        }
+        for s in &sources {
+            self.needed.hold(*s);
+        }
+        let forget_at = at + self.ttl;
+        match self.finished.get_mut(&id) {
+            Some(f) => {
+                for s in sources {
+                    f.push(s);
+                }
+                if forget_at > f.forget_at {
+                    f.forget_at = forget_at;
+                    self.deadlines
+                        .push(Reverse((forget_at, Half::Finished, id)));
+                }
+            }
+            None => {
+                self.deadlines
+                    .push(Reverse((forget_at, Half::Finished, Arc::clone(&id))));
+                self.finished
+                    .insert(id, Finished::new(ended, forget_at, &sources));
+            }
+        }
+    }
+
+    fn finish(&mut self, id: Arc<str>, outcome: &Outcome) {
+        let (ended, sources, last) = match outcome {
+            Outcome::Paired { request, response } => (
+                Ended::Paired,
+                [Some(request.source), Some(response.source)],
+                request.value.timestamp.max(response.value.timestamp),
+            ),
+            // Given up on at their deadline; remembered from then on.
+            Outcome::TimedOut(request) => (
+                Ended::TimedOut,
+                [Some(request.source), None],
+                request.value.timestamp + self.ttl,
+            ),
+            Outcome::Orphaned { response, .. } => (
+                Ended::Orphaned,
+                [Some(response.source), None],
+                response.value.timestamp + self.ttl,
+            ),
+            Outcome::Duplicate(_) => return,
+        };
+        for source in sources.iter().flatten() {
+            self.needed.hold(*source);
+        }
+        let forget_at = last + self.ttl;
+        self.deadlines
+            .push(Reverse((forget_at, Half::Finished, Arc::clone(&id))));
+        let finished = Finished {
+            ended,
+            forget_at,
+            first: sources,
+            more: Vec::new(),
+        };
+        self.finished.insert(id, finished);
+    }
+
+    /// Gives up on halves whose deadline the watermark has passed, and forgets finished ids
+    /// past theirs. Nothing expires while `replaying`: a replay may still bring the partner
+    /// that the first run paired a half with.
+    pub fn advance(&mut self, watermark: DateTime<Utc>, replaying: bool) -> Vec<Outcome> {
+        let mut outcomes = Vec::new();
+        if replaying {
+            return outcomes;
+        }
+        while let Some(Reverse((deadline, _, _))) = self.deadlines.peek() {
+            if *deadline >= watermark {
+                break;
+            }
+            let Some(Reverse((deadline, half, id))) = self.deadlines.pop() else {
+                break;
+            };
+            match half {
+                Half::Request => {
+                    if let Some((key, waiting)) = self.requests.remove_entry(&id) {
+                        let request = waiting.into_request(key);
+                        self.needed.release(request.source);
+                        let outcome = Outcome::TimedOut(request);
+                        self.finish(id, &outcome);
+                        outcomes.push(outcome);
+                    }
+                }
+                Half::Response => {
+                    if let Some(response) = self.responses.remove(&id) {
+                        self.needed.release(response.source);
+                        let outcome = Outcome::Orphaned {
+                            response,
+                            reason: OrphanReason::NoRequest,
+                        };
+                        self.finish(id, &outcome);
+                        outcomes.push(outcome);
+                    }
+                }
+                Half::Finished => {
+                    // Only the entry whose own deadline this is; a later finish re-armed it.
+                    if self
+                        .finished
+                        .get(&id)
+                        .is_some_and(|f| f.forget_at == deadline)
+                    {
+                        if let Some(finished) = self.finished.remove(&id) {
+                            for source in finished.sources() {
+                                self.needed.release(source);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        outcomes
+    }
+}
+
+/// Tenant, route and model as the key of the names already seen.
+type OwnedNames = (Box<str>, Box<str>, Box<str>);
+
+/// Looks up interned names by borrowed strings, without allocating a key.
+trait NamesKey {
+    fn key(&self) -> (&str, &str, &str);
+}
+
+impl NamesKey for OwnedNames {
+    fn key(&self) -> (&str, &str, &str) {
+        (&self.0, &self.1, &self.2)
+    }
+}
+
+impl NamesKey for (&str, &str, &str) {
+    fn key(&self) -> (&str, &str, &str) {
+        *self
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn NamesKey + 'a> for OwnedNames {
+    fn borrow(&self) -> &(dyn NamesKey + 'a) {
+        self
+    }
+}
+
+impl PartialEq for dyn NamesKey + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for dyn NamesKey + '_ {}
+
+impl std::hash::Hash for dyn NamesKey + '_ {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.key().hash(state);
+    }
+}
+
+#[cfg(test)]
+mod tests;

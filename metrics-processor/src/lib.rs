@@ -1,0 +1,21 @@
+//! StreamLens metrics processor.
+//!
+//! Joins each request with its response, aggregates one-minute windows per tenant, route and
+//! model, and writes them to Postgres together with the consumer positions that produced
+//! them, then to `llm.metrics`.
+//!
+//! - [`domain`]: the pure core. Joining, event-time windows with watermarks, per-window
+//!   aggregates with mergeable histograms, pricing, and the exactly-once rules of a replay.
+//!   No I/O and no clock: time is always a parameter.
+//! - [`pipeline`]: the consumer loop and rebalance callbacks around the core.
+//! - [`store`]: Postgres: merged window rows, positions, decisions, in one transaction.
+//! - [`output`]: the `llm.metrics` record.
+//! - [`settings`], [`startup`], [`telemetry`]: configuration, wiring, Prometheus metrics.
+
+pub mod domain;
+pub mod output;
+pub mod pipeline;
+pub mod settings;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,73 @@
+//! A window row as `llm.metrics` carries it: the full row for one (key, window_start), so a
+//! record delivered twice is harmless.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::postgres::PgRow;
+use sqlx::Row;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MetricRow {
+    pub tenant_id: String,
+    pub route: String,
+    pub model: String,
+    pub window_start: DateTime<Utc>,
+    pub window_end: DateTime<Utc>,
+    pub requests: i64,
+    pub errors: i64,
+    pub timeouts: i64,
+    pub avg_latency_ms: f64,
+    pub p50_latency_ms: f64,
+    pub p95_latency_ms: f64,
+    pub p99_latency_ms: f64,
+    pub max_latency_ms: f64,
+    pub avg_ttft_ms: Option<f64>,
+    pub avg_prompt_tokens: f64,
+    pub avg_completion_tokens: f64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub cached_prompt_tokens: i64,
+    pub total_tokens: i64,
+    pub estimated_cost_usd: f64,
+    pub cost_nanos: i64,
+    pub unpriced: i64,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl MetricRow {
+    pub fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
+        let prompt_tokens: i64 = row.try_get("prompt_tokens")?;
+        let completion_tokens: i64 = row.try_get("completion_tokens")?;
+        Ok(Self {
+            tenant_id: row.try_get("tenant_id")?,
+            route: row.try_get("route")?,
+            model: row.try_get("model")?,
+            window_start: row.try_get("window_start")?,
+            window_end: row.try_get("window_end")?,
+            requests: row.try_get("requests")?,
+            errors: row.try_get("errors")?,
+            timeouts: row.try_get("timeouts")?,
+            avg_latency_ms: row.try_get("avg_latency_ms")?,
+            p50_latency_ms: row.try_get("p50_latency_ms")?,
+            p95_latency_ms: row.try_get("p95_latency_ms")?,
+            p99_latency_ms: row.try_get("p99_latency_ms")?,
+            max_latency_ms: row.try_get("max_latency_ms")?,
+            avg_ttft_ms: row.try_get("avg_ttft_ms")?,
+            avg_prompt_tokens: row.try_get("avg_prompt_tokens")?,
+            avg_completion_tokens: row.try_get("avg_completion_tokens")?,
+            prompt_tokens,
+            completion_tokens,
+            cached_prompt_tokens: row.try_get("cached_prompt_tokens")?,
+            total_tokens: prompt_tokens + completion_tokens,
+            estimated_cost_usd: row.try_get("estimated_cost_usd")?,
+            cost_nanos: row.try_get("cost_nanos")?,
+            unpriced: row.try_get("unpriced")?,
+            updated_at: row.try_get("updated_at")?,
+        })
+    }
+
+    /// The `llm.metrics` record key.
+    pub fn key(&self) -> String {
+        format!("{}|{}|{}", self.tenant_id, self.route, self.model)
+    }
+}

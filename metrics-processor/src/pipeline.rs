@@ -1,0 +1,536 @@
+//! The processing loop: one thread polls the consumer, feeds the engine and writes flushes.
+//!
+//! Rebalance callbacks run inside `poll` on this same thread, so the engine is never touched
+//! by two threads at once; the mutex only satisfies librdkafka's `Sync` bound. Postgres and
+//! `llm.metrics` calls block on the tokio runtime from here (this thread is not one of its
+//! workers).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use chrono::{TimeDelta, Utc};
+use common::events::Event;
+use common::kafka::Topics;
+use common::validation::{self, FieldError, Limits};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::runtime::Handle;
+
+use crate::domain::engine::{Effect, Engine, Flush};
+use crate::domain::offsets::{Input, Source};
+use crate::settings::StartFrom;
+use crate::store::{Store, StoreError};
+use crate::telemetry::{Metrics, PartitionLabels, ReasonLabels, TopicLabels};
+
+/// Everything the loop and the rebalance callback share.
+pub struct Shared {
+    pub engine: Mutex<Engine>,
+    epochs: Mutex<HashMap<(Input, i32), i64>>,
+    /// A flush Postgres has not accepted yet; retried as it is until it is.
+    pending: Mutex<Option<Flush>>,
+    pub store: Store,
+    pub runtime: Handle,
+    pub metrics: Arc<Metrics>,
+    pub producer: ThreadedProducer<DefaultProducerContext>,
+    pub topics: Topics,
+    pub start_from: StartFrom,
+    /// False until the first assignment, and while Postgres refuses commits.
+    pub healthy: AtomicBool,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("topics", &self.topics)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    pub fn new(
+        engine: Engine,
+        store: Store,
+        runtime: Handle,
+        metrics: Arc<Metrics>,
+        producer: ThreadedProducer<DefaultProducerContext>,
+        topics: Topics,
+        start_from: StartFrom,
+    ) -> Self {
+        Self {
+            engine: Mutex::new(engine),
+            epochs: Mutex::new(HashMap::new()),
+            pending: Mutex::new(None),
+            store,
+            runtime,
+            metrics,
+            producer,
+            topics,
+            start_from,
+            healthy: AtomicBool::new(true),
+        }
+    }
+
+    fn input(&self, topic: &str) -> Option<Input> {
+        if topic == self.topics.requests {
+            Some(Input::Requests)
+        } else if topic == self.topics.responses {
+            Some(Input::Responses)
+        } else {
+            None
+        }
+    }
+
+    fn topic(&self, input: Input) -> &str {
+        match input {
+            Input::Requests => &self.topics.requests,
+            Input::Responses => &self.topics.responses,
+        }
+    }
+
+    /// One record from an input topic.
+    pub fn apply(&self, message: &BorrowedMessage<'_>) {
+        let Some(input) = self.input(message.topic()) else {
+            return;
+        };
+        let source = Source {
+            input,
+            partition: message.partition(),
+            offset: message.offset(),
+        };
+        self.metrics
+            .records
+            .get_or_create(&TopicLabels {
+                topic: message.topic().to_owned(),
+            })
+            .inc();
+        let payload = message.payload().unwrap_or_default();
+        // Validated at ingestion already; here only what makes a record unusable is refused,
+        // whatever its age, so a replay of old data reads the same.
+        let limits = Limits {
+            max_future_skew: TimeDelta::days(365),
+            max_age: TimeDelta::days(365 * 100),
+            max_latency_ms: u64::MAX,
+        };
+        let now = Utc::now();
+        let parsed = match input {
+            Input::Requests => {
+                validation::parse_request_bytes(payload, now, &limits).map(Event::Request)
+            }
+            Input::Responses => {
+                validation::parse_response_bytes(payload, now, &limits).map(Event::Response)
+            }
+        };
+        let mut engine = lock(&self.engine);
+        match parsed {
+            Ok(event) => {
+                let effects = engine.apply(source, event, now);
+                drop(engine);
+                self.act(effects);
+            }
+            Err(fields) => {
+                engine.skip(source);
+                drop(engine);
+                self.dead_letter(
+                    message.key(),
+                    payload,
+                    source,
+                    "invalid",
+                    &describe(&fields),
+                );
+            }
+        }
+    }
+
+    fn act(&self, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::Late => {
+                    self.metrics.late_events.inc();
+                }
+                Effect::Duplicate => {
+                    self.metrics.duplicates.inc();
+                }
+                Effect::DeadLetter {
+                    source,
+                    key,
+                    reason,
+                } => {
+                    self.metrics.orphans.inc();
+                    let body = serde_json::json!({"request_id": key, "reason": reason}).to_string();
+                    self.dead_letter(
+                        Some(key.as_bytes()),
+                        body.as_bytes(),
+                        source,
+                        "orphan",
+                        reason,
+                    );
+                }
+            }
+        }
+    }
+
+    fn dead_letter(
+        &self,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        source: Source,
+        kind: &'static str,
+        reason: &str,
+    ) {
+        self.metrics
+            .dead_letters
+            .get_or_create(&ReasonLabels { reason: kind })
+            .inc();
+        let partition = source.partition.to_string();
+        let offset = source.offset.to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "dlq.reason",
+                value: Some(reason),
+            })
+            .insert(Header {
+                key: "dlq.kind",
+                value: Some(kind),
+            })
+            .insert(Header {
+                key: "dlq.topic",
+                value: Some(self.topic(source.input)),
+            })
+            .insert(Header {
+                key: "dlq.partition",
+                value: Some(partition.as_str()),
+            })
+            .insert(Header {
+                key: "dlq.offset",
+                value: Some(offset.as_str()),
+            });
+        let mut record = BaseRecord::to(&self.topics.dlq)
+            .payload(payload)
+            .headers(headers);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Err((e, _)) = self.producer.send(record) {
+            tracing::error!(error = %e, "cannot queue a dead letter");
+        }
+    }
+
+    /// Writes what the engine can flush now, or retries the flush Postgres refused last time.
+    /// Returns false while Postgres refuses.
+    pub fn commit(&self) -> bool {
+        let mut pending = lock(&self.pending);
+        if pending.is_none() {
+            let (flush, effects) = lock(&self.engine).flush(Utc::now());
+            self.act(effects);
+            *pending = Some(flush);
+        }
+        let Some(flush) = pending.as_ref() else {
+            return true;
+        };
+        // Dead letters first: positions must not move past a record whose letter is lost.
+        if let Err(e) = self.producer.flush(Duration::from_secs(10)) {
+            tracing::warn!(error = %e, "dead letters not yet delivered; commit postponed");
+            return false;
+        }
+        let started = Instant::now();
+        let epochs = lock(&self.epochs).clone();
+        let result = self.runtime.block_on(self.store.commit(flush, &epochs));
+        match result {
+            Ok(()) => {
+                self.metrics
+                    .commit_duration
+                    .observe(started.elapsed().as_secs_f64());
+                self.metrics
+                    .windows_written
+                    .inc_by(flush.windows.len() as u64);
+                lock(&self.engine).committed(flush);
+                *pending = None;
+                drop(pending);
+                self.healthy.store(true, Ordering::Relaxed);
+                self.publish();
+                true
+            }
+            Err(StoreError::Fenced { topic, partition }) => {
+                tracing::warn!(%topic, partition, "partition taken over by another instance; dropping it");
+                lock(&self.engine).revoke(partition);
+                lock(&self.epochs).retain(|(_, p), _| *p != partition);
+                *pending = None;
+                true
+            }
+            Err(e) => {
+                self.metrics.commit_failures.inc();
+                self.healthy.store(false, Ordering::Relaxed);
+                tracing::error!(error = %e, "cannot write to Postgres; pausing and retrying");
+                false
+            }
+        }
+    }
+
+    /// Sends window rows whose latest content `llm.metrics` has not seen.
+    fn publish(&self) {
+        let rows = match self.runtime.block_on(self.store.unpublished(1000)) {
+            Ok(rows) if rows.is_empty() => return,
+            Ok(rows) => rows,
+            Err(e) => return tracing::warn!(error = %e, "cannot read rows to publish"),
+        };
+        for row in &rows {
+            let value = serde_json::to_vec(row).unwrap_or_default();
+            let key = row.key();
+            if let Err((e, _)) = self.producer.send(
+                BaseRecord::to(&self.topics.metrics)
+                    .key(&key)
+                    .payload(&value),
+            ) {
+                return tracing::warn!(error = %e, "cannot queue llm.metrics records");
+            }
+        }
+        if let Err(e) = self.producer.flush(Duration::from_secs(10)) {
+            return tracing::warn!(error = %e, "llm.metrics records not delivered; will send again");
+        }
+        self.metrics.published.inc_by(rows.len() as u64);
+        if let Err(e) = self.runtime.block_on(self.store.mark_published(&rows)) {
+            tracing::warn!(error = %e, "cannot mark rows published; they will be sent again");
+        }
+    }
+
+    fn assign(&self, consumer: &BaseConsumer<Context>, tpl: &mut TopicPartitionList) {
+        let partitions: Vec<i32> = tpl
+            .elements()
+            .iter()
+            .map(|e| e.partition())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut delay = Duration::from_millis(200);
+        let (claims, decisions) = loop {
+            match self.runtime.block_on(self.store.claim(&partitions)) {
+                Ok(claimed) => break claimed,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read stored positions; retrying");
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        let now = Utc::now();
+        let mut engine = lock(&self.engine);
+        let mut epochs = lock(&self.epochs);
+        for &partition in &partitions {
+            let mine = |input| {
+                claims
+                    .iter()
+                    .find(|c| c.partition == partition && c.input == input)
+            };
+            let stored = [Input::Requests, Input::Responses]
+                .map(|input| (input, mine(input).and_then(|c| c.stored)));
+            let own = decisions
+                .iter()
+                .filter(|d| d.source.partition == partition)
+                .cloned()
+                .collect();
+            engine.assign(partition, stored, own, now);
+        }
+        for claim in &claims {
+            epochs.insert((claim.input, claim.partition), claim.epoch);
+            let offset = match (claim.stored, self.start_from) {
+                (Some((_, resume)), _) => Offset::Offset(resume),
+                (None, StartFrom::Earliest) => Offset::Beginning,
+                (None, StartFrom::Latest) => Offset::End,
+            };
+            let topic = self.topic(claim.input).to_owned();
+            if let Err(e) = tpl.set_partition_offset(&topic, claim.partition, offset) {
+                tracing::error!(error = %e, %topic, partition = claim.partition, "cannot set the start offset");
+            }
+        }
+        drop((engine, epochs));
+        tracing::info!(?partitions, "partitions assigned");
+        if let Err(e) = consumer.assign(tpl) {
+            tracing::error!(error = %e, "assign failed");
+        }
+    }
+
+    fn revoke(&self, consumer: &BaseConsumer<Context>, tpl: &TopicPartitionList) {
+        // Write what can be written before letting go; the next owner replays the rest.
+        if !self.commit() {
+            *lock(&self.pending) = None;
+        }
+        let partitions: BTreeSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+        let mut engine = lock(&self.engine);
+        for &partition in &partitions {
+            engine.revoke(partition);
+        }
+        lock(&self.epochs).retain(|(_, p), _| !partitions.contains(p));
+        drop(engine);
+        tracing::info!(?partitions, "partitions revoked");
+        if let Err(e) = consumer.unassign() {
+            tracing::error!(error = %e, "unassign failed");
+        }
+    }
+
+    /// From librdkafka's statistics (every second, on this thread, inside `poll`): consumer
+    /// lag per input partition, and which input partitions are read to their end. The high
+    /// watermark there comes from the fetches themselves.
+    fn on_statistics(&self, statistics: &Statistics) {
+        let mut engine = lock(&self.engine);
+        for (topic, t) in &statistics.topics {
+            let Some(input) = self.input(topic) else {
+                continue;
+            };
+            for (&partition, p) in &t.partitions {
+                // Only partitions being fetched, whose end is known.
+                if partition < 0
+                    || !engine.owns(partition)
+                    || p.fetch_state != "active"
+                    || p.hi_offset < 0
+                {
+                    continue;
+                }
+                let consumed = engine
+                    .consumed(input, partition)
+                    .unwrap_or(p.lo_offset.max(0));
+                let lag = (p.hi_offset - consumed).max(0);
+                let labels = PartitionLabels {
+                    topic: topic.clone(),
+                    partition,
+                };
+                self.metrics.consumer_lag.get_or_create(&labels).set(lag);
+                // The fetcher is at the end and everything fetched has been applied.
+                if lag == 0 && p.next_offset >= p.hi_offset {
+                    engine.reached_end(input, partition);
+                }
+            }
+        }
+    }
+
+    pub fn update_gauges(&self) {
+        let engine = lock(&self.engine);
+        self.metrics
+            .pending_halves
+            .set(engine.pending_halves() as i64);
+        self.metrics.open_windows.set(engine.open_windows() as i64);
+    }
+}
+
+fn describe(fields: &[FieldError]) -> String {
+    fields
+        .iter()
+        .map(|f| {
+            format!(
+                "{}: {}",
+                if f.field.is_empty() {
+                    "record"
+                } else {
+                    &f.field
+                },
+                f.reason
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The consumer's context: rebalances go through [`Shared`].
+#[derive(Debug)]
+pub struct Context {
+    pub shared: Arc<Shared>,
+}
+
+impl ClientContext for Context {
+    fn stats(&self, statistics: Statistics) {
+        self.shared.on_statistics(&statistics);
+    }
+}
+
+impl ConsumerContext for Context {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.shared.assign(consumer, tpl)
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.shared.revoke(consumer, tpl)
+            }
+            other => {
+                tracing::error!(?other, "rebalance error; dropping the assignment");
+                self.shared.revoke(consumer, tpl);
+            }
+        }
+    }
+}
+
+/// Polls until `stop` is set, then writes a last flush and leaves the group.
+pub fn run(
+    consumer: BaseConsumer<Context>,
+    shared: Arc<Shared>,
+    commit_interval: Duration,
+    retention: TimeDelta,
+    stop: Arc<AtomicBool>,
+) {
+    let mut last_commit = Instant::now();
+    let mut last_prune: Option<Instant> = None;
+    let mut retry_delay = commit_interval;
+    let mut paused = false;
+    while !stop.load(Ordering::Relaxed) {
+        if let Some(result) = consumer.poll(Duration::from_millis(50)) {
+            match result {
+                Ok(message) => shared.apply(&message),
+                Err(e) => tracing::warn!(error = %e, "consumer error"),
+            }
+        }
+        if last_commit.elapsed() >= retry_delay {
+            last_commit = Instant::now();
+            let ok = shared.commit();
+            // Back-pressure: while Postgres refuses, stop reading so memory stays bounded.
+            if let Ok(assignment) = consumer.assignment() {
+                if !ok && !paused {
+                    paused = consumer.pause(&assignment).is_ok();
+                } else if ok && paused {
+                    paused = consumer.resume(&assignment).is_err();
+                }
+            }
+            retry_delay = if ok {
+                commit_interval
+            } else {
+                (retry_delay * 2).min(Duration::from_secs(10))
+            };
+            shared.update_gauges();
+        }
+        if last_prune.is_none_or(|t| t.elapsed() >= Duration::from_secs(600)) {
+            last_prune = Some(Instant::now());
+            match shared
+                .runtime
+                .block_on(shared.store.prune(Utc::now(), retention))
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(windows = n, "pruned windows older than the retention"),
+                Err(e) => tracing::warn!(error = %e, "cannot prune old windows"),
+            }
+        }
+    }
+    tracing::info!("stopping: writing the last flush");
+    for _ in 0..5 {
+        if shared.commit() {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    consumer.unsubscribe();
+    let _ = consumer.poll(Duration::from_millis(500));
+    tracing::info!("left the consumer group");
+}

@@ -1,0 +1,92 @@
+//! Configuration of the metrics processor, read once at start-up.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use chrono::TimeDelta;
+use common::kafka::{KafkaSettings, Topics};
+use common::settings::{Env, SettingsError};
+
+use crate::domain::engine::EngineConfig;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartFrom {
+    Earliest,
+    Latest,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub kafka: KafkaSettings,
+    pub topics: Topics,
+    pub group: String,
+    pub dsn: String,
+    pub engine: EngineConfig,
+    /// How often closed windows and positions are written.
+    pub commit_interval: Duration,
+    /// Where a group with no stored position starts reading.
+    pub start_from: StartFrom,
+    /// How long the group waits for a silent member before giving its partitions away.
+    pub session_timeout: Duration,
+    /// How long a member may go without polling (also the rebalance timeout it announces).
+    pub max_poll_interval: Duration,
+    /// Static group membership (KIP-345): a restarted instance with the same id takes its
+    /// place in the group at once, without waiting for the session timeout.
+    pub instance_id: Option<String>,
+    pub pricing_file: Option<String>,
+    pub retention: TimeDelta,
+    pub host: IpAddr,
+    /// Health, readiness and Prometheus metrics.
+    pub port: u16,
+    pub log_json: bool,
+}
+
+impl Settings {
+    pub fn from_env(mut env: Env) -> Result<Self, SettingsError> {
+        let e = &mut env;
+        let secs = |v: i64| TimeDelta::seconds(v);
+        let start_from = match e.string(&["PROCESSOR_START_FROM"], "earliest").as_str() {
+            "earliest" => StartFrom::Earliest,
+            "latest" => StartFrom::Latest,
+            other => {
+                e.invalid(format!(
+                    "PROCESSOR_START_FROM={other:?}: expected earliest or latest"
+                ));
+                StartFrom::Earliest
+            }
+        };
+        let settings = Self {
+            kafka: KafkaSettings::from_env(e),
+            topics: Topics::from_env(e),
+            group: e.string(&["CONSUMER_GROUP"], "streamlens-metrics-processor"),
+            dsn: common::db::dsn_from_env(e),
+            engine: EngineConfig {
+                ttl: secs(e.parse(&["JOIN_TTL_SECS"], 300)),
+                grace: secs(e.parse(&["WINDOW_GRACE_SECS"], 2)),
+                idle_after: secs(e.parse(&["PARTITION_IDLE_SECS"], 3)),
+            },
+            commit_interval: Duration::from_millis(e.parse(&["COMMIT_INTERVAL_MS"], 1000)),
+            start_from,
+            session_timeout: Duration::from_millis(e.parse(&["KAFKA_SESSION_TIMEOUT_MS"], 10_000)),
+            max_poll_interval: Duration::from_millis(
+                e.parse(&["KAFKA_MAX_POLL_INTERVAL_MS"], 60_000),
+            ),
+            instance_id: e.raw(&["KAFKA_GROUP_INSTANCE_ID"]).map(|(_, v)| v),
+            pricing_file: e.raw(&["PRICING_FILE"]).map(|(_, v)| v),
+            retention: TimeDelta::days(e.parse(&["RETENTION_DAYS"], 30)),
+            host: e.parse(&["HTTP_HOST"], IpAddr::from([0, 0, 0, 0])),
+            port: e.parse(&["HTTP_PORT"], 9091),
+            log_json: e.string(&["LOG_FORMAT"], "text") == "json",
+        };
+        if let Err(problem) = settings.engine.check() {
+            e.invalid(format!(
+                "JOIN_TTL_SECS / WINDOW_GRACE_SECS / PARTITION_IDLE_SECS: {problem}"
+            ));
+        }
+        if settings.commit_interval.is_zero() {
+            e.invalid("COMMIT_INTERVAL_MS must be positive");
+        }
+        env.finish()?;
+        Ok(settings)
+    }
+}

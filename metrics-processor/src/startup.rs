@@ -1,0 +1,215 @@
+//! Building and running the processor.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use common::error::ErrorBody;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{DefaultProducerContext, ThreadedProducer};
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::domain::engine::Engine;
+use crate::domain::pricing::PricingTable;
+use crate::pipeline::{self, Context, Shared};
+use crate::settings::Settings;
+use crate::store::Store;
+use crate::telemetry::Metrics;
+
+pub struct Application {
+    settings: Settings,
+    shared: Arc<Shared>,
+    consumer: BaseConsumer<Context>,
+    listener: TcpListener,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("group", &self.settings.group)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    /// Connects to Postgres (applying migrations), creates the topics if missing, and joins the
+    /// consumer group. Fails with a clear error when a dependency is unusable.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let pool = common::db::connect(&settings.dsn, 4)
+            .await
+            .context("cannot connect to Postgres (POSTGRES_DSN / DATABASE_URL)")?;
+        common::db::migrate(&pool)
+            .await
+            .context("database migrations failed")?;
+        let topics = &settings.topics;
+        let all = [
+            topics.requests.as_str(),
+            &topics.responses,
+            &topics.metrics,
+            &topics.dlq,
+        ];
+        settings
+            .kafka
+            .ensure_topics(&all, &topics.inputs(), Duration::from_secs(10))
+            .await
+            .with_context(|| {
+                format!(
+                    "topic set-up on {} failed (KAFKA_BROKERS)",
+                    settings.kafka.brokers
+                )
+            })?;
+        let pricing = match &settings.pricing_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read PRICING_FILE {path}"))?;
+                PricingTable::with_file(&text).with_context(|| format!("PRICING_FILE {path}"))?
+            }
+            None => PricingTable::default(),
+        };
+        let producer: ThreadedProducer<DefaultProducerContext> = settings
+            .kafka
+            .producer_config("streamlens-processor", Duration::from_secs(30))
+            .create()
+            .context("cannot create the Kafka producer")?;
+        let store = Store::new(pool, &settings.group, &topics.requests, &topics.responses);
+        let shared = Arc::new(Shared::new(
+            Engine::new(settings.engine, pricing),
+            store,
+            tokio::runtime::Handle::current(),
+            Arc::new(Metrics::default()),
+            producer,
+            topics.clone(),
+            settings.start_from,
+        ));
+        let mut config = settings
+            .kafka
+            .client_config(&[("client.id", "streamlens-processor")]);
+        if let Some(id) = &settings.instance_id {
+            config.set("group.instance.id", id);
+        }
+        let consumer: BaseConsumer<Context> = config
+            .set("group.id", &settings.group)
+            // Range keeps partition i of both topics on one instance; positions live in
+            // Postgres, so nothing is committed to Kafka.
+            .set("partition.assignment.strategy", "range")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            // Statistics tell which input partitions are read to their end (see pipeline).
+            .set("statistics.interval.ms", "1000")
+            .set(
+                "session.timeout.ms",
+                settings.session_timeout.as_millis().to_string(),
+            )
+            .set(
+                "heartbeat.interval.ms",
+                (settings.session_timeout.as_millis() / 4)
+                    .max(100)
+                    .to_string(),
+            )
+            .set(
+                "max.poll.interval.ms",
+                settings.max_poll_interval.as_millis().to_string(),
+            )
+            .create_with_context(Context {
+                shared: Arc::clone(&shared),
+            })
+            .context("cannot create the Kafka consumer")?;
+        consumer
+            .subscribe(&topics.inputs())
+            .context("cannot subscribe to the input topics")?;
+        let listener = TcpListener::bind((settings.host, settings.port))
+            .await
+            .with_context(|| format!("cannot listen on port {}", settings.port))?;
+        Ok(Self {
+            settings,
+            shared,
+            consumer,
+            listener,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or_default()
+    }
+
+    /// Processes until `shutdown` resolves, then writes a last flush and leaves the group.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (shared, interval) = (Arc::clone(&self.shared), self.settings.commit_interval);
+        let retention = self.settings.retention;
+        let consumer = self.consumer;
+        let worker_stop = Arc::clone(&stop);
+        let worker = std::thread::Builder::new()
+            .name("pipeline".into())
+            .spawn(move || pipeline::run(consumer, shared, interval, retention, worker_stop))
+            .context("cannot start the pipeline thread")?;
+        let app = router(Arc::clone(&self.shared));
+        tracing::info!(address = %self.listener.local_addr()?, group = %self.settings.group, "metrics processor running");
+        let serve_stop = Arc::clone(&stop);
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                serve_stop.store(true, Ordering::Relaxed);
+            })
+            .await
+            .context("HTTP server failed")?;
+        stop.store(true, Ordering::Relaxed);
+        tokio::task::spawn_blocking(move || worker.join())
+            .await
+            .context("pipeline thread")?
+            .map_err(|_| anyhow::anyhow!("the pipeline thread panicked"))?;
+        tracing::info!("metrics processor stopped");
+        Ok(())
+    }
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .with_state(shared)
+}
+
+async fn ready(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    let database = sqlx::query("SELECT 1").execute(shared.store.pool()).await;
+    match (database, shared.healthy.load(Ordering::Relaxed)) {
+        (Ok(_), true) => (StatusCode::OK, Json(json!({"status": "ready"}))).into_response(),
+        (Err(e), _) => unavailable(format!("database unreachable: {e}")),
+        (_, false) => unavailable("Postgres refused the last commit; retrying".into()),
+    }
+}
+
+fn unavailable(message: String) -> axum::response::Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(ErrorBody::new("not_ready", message)),
+    )
+        .into_response()
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        shared.metrics.encode(),
+    )
+}

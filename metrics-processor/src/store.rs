@@ -1,0 +1,368 @@
+//! Postgres: window rows, positions and decisions, written together.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use sqlx::{PgPool, Postgres, Row, Transaction};
+
+use crate::domain::engine::{Committed, Decision, Flush};
+use crate::domain::histogram;
+use crate::domain::join::Ended;
+use crate::domain::offsets::{Input, Source};
+use crate::domain::window::{Aggregate, WindowKey, WINDOW};
+use crate::output::MetricRow;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Another instance took the partition over; nothing of this commit was written.
+    #[error("partition {partition} of {topic} now belongs to another instance")]
+    Fenced { topic: String, partition: i32 },
+    #[error(transparent)]
+    Histogram(#[from] histogram::HistogramError),
+}
+
+/// What the store holds for one input partition when it is claimed.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub input: Input,
+    pub partition: i32,
+    /// The last commit's position and watermark, and the offset to resume from.
+    pub stored: Option<(Committed, i64)>,
+    pub epoch: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: PgPool,
+    group: String,
+    requests: String,
+    responses: String,
+}
+
+impl Store {
+    pub fn new(pool: PgPool, group: &str, requests: &str, responses: &str) -> Self {
+        Self {
+            pool,
+            group: group.to_owned(),
+            requests: requests.to_owned(),
+            responses: responses.to_owned(),
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn topic(&self, input: Input) -> &str {
+        match input {
+            Input::Requests => &self.requests,
+            Input::Responses => &self.responses,
+        }
+    }
+
+    fn input(&self, topic: &str) -> Input {
+        if topic == self.requests {
+            Input::Requests
+        } else {
+            Input::Responses
+        }
+    }
+
+    /// Takes ownership of partition pairs: raises their epoch, so a commit of the previous
+    /// owner fails from now on, and returns what they hold.
+    pub async fn claim(
+        &self,
+        partitions: &[i32],
+    ) -> Result<(Vec<Claim>, Vec<Decision>), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut claims = Vec::new();
+        for &partition in partitions {
+            for input in [Input::Requests, Input::Responses] {
+                let row = sqlx::query(
+                    "INSERT INTO processor_positions (consumer_group, topic, partition, position, resume, epoch)
+                     VALUES ($1, $2, $3, -1, -1, 1)
+                     ON CONFLICT (consumer_group, topic, partition)
+                     DO UPDATE SET epoch = processor_positions.epoch + 1
+                     RETURNING position, resume, watermark, epoch",
+                )
+                .bind(&self.group)
+                .bind(self.topic(input))
+                .bind(partition)
+                .fetch_one(&mut *tx)
+                .await?;
+                let position: i64 = row.try_get("position")?;
+                let stored = (position >= 0).then(|| {
+                    let watermark: Option<DateTime<Utc>> = row.try_get("watermark").ok().flatten();
+                    let resume: i64 = row.try_get("resume").unwrap_or(position);
+                    (
+                        Committed {
+                            position,
+                            watermark,
+                        },
+                        resume,
+                    )
+                });
+                claims.push(Claim {
+                    input,
+                    partition,
+                    stored,
+                    epoch: row.try_get("epoch")?,
+                });
+            }
+        }
+        let rows = sqlx::query(
+            "SELECT topic, partition, request_id, outcome, record_offset, event_time
+             FROM processor_decisions WHERE consumer_group = $1 AND partition = ANY($2)",
+        )
+        .bind(&self.group)
+        .bind(partitions)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut decisions = Vec::with_capacity(rows.len());
+        for row in rows {
+            let topic: String = row.try_get("topic")?;
+            let outcome: String = row.try_get("outcome")?;
+            decisions.push(Decision {
+                request_id: row.try_get("request_id")?,
+                ended: if outcome == "timeout" {
+                    Ended::TimedOut
+                } else {
+                    Ended::Orphaned
+                },
+                source: Source {
+                    input: self.input(&topic),
+                    partition: row.try_get("partition")?,
+                    offset: row.try_get("record_offset")?,
+                },
+                at: row.try_get("event_time")?,
+            });
+        }
+        tx.commit().await?;
+        Ok((claims, decisions))
+    }
+
+    /// Writes one flush atomically: merged window rows, decisions, positions. Fails without
+    /// writing anything if any partition's epoch moved on.
+    pub async fn commit(
+        &self,
+        flush: &Flush,
+        epochs: &HashMap<(Input, i32), i64>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for p in &flush.positions {
+            let epoch = epochs.get(&(p.input, p.partition)).copied().unwrap_or(-1);
+            let updated = sqlx::query(
+                "UPDATE processor_positions
+                 SET position = $4, resume = $5, watermark = $6, updated_at = now()
+                 WHERE consumer_group = $1 AND topic = $2 AND partition = $3 AND epoch = $7",
+            )
+            .bind(&self.group)
+            .bind(self.topic(p.input))
+            .bind(p.partition)
+            .bind(p.consumed)
+            .bind(p.resume)
+            .bind(p.watermark)
+            .bind(epoch)
+            .execute(&mut *tx)
+            .await?;
+            if updated.rows_affected() != 1 {
+                return Err(StoreError::Fenced {
+                    topic: self.topic(p.input).to_owned(),
+                    partition: p.partition,
+                });
+            }
+            sqlx::query(
+                "DELETE FROM processor_decisions
+                 WHERE consumer_group = $1 AND topic = $2 AND partition = $3 AND record_offset < $4",
+            )
+            .bind(&self.group)
+            .bind(self.topic(p.input))
+            .bind(p.partition)
+            .bind(p.resume)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for d in &flush.decisions {
+            sqlx::query(
+                "INSERT INTO processor_decisions
+                 (consumer_group, topic, partition, request_id, outcome, record_offset, event_time)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+            )
+            .bind(&self.group)
+            .bind(self.topic(d.source.input))
+            .bind(d.source.partition)
+            .bind(&d.request_id)
+            .bind(if d.ended == Ended::TimedOut {
+                "timeout"
+            } else {
+                "orphan"
+            })
+            .bind(d.source.offset)
+            .bind(d.at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for (key, partial) in &flush.windows {
+            merge_window(&mut tx, key, partial).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Rows whose latest content has not gone to `llm.metrics` yet.
+    pub async fn unpublished(&self, limit: i64) -> Result<Vec<MetricRow>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM llm_metrics
+             WHERE published_at IS DISTINCT FROM updated_at ORDER BY updated_at LIMIT $1"
+        ))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(MetricRow::from_row)
+            .collect::<Result<_, _>>()
+            .map_err(Into::into)
+    }
+
+    pub async fn mark_published(&self, rows: &[MetricRow]) -> Result<(), StoreError> {
+        for row in rows {
+            sqlx::query(
+                "UPDATE llm_metrics SET published_at = updated_at
+                 WHERE tenant_id = $1 AND route = $2 AND model = $3 AND window_start = $4 AND updated_at = $5",
+            )
+            .bind(&row.tenant_id)
+            .bind(&row.route)
+            .bind(&row.model)
+            .bind(row.window_start)
+            .bind(row.updated_at)
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes windows older than `retention`.
+    pub async fn prune(&self, now: DateTime<Utc>, retention: TimeDelta) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM llm_metrics WHERE window_start < $1")
+            .bind(now - retention)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+pub const COLUMNS: &str =
+    "tenant_id, route, model, window_start, window_end, requests, errors, timeouts,
+    completed, latency_sum_ms, ttft_sum_ms, ttft_count, prompt_tokens, completion_tokens,
+    cached_prompt_tokens, cost_nanos, unpriced, latency_histogram, ttft_histogram,
+    avg_latency_ms, p50_latency_ms, p95_latency_ms, p99_latency_ms, max_latency_ms, avg_ttft_ms,
+    avg_prompt_tokens, avg_completion_tokens, estimated_cost_usd, created_at, updated_at";
+
+fn i64_of(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn u64_of(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// Adds a partial window to its stored row under a row lock, so concurrent writers of the
+/// same window (other partitions, other instances) add up instead of overwriting.
+async fn merge_window(
+    tx: &mut Transaction<'_, Postgres>,
+    key: &WindowKey,
+    partial: &Aggregate,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO llm_metrics (tenant_id, route, model, window_start, window_end)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, route, model, window_start) DO NOTHING",
+    )
+    .bind(&*key.tenant)
+    .bind(&*key.route)
+    .bind(&*key.model)
+    .bind(key.start)
+    .bind(key.start + WINDOW)
+    .execute(&mut **tx)
+    .await?;
+    let row = sqlx::query(
+        "SELECT requests, errors, timeouts, completed, latency_sum_ms, ttft_sum_ms, ttft_count,
+                prompt_tokens, completion_tokens, cached_prompt_tokens, cost_nanos, unpriced,
+                latency_histogram, ttft_histogram
+         FROM llm_metrics WHERE tenant_id = $1 AND route = $2 AND model = $3 AND window_start = $4
+         FOR UPDATE",
+    )
+    .bind(&*key.tenant)
+    .bind(&*key.route)
+    .bind(&*key.model)
+    .bind(key.start)
+    .fetch_one(&mut **tx)
+    .await?;
+    let hist = |name: &str| -> Result<histogram::Latencies, StoreError> {
+        let bytes: Option<Vec<u8>> = row.try_get(name)?;
+        Ok(match bytes {
+            Some(b) => histogram::decode(&b)?,
+            None => histogram::new(),
+        })
+    };
+    let mut merged = Aggregate {
+        requests: u64_of(row.try_get("requests")?),
+        errors: u64_of(row.try_get("errors")?),
+        timeouts: u64_of(row.try_get("timeouts")?),
+        completed: u64_of(row.try_get("completed")?),
+        latency_sum_ms: u64_of(row.try_get("latency_sum_ms")?),
+        ttft_sum_ms: u64_of(row.try_get("ttft_sum_ms")?),
+        ttft_count: u64_of(row.try_get("ttft_count")?),
+        prompt_tokens: u64_of(row.try_get("prompt_tokens")?),
+        completion_tokens: u64_of(row.try_get("completion_tokens")?),
+        cached_prompt_tokens: u64_of(row.try_get("cached_prompt_tokens")?),
+        cost_nanos: u64_of(row.try_get("cost_nanos")?),
+        unpriced: u64_of(row.try_get("unpriced")?),
+        latency: hist("latency_histogram")?,
+        ttft: hist("ttft_histogram")?,
+    };
+    merged.merge(partial);
+    let a = &merged;
+    sqlx::query(
+        "UPDATE llm_metrics SET
+            requests = $5, errors = $6, timeouts = $7, completed = $8, latency_sum_ms = $9,
+            ttft_sum_ms = $10, ttft_count = $11, prompt_tokens = $12, completion_tokens = $13,
+            cached_prompt_tokens = $14, cost_nanos = $15, unpriced = $16,
+            latency_histogram = $17, ttft_histogram = $18,
+            avg_latency_ms = $19, p50_latency_ms = $20, p95_latency_ms = $21, p99_latency_ms = $22,
+            max_latency_ms = $23, avg_ttft_ms = $24, avg_prompt_tokens = $25,
+            avg_completion_tokens = $26, estimated_cost_usd = $27, updated_at = clock_timestamp()
+         WHERE tenant_id = $1 AND route = $2 AND model = $3 AND window_start = $4",
+    )
+    .bind(&*key.tenant)
+    .bind(&*key.route)
+    .bind(&*key.model)
+    .bind(key.start)
+    .bind(i64_of(a.requests))
+    .bind(i64_of(a.errors))
+    .bind(i64_of(a.timeouts))
+    .bind(i64_of(a.completed))
+    .bind(i64_of(a.latency_sum_ms))
+    .bind(i64_of(a.ttft_sum_ms))
+    .bind(i64_of(a.ttft_count))
+    .bind(i64_of(a.prompt_tokens))
+    .bind(i64_of(a.completion_tokens))
+    .bind(i64_of(a.cached_prompt_tokens))
+    .bind(i64_of(a.cost_nanos))
+    .bind(i64_of(a.unpriced))
+    .bind(histogram::encode(&a.latency))
+    .bind(histogram::encode(&a.ttft))
+    .bind(a.avg_latency_ms())
+    .bind(a.latency_quantile_ms(0.5) as f64)
+    .bind(a.latency_quantile_ms(0.95) as f64)
+    .bind(a.latency_quantile_ms(0.99) as f64)
+    .bind(a.latency_quantile_ms(1.0) as f64)
+    .bind(a.avg_ttft_ms())
+    .bind(a.avg_prompt_tokens())
+    .bind(a.avg_completion_tokens())
+    .bind(a.cost_nanos as f64 / 1e9)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,4 @@
+//! The processor binary against a real broker and a real Postgres.
+
+mod helpers;
+mod processing;

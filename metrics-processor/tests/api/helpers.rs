@@ -23,6 +23,9 @@ pub fn env_or_explain(name: &str) -> String {
     })
 }
 
+/// The consumer group session timeout the processors under test run with.
+pub const SESSION_TIMEOUT: Duration = Duration::from_secs(6);
+
 pub fn unique(prefix: &str) -> String {
     format!(
         "{prefix}{}",
@@ -99,7 +102,10 @@ impl World {
             ("PARTITION_IDLE_SECS", "1".into()),
             ("WINDOW_GRACE_SECS", "1".into()),
             ("JOIN_TTL_SECS", "65".into()),
-            ("KAFKA_SESSION_TIMEOUT_MS", "6000".into()),
+            (
+                "KAFKA_SESSION_TIMEOUT_MS",
+                SESSION_TIMEOUT.as_millis().to_string(),
+            ),
             ("KAFKA_MAX_POLL_INTERVAL_MS", "10000".into()),
             (
                 "RUST_LOG",
@@ -302,10 +308,16 @@ impl Processor {
         Self { child }
     }
 
-    /// kill -9: no flush, no goodbye to the group.
-    pub fn kill(mut self) {
+    /// kill -9: no flush, no goodbye to the group. Returns once the broker has expelled the dead
+    /// member (its session timed out), as it would have by the time a supervisor restarts it.
+    ///
+    /// Tansu 0.6 cannot take a replacement that joins while the dead member is still in the
+    /// group: when the dead leader expires between the newcomer's JoinGroup and SyncGroup, it
+    /// accepts the newcomer's empty assignment and the group sits formed with no partition owned.
+    pub async fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        tokio::time::sleep(SESSION_TIMEOUT + Duration::from_millis(1500)).await;
     }
 
     /// SIGTERM, and wait for the graceful exit.

@@ -228,7 +228,7 @@ async fn kill_minus_nine_and_restart_give_exact_totals() {
             .wait_for_commit_beyond(before, Duration::from_secs(60))
             .await;
         tokio::time::sleep(Duration::from_millis(pause_ms)).await;
-        processor.kill();
+        processor.kill().await;
     }
     let processor = Processor::start(&world);
     world

@@ -5,12 +5,16 @@
 //! - [`error`]: the one JSON error shape both HTTP APIs answer with.
 //! - [`settings`]: reading typed configuration from environment variables.
 //! - [`kafka`]: producer configuration, topic names and creation, the Java-compatible partitioner.
+//! - [`aggregate`]: the mergeable sums and histograms behind a window row.
+//! - [`histogram`]: the one HdrHistogram configuration, so histograms merge exactly.
 //! - [`db`]: the Postgres pool and the embedded migrations.
 //! - [`telemetry`] and [`shutdown`]: logs and the stop signal.
 
+pub mod aggregate;
 pub mod db;
 pub mod error;
 pub mod events;
+pub mod histogram;
 pub mod kafka;
 pub mod settings;
 pub mod shutdown;

@@ -20,7 +20,7 @@ pub enum StoreError {
     #[error("partition {partition} of {topic} now belongs to another instance")]
     Fenced { topic: String, partition: i32 },
     #[error(transparent)]
-    Histogram(#[from] histogram::HistogramError),
+    Row(#[from] common::aggregate::RowError),
 }
 
 /// What the store holds for one input partition when it is claimed.
@@ -264,10 +264,6 @@ fn i64_of(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-fn u64_of(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
-
 /// Adds a partial window to its stored row under a row lock, so concurrent writers of the
 /// same window (other partitions, other instances) add up instead of overwriting.
 async fn merge_window(
@@ -286,42 +282,18 @@ async fn merge_window(
     .bind(key.start + WINDOW)
     .execute(&mut **tx)
     .await?;
-    let row = sqlx::query(
-        "SELECT requests, errors, timeouts, completed, latency_sum_ms, ttft_sum_ms, ttft_count,
-                prompt_tokens, completion_tokens, cached_prompt_tokens, cost_nanos, unpriced,
-                latency_histogram, ttft_histogram
-         FROM llm_metrics WHERE tenant_id = $1 AND route = $2 AND model = $3 AND window_start = $4
-         FOR UPDATE",
-    )
+    let row = sqlx::query(&format!(
+        "SELECT {} FROM llm_metrics
+         WHERE tenant_id = $1 AND route = $2 AND model = $3 AND window_start = $4 FOR UPDATE",
+        Aggregate::COLUMNS
+    ))
     .bind(&*key.tenant)
     .bind(&*key.route)
     .bind(&*key.model)
     .bind(key.start)
     .fetch_one(&mut **tx)
     .await?;
-    let hist = |name: &str| -> Result<histogram::Latencies, StoreError> {
-        let bytes: Option<Vec<u8>> = row.try_get(name)?;
-        Ok(match bytes {
-            Some(b) => histogram::decode(&b)?,
-            None => histogram::new(),
-        })
-    };
-    let mut merged = Aggregate {
-        requests: u64_of(row.try_get("requests")?),
-        errors: u64_of(row.try_get("errors")?),
-        timeouts: u64_of(row.try_get("timeouts")?),
-        completed: u64_of(row.try_get("completed")?),
-        latency_sum_ms: u64_of(row.try_get("latency_sum_ms")?),
-        ttft_sum_ms: u64_of(row.try_get("ttft_sum_ms")?),
-        ttft_count: u64_of(row.try_get("ttft_count")?),
-        prompt_tokens: u64_of(row.try_get("prompt_tokens")?),
-        completion_tokens: u64_of(row.try_get("completion_tokens")?),
-        cached_prompt_tokens: u64_of(row.try_get("cached_prompt_tokens")?),
-        cost_nanos: u64_of(row.try_get("cost_nanos")?),
-        unpriced: u64_of(row.try_get("unpriced")?),
-        latency: hist("latency_histogram")?,
-        ttft: hist("ttft_histogram")?,
-    };
+    let mut merged = Aggregate::from_row(&row)?;
     merged.merge(partial);
     let a = &merged;
     sqlx::query(

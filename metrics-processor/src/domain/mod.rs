@@ -4,14 +4,13 @@
 //! - [`join`]: pairs each request with its response by `request_id`, in either order, with an
 //!   event-time TTL and duplicate suppression.
 //! - [`window`]: one-minute tumbling windows per (tenant, route, model) and their aggregates.
-//! - [`histogram`]: the one HdrHistogram configuration, so histograms merge exactly.
 //! - [`pricing`]: the per-model price table and exact integer cost.
 //! - [`watermark`]: event-time progress per partition, the minimum across partitions.
 //! - [`engine`]: the state of the owned partitions and the exactly-once rules of a replay.
 //! - [`offsets`]: which input offsets are still needed, i.e. where a restart must resume.
 
 pub mod engine;
-pub mod histogram;
+pub use common::histogram;
 pub mod join;
 pub mod offsets;
 pub mod pricing;

@@ -19,12 +19,7 @@ pub struct Price {
     pub cached_input: u64,
 }
 
-/// The cost of one call, and whether the model had a price of its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cost {
-    pub nanos: u64,
-    pub priced: bool,
-}
+pub use common::aggregate::Cost;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct PricingTable {

@@ -1,0 +1,16 @@
+//! StreamLens query API: the per-minute windows the processor writes, served to dashboards.
+//!
+//! - [`query`]: the parameters, parsed and checked, every bad one named.
+//! - [`rollup`]: merging windows into wider buckets, coarser groups and summaries.
+//! - [`store`]: reading windows from Postgres.
+//! - [`routes`]: the HTTP handlers; [`error`]: how failures become JSON answers.
+//! - [`settings`], [`startup`], [`telemetry`]: configuration, running, Prometheus metrics.
+
+pub mod error;
+pub mod query;
+pub mod rollup;
+pub mod routes;
+pub mod settings;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

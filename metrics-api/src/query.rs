@@ -1,0 +1,498 @@
+//! Query parameters: parsed and checked in one pass, every bad one named.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use common::validation::FieldError;
+
+/// The width of the buckets a query answers in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Granularity {
+    Minute,
+    FiveMinutes,
+    Hour,
+    Day,
+}
+
+impl Granularity {
+    pub const NAMES: &'static str = "1m, 5m, 1h or 1d";
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "1m" => Self::Minute,
+            "5m" => Self::FiveMinutes,
+            "1h" => Self::Hour,
+            "1d" => Self::Day,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Minute => "1m",
+            Self::FiveMinutes => "5m",
+            Self::Hour => "1h",
+            Self::Day => "1d",
+        }
+    }
+
+    pub fn width(self) -> TimeDelta {
+        match self {
+            Self::Minute => TimeDelta::minutes(1),
+            Self::FiveMinutes => TimeDelta::minutes(5),
+            Self::Hour => TimeDelta::hours(1),
+            Self::Day => TimeDelta::days(1),
+        }
+    }
+
+    /// The start of the bucket `t` falls in (UTC, aligned to the epoch).
+    pub fn bucket(self, t: DateTime<Utc>) -> DateTime<Utc> {
+        t.duration_trunc(self.width()).unwrap_or(t)
+    }
+}
+
+/// Which dimensions below the tenant a roll-up keeps apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupBy {
+    pub route: bool,
+    pub model: bool,
+}
+
+impl GroupBy {
+    pub const ALL: Self = Self {
+        route: true,
+        model: true,
+    };
+
+    /// `route,model` (the default), `route`, `model`, or `tenant` (everything together).
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut g = Self {
+            route: false,
+            model: false,
+        };
+        if s == "tenant" {
+            return Some(g);
+        }
+        for part in s.split(',').map(str::trim) {
+            match part {
+                "route" => g.route = true,
+                "model" => g.model = true,
+                _ => return None,
+            }
+        }
+        Some(g)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsQuery {
+    /// Absent only when the caller's key says which tenant.
+    pub tenant: Option<String>,
+    pub route: Option<String>,
+    pub model: Option<String>,
+    pub limit: i64,
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    pub granularity: Granularity,
+    pub group_by: GroupBy,
+}
+
+impl MetricsQuery {
+    /// The stored windows themselves, newest first: the original API's answer.
+    pub fn is_plain(&self) -> bool {
+        self.granularity == Granularity::Minute && self.group_by == GroupBy::ALL
+    }
+
+    /// The range a roll-up reads: as given, else the `limit` buckets up to now.
+    pub fn range(&self, now: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
+        let g = self.granularity;
+        let to = self.to.unwrap_or_else(|| g.bucket(now) + g.width());
+        let from = self.from.unwrap_or_else(|| {
+            let buckets = i32::try_from(self.limit).unwrap_or(i32::MAX);
+            to - g.width() * buckets
+        });
+        (from, to)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SummaryQuery {
+    pub tenant: Option<String>,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub top: usize,
+}
+
+/// Bounds the parser enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct QueryLimits {
+    pub default_limit: i64,
+    pub max_limit: i64,
+    /// The widest `to - from` a query may read.
+    pub max_range: TimeDelta,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        Self {
+            default_limit: 60,
+            max_limit: 1000,
+            max_range: TimeDelta::days(400),
+        }
+    }
+}
+
+struct Parser<'a> {
+    params: &'a HashMap<String, String>,
+    errors: Vec<FieldError>,
+}
+
+impl<'a> Parser<'a> {
+    fn fail(&mut self, field: &str, reason: impl Into<String>) {
+        self.errors.push(FieldError::new(field, reason));
+    }
+
+    fn name(&mut self, field: &str) -> Option<String> {
+        let v = self.params.get(field)?;
+        if v.is_empty() {
+            self.fail(field, "must not be empty when given");
+            None
+        } else if v.chars().count() > 255 {
+            self.fail(field, "must be at most 255 characters");
+            None
+        } else {
+            Some(v.clone())
+        }
+    }
+
+    fn time(&mut self, field: &str) -> Option<DateTime<Utc>> {
+        let v = self.params.get(field)?;
+        match DateTime::parse_from_rfc3339(v) {
+            Ok(t) => Some(t.with_timezone(&Utc)),
+            Err(_) => {
+                self.fail(field, "must be an RFC 3339 time, e.g. 2024-05-01T12:00:00Z");
+                None
+            }
+        }
+    }
+
+    fn limit(&mut self, limits: &QueryLimits) -> i64 {
+        let Some(v) = self.params.get("limit") else {
+            return limits.default_limit;
+        };
+        match v.parse::<i64>() {
+            Ok(n) if (1..=limits.max_limit).contains(&n) => n,
+            _ => {
+                self.fail(
+                    "limit",
+                    format!("must be a whole number from 1 to {}", limits.max_limit),
+                );
+                limits.default_limit
+            }
+        }
+    }
+
+    fn range(
+        &mut self,
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
+        limits: &QueryLimits,
+    ) {
+        if let (Some(f), Some(t)) = (from, to) {
+            if f >= t {
+                self.fail("from", "must be before `to`");
+            } else if t - f > limits.max_range {
+                self.fail(
+                    "to",
+                    format!(
+                        "must be at most {} days after `from`",
+                        limits.max_range.num_days()
+                    ),
+                );
+            }
+        }
+    }
+
+    fn finish<T>(self, value: T) -> Result<T, Vec<FieldError>> {
+        if self.errors.is_empty() {
+            Ok(value)
+        } else {
+            Err(self.errors)
+        }
+    }
+}
+
+/// Reads `GET /v1/metrics` parameters. `tenant_id` is required unless `keyed` (the caller's
+/// key names the tenant).
+pub fn metrics(
+    params: &HashMap<String, String>,
+    keyed: bool,
+    limits: &QueryLimits,
+) -> Result<MetricsQuery, Vec<FieldError>> {
+    let mut p = Parser {
+        params,
+        errors: Vec::new(),
+    };
+    let tenant = p.name("tenant_id");
+    if tenant.is_none() && !keyed && !params.contains_key("tenant_id") {
+        p.fail("tenant_id", "is required");
+    }
+    let route = p.name("route");
+    let model = p.name("model");
+    let limit = p.limit(limits);
+    let from = p.time("from");
+    let to = p.time("to");
+    p.range(from, to, limits);
+    let granularity = match params.get("granularity") {
+        None => Granularity::Minute,
+        Some(v) => Granularity::parse(v).unwrap_or_else(|| {
+            p.fail(
+                "granularity",
+                format!("must be one of {}", Granularity::NAMES),
+            );
+            Granularity::Minute
+        }),
+    };
+    let group_by = match params.get("group_by") {
+        None => GroupBy::ALL,
+        Some(v) => GroupBy::parse(v).unwrap_or_else(|| {
+            p.fail(
+                "group_by",
+                "must be `route,model`, `route`, `model` or `tenant`",
+            );
+            GroupBy::ALL
+        }),
+    };
+    p.finish(MetricsQuery {
+        tenant,
+        route,
+        model,
+        limit,
+        from,
+        to,
+        granularity,
+        group_by,
+    })
+}
+
+/// Reads `GET /v1/summary` parameters; the range defaults to the last 24 hours.
+pub fn summary(
+    params: &HashMap<String, String>,
+    keyed: bool,
+    limits: &QueryLimits,
+    now: DateTime<Utc>,
+) -> Result<SummaryQuery, Vec<FieldError>> {
+    let mut p = Parser {
+        params,
+        errors: Vec::new(),
+    };
+    let tenant = p.name("tenant_id");
+    if tenant.is_none() && !keyed && !params.contains_key("tenant_id") {
+        p.fail("tenant_id", "is required");
+    }
+    let from = p.time("from");
+    let to = p.time("to");
+    p.range(from, to, limits);
+    let top = match params.get("top") {
+        None => 5,
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=100).contains(&n) => n,
+            _ => {
+                p.fail("top", "must be a whole number from 1 to 100");
+                5
+            }
+        },
+    };
+    let to = to.unwrap_or(now);
+    let from = from.unwrap_or(to - TimeDelta::days(1));
+    if from >= to && p.errors.is_empty() {
+        p.fail("from", "must be before `to`");
+    }
+    p.finish(SummaryQuery {
+        tenant,
+        from,
+        to,
+        top,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect()
+    }
+
+    fn fields(errors: Vec<FieldError>) -> Vec<String> {
+        errors.into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn the_original_query_keeps_its_defaults() {
+        let q = metrics(
+            &params(&[("tenant_id", "acme")]),
+            false,
+            &QueryLimits::default(),
+        )
+        .unwrap();
+        assert_eq!(q.tenant.as_deref(), Some("acme"));
+        assert_eq!(q.limit, 60);
+        assert!(q.is_plain());
+        assert_eq!((q.route, q.model, q.from, q.to), (None, None, None, None));
+    }
+
+    #[test]
+    fn the_tenant_is_required_unless_the_key_names_it() {
+        let err = metrics(&params(&[]), false, &QueryLimits::default()).unwrap_err();
+        assert_eq!(fields(err), ["tenant_id"]);
+        assert!(metrics(&params(&[]), true, &QueryLimits::default()).is_ok());
+    }
+
+    #[test]
+    fn every_bad_parameter_is_named() {
+        let err = metrics(
+            &params(&[
+                ("tenant_id", ""),
+                ("limit", "100000"),
+                ("from", "yesterday"),
+                ("granularity", "2m"),
+                ("group_by", "colour"),
+            ]),
+            false,
+            &QueryLimits::default(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            fields(err),
+            ["tenant_id", "limit", "from", "granularity", "group_by"]
+        );
+    }
+
+    #[test]
+    fn limits_and_ranges_are_bounded() {
+        let l = QueryLimits::default();
+        for bad in ["0", "-1", "1001", "ten", "1.5"] {
+            let err =
+                metrics(&params(&[("tenant_id", "a"), ("limit", bad)]), false, &l).unwrap_err();
+            assert_eq!(fields(err), ["limit"], "{bad}");
+        }
+        assert_eq!(
+            metrics(&params(&[("tenant_id", "a"), ("limit", "1000")]), false, &l)
+                .unwrap()
+                .limit,
+            1000
+        );
+        let backwards = params(&[
+            ("tenant_id", "a"),
+            ("from", "2024-05-02T00:00:00Z"),
+            ("to", "2024-05-01T00:00:00Z"),
+        ]);
+        assert_eq!(
+            fields(metrics(&backwards, false, &l).unwrap_err()),
+            ["from"]
+        );
+        let huge = params(&[
+            ("tenant_id", "a"),
+            ("from", "2020-01-01T00:00:00Z"),
+            ("to", "2024-05-01T00:00:00Z"),
+        ]);
+        assert_eq!(fields(metrics(&huge, false, &l).unwrap_err()), ["to"]);
+        let long_name = "r".repeat(256);
+        assert_eq!(
+            fields(
+                metrics(
+                    &params(&[("tenant_id", "a"), ("route", &long_name)]),
+                    false,
+                    &l
+                )
+                .unwrap_err()
+            ),
+            ["route"]
+        );
+    }
+
+    #[test]
+    fn granularities_and_groupings_parse() {
+        for (s, g) in [
+            ("1m", Granularity::Minute),
+            ("5m", Granularity::FiveMinutes),
+            ("1h", Granularity::Hour),
+            ("1d", Granularity::Day),
+        ] {
+            assert_eq!(Granularity::parse(s), Some(g));
+            assert_eq!(g.name(), s);
+        }
+        assert_eq!(
+            GroupBy::parse("model"),
+            Some(GroupBy {
+                route: false,
+                model: true
+            })
+        );
+        assert_eq!(GroupBy::parse("model,route"), Some(GroupBy::ALL));
+        assert_eq!(
+            GroupBy::parse("tenant"),
+            Some(GroupBy {
+                route: false,
+                model: false
+            })
+        );
+        assert_eq!(GroupBy::parse(""), None);
+    }
+
+    #[test]
+    fn buckets_align_to_the_granularity() {
+        let t: DateTime<Utc> = "2024-05-01T13:47:31Z".parse().unwrap();
+        assert_eq!(
+            Granularity::FiveMinutes.bucket(t),
+            "2024-05-01T13:45:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
+        assert_eq!(
+            Granularity::Hour.bucket(t),
+            "2024-05-01T13:00:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
+        assert_eq!(
+            Granularity::Day.bucket(t),
+            "2024-05-01T00:00:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
+    }
+
+    #[test]
+    fn a_roll_up_without_a_range_reads_the_last_limit_buckets() {
+        let q = metrics(
+            &params(&[("tenant_id", "a"), ("granularity", "5m"), ("limit", "12")]),
+            false,
+            &QueryLimits::default(),
+        )
+        .unwrap();
+        let now: DateTime<Utc> = "2024-05-01T13:47:31Z".parse().unwrap();
+        let (from, to) = q.range(now);
+        assert_eq!(to, "2024-05-01T13:50:00Z".parse::<DateTime<Utc>>().unwrap());
+        assert_eq!(to - from, TimeDelta::hours(1));
+    }
+
+    #[test]
+    fn a_summary_defaults_to_the_last_day() {
+        let now: DateTime<Utc> = "2024-05-01T13:47:31Z".parse().unwrap();
+        let s = summary(
+            &params(&[("tenant_id", "a")]),
+            false,
+            &QueryLimits::default(),
+            now,
+        )
+        .unwrap();
+        assert_eq!((s.to - s.from, s.top), (TimeDelta::days(1), 5));
+        let err = summary(
+            &params(&[("tenant_id", "a"), ("top", "0")]),
+            false,
+            &QueryLimits::default(),
+            now,
+        )
+        .unwrap_err();
+        assert_eq!(fields(err), ["top"]);
+    }
+}

@@ -1,0 +1,395 @@
+//! Roll-ups: stored one-minute windows merged into wider buckets and coarser groups.
+//! Sums add, histograms merge, and every average and percentile is computed once from the
+//! merged whole; nothing is averaged from averages.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use common::aggregate::Aggregate;
+use serde::Serialize;
+
+use crate::query::{Granularity, GroupBy};
+
+/// One stored window as a roll-up reads it.
+#[derive(Debug, Clone)]
+pub struct Window {
+    pub route: String,
+    pub model: String,
+    pub start: DateTime<Utc>,
+    pub aggregate: Aggregate,
+}
+
+/// A bucket of a roll-up: its start and the route/model it stands for (`None` where the
+/// grouping merged them).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Bucket {
+    pub start: DateTime<Utc>,
+    pub route: Option<String>,
+    pub model: Option<String>,
+}
+
+/// Merges windows into buckets of `granularity`, grouped by `group_by`.
+pub fn roll_up(
+    windows: impl IntoIterator<Item = Window>,
+    granularity: Granularity,
+    group_by: GroupBy,
+) -> BTreeMap<Bucket, Aggregate> {
+    let mut out: BTreeMap<Bucket, Aggregate> = BTreeMap::new();
+    for w in windows {
+        let bucket = Bucket {
+            start: granularity.bucket(w.start),
+            route: group_by.route.then_some(w.route),
+            model: group_by.model.then_some(w.model),
+        };
+        match out.get_mut(&bucket) {
+            Some(a) => a.merge(&w.aggregate),
+            None => {
+                out.insert(bucket, w.aggregate);
+            }
+        }
+    }
+    out
+}
+
+/// One row of an answer: a stored window, or a bucket of a roll-up.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MetricsItem {
+    pub tenant_id: String,
+    pub route: Option<String>,
+    pub model: Option<String>,
+    pub window_start: DateTime<Utc>,
+    pub window_end: DateTime<Utc>,
+    pub requests: i64,
+    pub errors: i64,
+    pub timeouts: i64,
+    pub error_rate: f64,
+    pub timeout_rate: f64,
+    pub avg_latency_ms: f64,
+    pub p50_latency_ms: f64,
+    pub p95_latency_ms: f64,
+    pub p99_latency_ms: f64,
+    pub max_latency_ms: f64,
+    pub avg_ttft_ms: Option<f64>,
+    pub avg_prompt_tokens: f64,
+    pub avg_completion_tokens: f64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub cached_prompt_tokens: i64,
+    pub total_tokens: i64,
+    pub estimated_cost_usd: f64,
+    pub unpriced: i64,
+}
+
+fn i64_of(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+pub fn rate(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
+    }
+}
+
+impl MetricsItem {
+    pub fn from_aggregate(
+        tenant: &str,
+        bucket: &Bucket,
+        width: chrono::TimeDelta,
+        a: &Aggregate,
+    ) -> Self {
+        Self {
+            tenant_id: tenant.to_owned(),
+            route: bucket.route.clone(),
+            model: bucket.model.clone(),
+            window_start: bucket.start,
+            window_end: bucket.start + width,
+            requests: i64_of(a.requests),
+            errors: i64_of(a.errors),
+            timeouts: i64_of(a.timeouts),
+            error_rate: rate(a.errors, a.requests),
+            timeout_rate: rate(a.timeouts, a.requests),
+            avg_latency_ms: a.avg_latency_ms(),
+            p50_latency_ms: a.latency_quantile_ms(0.5) as f64,
+            p95_latency_ms: a.latency_quantile_ms(0.95) as f64,
+            p99_latency_ms: a.latency_quantile_ms(0.99) as f64,
+            max_latency_ms: a.latency_quantile_ms(1.0) as f64,
+            avg_ttft_ms: a.avg_ttft_ms(),
+            avg_prompt_tokens: a.avg_prompt_tokens(),
+            avg_completion_tokens: a.avg_completion_tokens(),
+            prompt_tokens: i64_of(a.prompt_tokens),
+            completion_tokens: i64_of(a.completion_tokens),
+            cached_prompt_tokens: i64_of(a.cached_prompt_tokens),
+            total_tokens: i64_of(a.prompt_tokens + a.completion_tokens),
+            estimated_cost_usd: a.cost_nanos as f64 / 1e9,
+            unpriced: i64_of(a.unpriced),
+        }
+    }
+}
+
+/// A roll-up as an answer: newest bucket first, at most `limit` rows.
+pub fn items(
+    tenant: &str,
+    rolled: BTreeMap<Bucket, Aggregate>,
+    granularity: Granularity,
+    limit: usize,
+) -> Vec<MetricsItem> {
+    rolled
+        .iter()
+        .rev()
+        .take(limit)
+        .map(|(b, a)| MetricsItem::from_aggregate(tenant, b, granularity.width(), a))
+        .collect()
+}
+
+/// A tenant's range at a glance.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    pub tenant_id: String,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub totals: Figures,
+    pub top_models_by_requests: Vec<Ranked>,
+    pub top_models_by_cost: Vec<Ranked>,
+    pub top_routes_by_requests: Vec<Ranked>,
+    pub top_routes_by_cost: Vec<Ranked>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Figures {
+    pub requests: i64,
+    pub errors: i64,
+    pub timeouts: i64,
+    pub error_rate: f64,
+    pub timeout_rate: f64,
+    pub avg_latency_ms: f64,
+    pub p50_latency_ms: f64,
+    pub p95_latency_ms: f64,
+    pub p99_latency_ms: f64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub total_tokens: i64,
+    pub estimated_cost_usd: f64,
+    pub unpriced: i64,
+}
+
+impl Figures {
+    fn of(a: &Aggregate) -> Self {
+        Self {
+            requests: i64_of(a.requests),
+            errors: i64_of(a.errors),
+            timeouts: i64_of(a.timeouts),
+            error_rate: rate(a.errors, a.requests),
+            timeout_rate: rate(a.timeouts, a.requests),
+            avg_latency_ms: a.avg_latency_ms(),
+            p50_latency_ms: a.latency_quantile_ms(0.5) as f64,
+            p95_latency_ms: a.latency_quantile_ms(0.95) as f64,
+            p99_latency_ms: a.latency_quantile_ms(0.99) as f64,
+            prompt_tokens: i64_of(a.prompt_tokens),
+            completion_tokens: i64_of(a.completion_tokens),
+            total_tokens: i64_of(a.prompt_tokens + a.completion_tokens),
+            estimated_cost_usd: a.cost_nanos as f64 / 1e9,
+            unpriced: i64_of(a.unpriced),
+        }
+    }
+}
+
+/// A model or route among the top ones.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Ranked {
+    pub name: String,
+    #[serde(flatten)]
+    pub figures: Figures,
+}
+
+fn top(
+    groups: &BTreeMap<String, Aggregate>,
+    n: usize,
+    by: impl Fn(&Aggregate) -> u64,
+) -> Vec<Ranked> {
+    let mut ranked: Vec<_> = groups.iter().collect();
+    // Largest first; ties by name, so the answer does not depend on storage order.
+    ranked.sort_by(|(na, a), (nb, b)| by(b).cmp(&by(a)).then_with(|| na.cmp(nb)));
+    ranked
+        .into_iter()
+        .take(n)
+        .map(|(name, a)| Ranked {
+            name: name.clone(),
+            figures: Figures::of(a),
+        })
+        .collect()
+}
+
+pub fn summarize(
+    tenant: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    windows: impl IntoIterator<Item = Window>,
+    n: usize,
+) -> Summary {
+    let mut totals = Aggregate::default();
+    let mut models: BTreeMap<String, Aggregate> = BTreeMap::new();
+    let mut routes: BTreeMap<String, Aggregate> = BTreeMap::new();
+    for w in windows {
+        totals.merge(&w.aggregate);
+        models.entry(w.model).or_default().merge(&w.aggregate);
+        routes.entry(w.route).or_default().merge(&w.aggregate);
+    }
+    Summary {
+        tenant_id: tenant.to_owned(),
+        from,
+        to,
+        totals: Figures::of(&totals),
+        top_models_by_requests: top(&models, n, |a| a.requests),
+        top_models_by_cost: top(&models, n, |a| a.cost_nanos),
+        top_routes_by_requests: top(&routes, n, |a| a.requests),
+        top_routes_by_cost: top(&routes, n, |a| a.cost_nanos),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeDelta;
+    use common::aggregate::Cost;
+    use common::events::ResponseEvent;
+    use common::histogram;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn response(latency_ms: u64, error: bool) -> ResponseEvent {
+        serde_json::from_value(serde_json::json!({
+            "request_id": "r", "timestamp": "2024-05-01T00:00:00Z", "latency_ms": latency_ms,
+            "completion_tokens": 10, "finish_reason": "stop",
+            "error": if error { Some("boom") } else { None },
+        }))
+        .unwrap()
+    }
+
+    fn window(route: &str, model: &str, minute: i64, latencies: &[u64]) -> Window {
+        let mut aggregate = Aggregate::default();
+        for &l in latencies {
+            aggregate.record_paired(
+                100,
+                &response(l, l % 7 == 0),
+                Cost {
+                    nanos: 1_000,
+                    priced: true,
+                },
+            );
+        }
+        Window {
+            route: route.into(),
+            model: model.into(),
+            start: "2024-05-01T00:00:00Z".parse::<DateTime<Utc>>().unwrap()
+                + TimeDelta::minutes(minute),
+            aggregate,
+        }
+    }
+
+    #[test]
+    fn five_minute_buckets_per_model_add_up_and_average_from_sums() {
+        let windows = vec![
+            window("/a", "m1", 0, &[100, 200]),
+            window("/b", "m1", 4, &[300]),
+            window("/a", "m1", 5, &[50]),
+            window("/a", "m2", 1, &[1000]),
+        ];
+        let rolled = roll_up(
+            windows,
+            Granularity::FiveMinutes,
+            GroupBy {
+                route: false,
+                model: true,
+            },
+        );
+        let got = items("t", rolled, Granularity::FiveMinutes, 10);
+        let shape: Vec<_> = got
+            .iter()
+            .map(|i| {
+                (
+                    i.window_start.format("%M").to_string(),
+                    i.model.clone(),
+                    i.requests,
+                )
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                ("05".into(), Some("m1".into()), 1),
+                ("00".into(), Some("m2".into()), 1),
+                ("00".into(), Some("m1".into()), 3)
+            ]
+        );
+        let first_bucket = &got[2];
+        assert_eq!(first_bucket.avg_latency_ms, 200.0); // (100 + 200 + 300) / 3, not the mean of means
+        assert_eq!(first_bucket.route, None);
+        assert_eq!(
+            first_bucket.window_end - first_bucket.window_start,
+            TimeDelta::minutes(5)
+        );
+        assert_eq!(first_bucket.estimated_cost_usd, 3e-6);
+    }
+
+    #[test]
+    fn the_limit_keeps_the_newest_buckets() {
+        let windows: Vec<_> = (0..10).map(|m| window("/a", "m", m * 60, &[10])).collect();
+        let rolled = roll_up(windows, Granularity::Hour, GroupBy::ALL);
+        let got = items("t", rolled, Granularity::Hour, 3);
+        assert_eq!(
+            got.iter()
+                .map(|i| i.window_start.format("%H").to_string())
+                .collect::<Vec<_>>(),
+            ["09", "08", "07"]
+        );
+    }
+
+    #[test]
+    fn a_summary_ranks_models_and_routes_by_requests_and_by_cost() {
+        let mut pricey = window("/b", "big", 2, &[900]);
+        pricey.aggregate.cost_nanos = 50_000_000;
+        let windows = vec![
+            window("/a", "small", 0, &[10, 20, 30]),
+            window("/a", "small", 1, &[40]),
+            pricey,
+        ];
+        let from = "2024-05-01T00:00:00Z".parse().unwrap();
+        let s = summarize("t", from, from + TimeDelta::hours(1), windows, 5);
+        assert_eq!(s.totals.requests, 5);
+        assert_eq!(s.totals.avg_latency_ms, 200.0);
+        let names = |r: &[Ranked]| r.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&s.top_models_by_requests), ["small", "big"]);
+        assert_eq!(names(&s.top_models_by_cost), ["big", "small"]);
+        assert_eq!(names(&s.top_routes_by_requests), ["/a", "/b"]);
+        assert_eq!(names(&s.top_routes_by_cost), ["/b", "/a"]);
+        assert_eq!(s.top_models_by_requests[0].figures.requests, 4);
+    }
+
+    proptest! {
+        /// Percentiles of a roll-up equal those of one histogram holding every value.
+        #[test]
+        fn rolled_up_percentiles_equal_one_histogram_of_all_values(
+            values in prop::collection::vec((0i64..180, 1u64..120_000), 1..400),
+            granularity in prop::sample::select(vec![Granularity::FiveMinutes, Granularity::Hour, Granularity::Day]),
+        ) {
+            let mut whole = histogram::new();
+            let mut per_minute: BTreeMap<i64, Vec<u64>> = BTreeMap::new();
+            for &(minute, latency) in &values {
+                // Keep everything in one bucket of the coarsest granularity tested here.
+                let minute = minute % granularity.width().num_minutes().min(180);
+                per_minute.entry(minute).or_default().push(latency);
+                histogram::record(&mut whole, latency);
+            }
+            let windows: Vec<_> = per_minute.iter().map(|(m, ls)| window("/a", "m", *m, ls)).collect();
+            let rolled = roll_up(windows, granularity, GroupBy { route: false, model: false });
+            prop_assert_eq!(rolled.len(), 1);
+            let merged = rolled.values().next().unwrap();
+            for q in [0.5, 0.95, 0.99, 1.0] {
+                prop_assert_eq!(merged.latency_quantile_ms(q), whole.value_at_quantile(q));
+            }
+            prop_assert_eq!(merged.requests as usize, values.len());
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! The HTTP surface: the queries, health, metrics and the OpenAPI document.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::Utc;
+use common::error::ErrorBody;
+use common::keys::Auth;
+use serde_json::json;
+use sqlx::PgPool;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::error::ApiError;
+use crate::query::{self, QueryLimits};
+use crate::rollup;
+use crate::store;
+use crate::telemetry::{HttpLabels, Metrics};
+
+/// The service's OpenAPI document, kept beside the crate and embedded at build time.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub auth: Auth,
+    pub limits: QueryLimits,
+    pub metrics: Arc<Metrics>,
+    pub request_timeout: Duration,
+}
+
+impl AppState {
+    /// A database result, with failures counted.
+    fn checked<T, E: Into<ApiError>>(&self, result: Result<T, E>) -> Result<T, ApiError> {
+        result.map_err(|e| {
+            self.metrics.database_errors.inc();
+            e.into()
+        })
+    }
+}
+
+pub fn router(state: AppState, cors_origins: &[String]) -> Router {
+    let mut app = Router::new()
+        .route("/v1/metrics", get(metrics))
+        .route("/v1/summary", get(summary))
+        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/ready", get(ready))
+        .route("/metrics", get(prometheus))
+        .route(
+            "/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
+        )
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            measure_and_bound,
+        ))
+        .layer(TraceLayer::new_for_http());
+    if !cors_origins.is_empty() {
+        let origins = if cors_origins.iter().any(|o| o == "*") {
+            AllowOrigin::any()
+        } else {
+            AllowOrigin::list(
+                cors_origins
+                    .iter()
+                    .filter_map(|o| HeaderValue::from_str(o).ok()),
+            )
+        };
+        app = app.layer(
+            CorsLayer::new()
+                .allow_origin(origins)
+                .allow_methods([Method::GET])
+                .allow_headers([
+                    header::AUTHORIZATION,
+                    header::HeaderName::from_static("x-api-key"),
+                ])
+                .max_age(Duration::from_secs(3600)),
+        );
+    }
+    app.with_state(state)
+}
+
+/// The tenant a query is for: the key's, and `tenant_id` must agree with it when given.
+async fn tenant(
+    state: &AppState,
+    headers: &HeaderMap,
+    asked: Option<&str>,
+) -> Result<String, ApiError> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let presented = Auth::presented(header("authorization"), header("x-api-key"));
+    match (state.auth.tenant(presented).await?, asked) {
+        (Some(own), Some(asked)) if own != asked => Err(ApiError::Forbidden(asked.to_owned())),
+        (Some(own), _) => Ok(own),
+        (None, Some(asked)) => Ok(asked.to_owned()),
+        // The parser requires tenant_id when auth is disabled.
+        (None, None) => Err(ApiError::BadParameters(vec![
+            common::validation::FieldError::new("tenant_id", "is required"),
+        ])),
+    }
+}
+
+fn keyed(state: &AppState) -> bool {
+    matches!(state.auth, Auth::Keys(_))
+}
+
+async fn metrics(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let q =
+        query::metrics(&params, keyed(&state), &state.limits).map_err(ApiError::BadParameters)?;
+    let tenant = tenant(&state, &headers, q.tenant.as_deref()).await?;
+    let items = if q.is_plain() {
+        state.checked(store::latest(&state.pool, &tenant, &q).await)?
+    } else {
+        let (from, to) = q.range(Utc::now());
+        let windows = state.checked(
+            store::windows(
+                &state.pool,
+                &tenant,
+                q.route.as_deref(),
+                q.model.as_deref(),
+                from,
+                to,
+            )
+            .await,
+        )?;
+        state.metrics.windows_read.inc_by(windows.len() as u64);
+        let rolled = rollup::roll_up(windows, q.granularity, q.group_by);
+        rollup::items(
+            &tenant,
+            rolled,
+            q.granularity,
+            usize::try_from(q.limit).unwrap_or(usize::MAX),
+        )
+    };
+    let count = items.len();
+    Ok(
+        Json(json!({"metrics": items, "count": count, "granularity": q.granularity.name()}))
+            .into_response(),
+    )
+}
+
+async fn summary(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let q = query::summary(&params, keyed(&state), &state.limits, Utc::now())
+        .map_err(ApiError::BadParameters)?;
+    let tenant = tenant(&state, &headers, q.tenant.as_deref()).await?;
+    let windows =
+        state.checked(store::windows(&state.pool, &tenant, None, None, q.from, q.to).await)?;
+    state.metrics.windows_read.inc_by(windows.len() as u64);
+    Ok(Json(rollup::summarize(&tenant, q.from, q.to, windows, q.top)).into_response())
+}
+
+/// Readiness: the database answers.
+async fn ready(State(state): State<AppState>) -> Response {
+    match store::ping(&state.pool).await {
+        Ok(()) => Json(json!({"status": "ready"})).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(ErrorBody::new(
+                "not_ready",
+                format!("the database does not answer: {e}"),
+            )),
+        )
+            .into_response(),
+    }
+}
+
+async fn prometheus(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+}
+
+/// Counts and times every request, and answers a JSON 408 past the request timeout.
+async fn measure_and_bound(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = match tokio::time::timeout(state.request_timeout, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => (
+            StatusCode::REQUEST_TIMEOUT,
+            Json(ErrorBody::new(
+                "request_timeout",
+                "the query took longer than the server's request timeout",
+            )),
+        )
+            .into_response(),
+    };
+    let labels = HttpLabels {
+        method,
+        route,
+        status: response.status().as_u16(),
+    };
+    state.metrics.http_requests.get_or_create(&labels).inc();
+    state
+        .metrics
+        .http_duration
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    response
+}

@@ -1,0 +1,115 @@
+//! Configuration of the query API, read once at start-up.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use chrono::TimeDelta;
+use common::keys::AuthSettings;
+use common::settings::{Env, SettingsError};
+
+use crate::query::QueryLimits;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub host: IpAddr,
+    /// `0` picks a free port (tests).
+    pub port: u16,
+    pub dsn: String,
+    pub max_connections: u32,
+    pub auth: AuthSettings,
+    pub limits: QueryLimits,
+    pub request_timeout: Duration,
+    /// Origins browsers may call from (`CORS_ALLOWED_ORIGINS`, comma-separated, `*` for any);
+    /// empty: no cross-origin access.
+    pub cors_origins: Vec<String>,
+    pub log_json: bool,
+}
+
+impl Settings {
+    pub fn from_env(mut env: Env) -> Result<Self, SettingsError> {
+        let e = &mut env;
+        let settings = Self {
+            host: e.parse(&["HTTP_HOST"], IpAddr::from([0, 0, 0, 0])),
+            port: e.parse(&["HTTP_PORT"], 8081),
+            dsn: common::db::dsn_from_env(e),
+            max_connections: e.parse(&["DB_MAX_CONNECTIONS"], 8),
+            auth: AuthSettings::from_env(e),
+            limits: QueryLimits {
+                default_limit: 60,
+                max_limit: e.parse(&["QUERY_MAX_LIMIT"], 1000),
+                max_range: TimeDelta::days(e.parse(&["QUERY_MAX_RANGE_DAYS"], 400)),
+            },
+            request_timeout: Duration::from_millis(e.parse(&["HTTP_REQUEST_TIMEOUT_MS"], 10_000)),
+            cors_origins: e
+                .string(&["CORS_ALLOWED_ORIGINS"], "")
+                .split(',')
+                .map(str::trim)
+                .filter(|o| !o.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            log_json: e.string(&["LOG_FORMAT"], "text") == "json",
+        };
+        if settings.limits.max_limit < 60 {
+            e.invalid("QUERY_MAX_LIMIT must be at least 60, the default limit");
+        }
+        if settings.max_connections == 0 {
+            e.invalid("DB_MAX_CONNECTIONS must be positive");
+        }
+        if !matches!(e.string(&["LOG_FORMAT"], "text").as_str(), "text" | "json") {
+            e.invalid("LOG_FORMAT must be \"text\" or \"json\"");
+        }
+        env.finish()?;
+        Ok(settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Settings, SettingsError> {
+        let map: HashMap<_, _> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect();
+        Settings::from_env(Env::from_map(map))
+    }
+
+    #[test]
+    fn defaults_and_the_original_names() {
+        let s = load(&[("DATABASE_URL", "postgres://x/y")]).unwrap();
+        assert_eq!(
+            (s.port, s.dsn.as_str(), s.auth.enabled),
+            (8081, "postgres://x/y", true)
+        );
+        let s = load(&[
+            ("POSTGRES_DSN", "postgres://a/b"),
+            ("HTTP_PORT", "9001"),
+            ("AUTH_MODE", "disabled"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (s.port, s.dsn.as_str(), s.auth.enabled),
+            (9001, "postgres://a/b", false)
+        );
+    }
+
+    #[test]
+    fn bad_values_are_refused_by_name() {
+        let text = load(&[("AUTH_MODE", "open"), ("QUERY_MAX_LIMIT", "10")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains("AUTH_MODE") && text.contains("QUERY_MAX_LIMIT"),
+            "{text}"
+        );
+        let s = load(&[(
+            "CORS_ALLOWED_ORIGINS",
+            "https://a.example, https://b.example",
+        )])
+        .unwrap();
+        assert_eq!(s.cors_origins, ["https://a.example", "https://b.example"]);
+    }
+}

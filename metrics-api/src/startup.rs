@@ -1,0 +1,69 @@
+//! Building and running the service.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::routes::{router, AppState};
+use crate::settings::Settings;
+use crate::telemetry::Metrics;
+
+/// A bound, connected, not yet serving query API.
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    cors_origins: Vec<String>,
+}
+
+impl Application {
+    /// Connects to Postgres, applies migrations and binds the port.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let pool = common::db::connect(&settings.dsn, settings.max_connections)
+            .await
+            .context("cannot connect to Postgres (POSTGRES_DSN / DATABASE_URL)")?;
+        common::db::migrate(&pool)
+            .await
+            .context("migrations failed")?;
+        let address = (settings.host, settings.port);
+        let listener = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen on {}:{}", address.0, address.1))?;
+        let state = AppState {
+            auth: settings.auth.build(&pool),
+            pool,
+            limits: settings.limits,
+            metrics: Arc::new(Metrics::default()),
+            request_timeout: settings.request_timeout,
+        };
+        Ok(Self {
+            listener,
+            state,
+            cors_origins: settings.cors_origins,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or_default()
+    }
+
+    /// Serves until `shutdown` resolves, then lets in-flight queries finish.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let address = self.listener.local_addr()?;
+        tracing::info!(%address, "metrics API listening");
+        axum::serve(self.listener, router(self.state, &self.cors_origins))
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("HTTP server failed")?;
+        tracing::info!("metrics API stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,113 @@
+//! Reading windows from Postgres.
+
+use chrono::{DateTime, Utc};
+use common::aggregate::{Aggregate, RowError};
+use sqlx::{PgPool, Row};
+
+use crate::query::MetricsQuery;
+use crate::rollup::{rate, MetricsItem, Window};
+
+/// The stored windows themselves, newest first (the original API's answer). Every figure is
+/// read as the processor wrote it; no histogram is decoded.
+pub async fn latest(
+    pool: &PgPool,
+    tenant: &str,
+    q: &MetricsQuery,
+) -> Result<Vec<MetricsItem>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT route, model, window_start, window_end, requests, errors, timeouts,
+                avg_latency_ms, p50_latency_ms, p95_latency_ms, p99_latency_ms, max_latency_ms,
+                avg_ttft_ms, avg_prompt_tokens, avg_completion_tokens, prompt_tokens,
+                completion_tokens, cached_prompt_tokens, estimated_cost_usd, unpriced
+         FROM llm_metrics
+         WHERE tenant_id = $1
+           AND ($2::TEXT IS NULL OR route = $2) AND ($3::TEXT IS NULL OR model = $3)
+           AND ($4::TIMESTAMPTZ IS NULL OR window_start >= $4)
+           AND ($5::TIMESTAMPTZ IS NULL OR window_start < $5)
+         ORDER BY window_start DESC, route, model
+         LIMIT $6",
+    )
+    .bind(tenant)
+    .bind(&q.route)
+    .bind(&q.model)
+    .bind(q.from)
+    .bind(q.to)
+    .bind(q.limit)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let requests: i64 = r.try_get("requests")?;
+            let errors: i64 = r.try_get("errors")?;
+            let timeouts: i64 = r.try_get("timeouts")?;
+            let prompt_tokens: i64 = r.try_get("prompt_tokens")?;
+            let completion_tokens: i64 = r.try_get("completion_tokens")?;
+            let count = |v: i64| u64::try_from(v).unwrap_or(0);
+            Ok(MetricsItem {
+                tenant_id: tenant.to_owned(),
+                route: Some(r.try_get("route")?),
+                model: Some(r.try_get("model")?),
+                window_start: r.try_get("window_start")?,
+                window_end: r.try_get("window_end")?,
+                requests,
+                errors,
+                timeouts,
+                error_rate: rate(count(errors), count(requests)),
+                timeout_rate: rate(count(timeouts), count(requests)),
+                avg_latency_ms: r.try_get("avg_latency_ms")?,
+                p50_latency_ms: r.try_get("p50_latency_ms")?,
+                p95_latency_ms: r.try_get("p95_latency_ms")?,
+                p99_latency_ms: r.try_get("p99_latency_ms")?,
+                max_latency_ms: r.try_get("max_latency_ms")?,
+                avg_ttft_ms: r.try_get("avg_ttft_ms")?,
+                avg_prompt_tokens: r.try_get("avg_prompt_tokens")?,
+                avg_completion_tokens: r.try_get("avg_completion_tokens")?,
+                prompt_tokens,
+                completion_tokens,
+                cached_prompt_tokens: r.try_get("cached_prompt_tokens")?,
+                total_tokens: prompt_tokens + completion_tokens,
+                estimated_cost_usd: r.try_get("estimated_cost_usd")?,
+                unpriced: r.try_get("unpriced")?,
+            })
+        })
+        .collect()
+}
+
+/// Every window of a tenant in `[from, to)`, with the sums and histograms roll-ups merge.
+pub async fn windows(
+    pool: &PgPool,
+    tenant: &str,
+    route: Option<&str>,
+    model: Option<&str>,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<Window>, RowError> {
+    let rows = sqlx::query(&format!(
+        "SELECT route, model, window_start, {} FROM llm_metrics
+         WHERE tenant_id = $1
+           AND ($2::TEXT IS NULL OR route = $2) AND ($3::TEXT IS NULL OR model = $3)
+           AND window_start >= $4 AND window_start < $5",
+        Aggregate::COLUMNS
+    ))
+    .bind(tenant)
+    .bind(route)
+    .bind(model)
+    .bind(from)
+    .bind(to)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Window {
+                route: r.try_get("route")?,
+                model: r.try_get("model")?,
+                start: r.try_get("window_start")?,
+                aggregate: Aggregate::from_row(r)?,
+            })
+        })
+        .collect()
+}
+
+pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1").execute(pool).await.map(|_| ())
+}

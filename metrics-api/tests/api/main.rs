@@ -1,0 +1,4 @@
+//! The query API against real Postgres rows written by the real processor from a real broker.
+
+mod helpers;
+mod queries;

@@ -1,0 +1,344 @@
+//! Each query shape, answered from windows the processor wrote, checked against the calls.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use common::histogram;
+use serde_json::Value;
+
+use crate::helpers::*;
+
+fn time(v: &Value) -> DateTime<Utc> {
+    v.as_str().expect("a time").parse().expect("RFC 3339")
+}
+
+/// Requests, errors and the merged p50/p95/p99 of calls grouped by `key`.
+fn expected<K: Ord>(calls: &[Call], key: impl Fn(&Call) -> K) -> BTreeMap<K, (i64, i64, [u64; 3])> {
+    let mut groups: BTreeMap<K, Vec<&Call>> = BTreeMap::new();
+    for c in calls {
+        groups.entry(key(c)).or_default().push(c);
+    }
+    groups
+        .into_iter()
+        .map(|(k, cs)| {
+            let mut h = histogram::new();
+            for c in &cs {
+                histogram::record(&mut h, c.latency_ms);
+            }
+            let errors = cs.iter().filter(|c| c.error).count() as i64;
+            let q = [0.5, 0.95, 0.99].map(|q| h.value_at_quantile(q));
+            (k, (cs.len() as i64, errors, q))
+        })
+        .collect()
+}
+
+fn figures(item: &Value) -> (i64, i64, [u64; 3]) {
+    let f = |name: &str| item[name].as_f64().unwrap() as u64;
+    (
+        item["requests"].as_i64().unwrap(),
+        item["errors"].as_i64().unwrap(),
+        [
+            f("p50_latency_ms"),
+            f("p95_latency_ms"),
+            f("p99_latency_ms"),
+        ],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_query_shape_answers_from_the_windows_the_processor_wrote() {
+    let mut world = World::new().await;
+    let calls = calls(&world.tenant);
+    world.process(&calls).await;
+    let api = Api::start(&world.dsn, false).await;
+    let t = &world.tenant;
+
+    // The original query: newest windows first, 60 by default, one per (minute, route, model).
+    let (status, body) = api.get(&format!("/v1/metrics?tenant_id={t}"), None).await;
+    assert_eq!(status, 200, "{body}");
+    let per_window = expected(&calls, |c| {
+        (
+            c.at.duration_trunc(TimeDelta::minutes(1)).unwrap(),
+            c.route,
+            c.model,
+        )
+    });
+    assert_eq!(body["count"], per_window.len().min(60) as i64);
+    let items = body["metrics"].as_array().unwrap();
+    let starts: Vec<_> = items.iter().map(|i| time(&i["window_start"])).collect();
+    assert!(starts.windows(2).all(|w| w[0] >= w[1]), "newest first");
+    for item in items {
+        let key = (
+            time(&item["window_start"]),
+            item["route"].as_str().unwrap(),
+            item["model"].as_str().unwrap(),
+        );
+        let want = per_window
+            .iter()
+            .find(|(k, _)| (k.0, k.1, k.2) == key)
+            .map(|(_, v)| *v);
+        assert_eq!(Some(figures(item)), want, "{item}");
+    }
+
+    // Filters and limit.
+    let (_, body) = api
+        .get(
+            &format!("/v1/metrics?tenant_id={t}&route=/embed&model=gpt-4o&limit=3"),
+            None,
+        )
+        .await;
+    assert_eq!(body["count"], 3);
+    assert!(body["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|i| i["route"] == "/embed" && i["model"] == "gpt-4o"));
+
+    // A time range: the first five minutes only.
+    let base = calls.iter().map(|c| c.at).min().unwrap();
+    let range = format!(
+        "from={}&to={}",
+        base.to_rfc3339(),
+        (base + TimeDelta::minutes(5)).to_rfc3339()
+    )
+    .replace('+', "%2B");
+    let (_, body) = api
+        .get(
+            &format!("/v1/metrics?tenant_id={t}&{range}&limit=1000"),
+            None,
+        )
+        .await;
+    let in_range: i64 = calls
+        .iter()
+        .filter(|c| c.at < base + TimeDelta::minutes(5))
+        .count() as i64;
+    let got: i64 = body["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["requests"].as_i64().unwrap())
+        .sum();
+    assert_eq!(got, in_range);
+
+    // 5-minute roll-up per model: sums add up, percentiles equal one histogram of all values.
+    let (status, body) = api
+        .get(
+            &format!(
+                "/v1/metrics?tenant_id={t}&granularity=5m&group_by=model&from={}",
+                base.to_rfc3339().replace('+', "%2B")
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let want = expected(&calls, |c| {
+        (c.at.duration_trunc(TimeDelta::minutes(5)).unwrap(), c.model)
+    });
+    let items = body["metrics"].as_array().unwrap();
+    assert_eq!(items.len(), want.len(), "{body}");
+    for item in items {
+        assert_eq!(item["route"], Value::Null);
+        assert_eq!(
+            time(&item["window_end"]) - time(&item["window_start"]),
+            TimeDelta::minutes(5)
+        );
+        let key = (time(&item["window_start"]), item["model"].as_str().unwrap());
+        let w = want
+            .iter()
+            .find(|(k, _)| (k.0, k.1) == key)
+            .map(|(_, v)| *v);
+        assert_eq!(Some(figures(item)), w, "{item}");
+    }
+
+    // 1-hour roll-up of the whole tenant: one bucket holding everything.
+    let (_, body) = api
+        .get(
+            &format!(
+                "/v1/metrics?tenant_id={t}&granularity=1h&group_by=tenant&from={}",
+                base.to_rfc3339().replace('+', "%2B")
+            ),
+            None,
+        )
+        .await;
+    let all = expected(&calls, |_| ());
+    assert_eq!(body["count"], 1, "{body}");
+    assert_eq!(figures(&body["metrics"][0]), all[&()]);
+
+    // The summary: totals and the top models and routes.
+    let (status, body) = api
+        .get(
+            &format!(
+                "/v1/summary?tenant_id={t}&from={}",
+                base.to_rfc3339().replace('+', "%2B")
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(figures(&body["totals"]), all[&()]);
+    let per_model = expected(&calls, |c| c.model);
+    let top = &body["top_models_by_requests"];
+    let (first, first_count) = per_model
+        .iter()
+        .max_by_key(|(m, v)| (v.0, std::cmp::Reverse(**m)))
+        .map(|(m, v)| (*m, v.0))
+        .unwrap();
+    assert_eq!(
+        (
+            top[0]["name"].as_str().unwrap(),
+            top[0]["requests"].as_i64().unwrap()
+        ),
+        (first, first_count)
+    );
+    assert_eq!(
+        body["top_routes_by_cost"].as_array().unwrap().len(),
+        ROUTES.len()
+    );
+
+    // Another tenant sees none of it.
+    let (_, body) = api
+        .get("/v1/metrics?tenant_id=someone-else-entirely", None)
+        .await;
+    assert_eq!(body["count"], 0);
+}
+
+#[tokio::test]
+async fn every_bad_parameter_is_a_400_naming_it() {
+    let world = World::new().await;
+    let api = Api::start(&world.dsn, false).await;
+    for (query, field) in [
+        ("/v1/metrics", "tenant_id"),
+        ("/v1/metrics?tenant_id=a&limit=0", "limit"),
+        ("/v1/metrics?tenant_id=a&limit=1001", "limit"),
+        ("/v1/metrics?tenant_id=a&limit=many", "limit"),
+        ("/v1/metrics?tenant_id=a&from=yesterday", "from"),
+        ("/v1/metrics?tenant_id=a&to=2024-13-01T00:00:00Z", "to"),
+        (
+            "/v1/metrics?tenant_id=a&from=2024-05-02T00:00:00Z&to=2024-05-01T00:00:00Z",
+            "from",
+        ),
+        ("/v1/metrics?tenant_id=a&granularity=7m", "granularity"),
+        ("/v1/metrics?tenant_id=a&group_by=colour", "group_by"),
+        ("/v1/metrics?tenant_id=", "tenant_id"),
+        ("/v1/summary", "tenant_id"),
+        ("/v1/summary?tenant_id=a&top=0", "top"),
+    ] {
+        let (status, body) = api.get(query, None).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert_eq!(body["error"], "invalid_parameters", "{query}");
+        assert_eq!(error_fields(&body), [field], "{query}: {body}");
+    }
+    let (status, body) = api.get("/v1/nothing", None).await;
+    assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
+}
+
+#[tokio::test]
+async fn a_key_reads_only_its_own_tenant_and_a_revoked_key_reads_nothing() {
+    let world = World::new().await;
+    let api = Api::start(&world.dsn, true).await;
+    let (own, own_key) = common::keys::create(&world.pool, &world.tenant, "dashboard")
+        .await
+        .unwrap();
+    let (_, other_key) = common::keys::create(&world.pool, &unique("other-"), "")
+        .await
+        .unwrap();
+    // A window of the key's tenant.
+    sqlx::query("INSERT INTO llm_metrics (tenant_id, route, model, window_start, window_end, requests) VALUES ($1, '/r', 'm', $2, $3, 7)")
+        .bind(&world.tenant)
+        .bind(Utc::now().duration_trunc(TimeDelta::minutes(1)).unwrap())
+        .bind(Utc::now().duration_trunc(TimeDelta::minutes(1)).unwrap() + TimeDelta::minutes(1))
+        .execute(&world.pool)
+        .await
+        .unwrap();
+    let t = &world.tenant;
+
+    let (status, body) = api.get(&format!("/v1/metrics?tenant_id={t}"), None).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("unauthenticated"))
+    );
+    let (status, _) = api
+        .get(&format!("/v1/metrics?tenant_id={t}"), Some("slk_not-a-key"))
+        .await;
+    assert_eq!(status, 401);
+    let (status, body) = api
+        .get(&format!("/v1/metrics?tenant_id={t}"), Some(&other_key))
+        .await;
+    assert_eq!((status, body["error"].as_str()), (403, Some("forbidden")));
+    let (status, body) = api
+        .get(&format!("/v1/summary?tenant_id={t}"), Some(&other_key))
+        .await;
+    assert_eq!(status, 403, "{body}");
+    let (_, body) = api.get("/v1/metrics", Some(&other_key)).await;
+    assert_eq!(
+        body["count"], 0,
+        "a key without tenant_id reads its own tenant"
+    );
+
+    let (status, body) = api.get("/v1/metrics", Some(&own_key)).await;
+    assert_eq!(
+        (status, body["metrics"][0]["requests"].as_i64()),
+        (200, Some(7)),
+        "{body}"
+    );
+    let (status, body) = api
+        .get(&format!("/v1/metrics?tenant_id={t}"), Some(&own_key))
+        .await;
+    assert_eq!((status, body["count"].as_i64()), (200, Some(1)));
+
+    assert!(common::keys::revoke(&world.pool, own.id).await.unwrap());
+    let (status, _) = api.get("/v1/metrics", Some(&own_key)).await;
+    assert_eq!(status, 401, "a revoked key is refused");
+}
+
+#[tokio::test]
+async fn health_readiness_metrics_openapi_and_cors() {
+    let world = World::new().await;
+    let api = Api::start(&world.dsn, false).await;
+    assert_eq!(api.get("/health", None).await.0, 200);
+    let (status, body) = api.get("/ready", None).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ready")));
+    let (status, body) = api.get("/openapi.json", None).await;
+    assert_eq!(status, 200);
+    assert!(body["paths"]["/v1/metrics"]["get"].is_object(), "{body}");
+    assert!(body["paths"]["/v1/summary"]["get"].is_object());
+    api.get("/v1/metrics?tenant_id=x", None).await;
+    let text = api
+        .client
+        .get(format!("{}/metrics", api.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("streamlens_query_http_requests_total"),
+        "{text}"
+    );
+
+    let preflight = api
+        .client
+        .request(reqwest::Method::OPTIONS, format!("{}/v1/metrics", api.base))
+        .header("Origin", "https://dash.example")
+        .header("Access-Control-Request-Method", "GET")
+        .header("Access-Control-Request-Headers", "authorization")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        preflight.headers()["access-control-allow-origin"],
+        "https://dash.example"
+    );
+    let foreign = api
+        .client
+        .get(format!("{}/health", api.base))
+        .header("Origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(foreign
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none());
+}

@@ -5,11 +5,11 @@ STACK := scripts/stack.sh
 # Variables for services and tests, from the local stack.
 STACK_ENV = eval "$$($(STACK) env)"
 
-.PHONY: run test stack-up stack-down build lint fmt bench bench-processor migrate
+.PHONY: run test stack-up stack-down build lint fmt bench bench-processor bench-query migrate
 
 ## run: start Postgres and the broker, build and run the services on them
 run: stack-up
-	cargo build --release -p ingestion-api -p metrics-processor
+	cargo build --release -p ingestion-api -p metrics-processor -p metrics-api -p common
 	@$(STACK_ENV); scripts/run.sh
 
 ## test: start the local stack if needed and run every test
@@ -47,3 +47,8 @@ bench-processor: stack-up
 	cargo build --release -p metrics-processor -p loadgen
 	@$(STACK_ENV); scripts/bench-processor.sh
 	cargo run --release -q -p metrics-processor --example join_state
+
+## bench-query: the query API on a table of 10M generated windows
+bench-query: stack-up
+	cargo build --release -p metrics-api -p loadgen -p common
+	@$(STACK_ENV); scripts/bench-query.sh

@@ -161,28 +161,35 @@ impl Aggregate {
 
     /// Reads an aggregate back from a row selected with [`Aggregate::COLUMNS`].
     pub fn from_row(row: &PgRow) -> Result<Self, RowError> {
-        let hist = |name: &str| -> Result<Latencies, RowError> {
-            let bytes: Option<Vec<u8>> = row.try_get(name)?;
-            Ok(match bytes {
-                Some(b) => histogram::decode(&b)?,
-                None => histogram::new(),
-            })
-        };
-        Ok(Self {
-            requests: count(row, "requests")?,
-            errors: count(row, "errors")?,
-            timeouts: count(row, "timeouts")?,
-            completed: count(row, "completed")?,
-            latency_sum_ms: count(row, "latency_sum_ms")?,
-            ttft_sum_ms: count(row, "ttft_sum_ms")?,
-            ttft_count: count(row, "ttft_count")?,
-            prompt_tokens: count(row, "prompt_tokens")?,
-            completion_tokens: count(row, "completion_tokens")?,
-            cached_prompt_tokens: count(row, "cached_prompt_tokens")?,
-            cost_nanos: count(row, "cost_nanos")?,
-            unpriced: count(row, "unpriced")?,
-            latency: hist("latency_histogram")?,
-            ttft: hist("ttft_histogram")?,
-        })
+        let mut a = Self::default();
+        a.merge_row(row)?;
+        Ok(a)
+    }
+
+    /// Adds a row selected with [`Aggregate::COLUMNS`], histograms added straight from their
+    /// encoding.
+    pub fn merge_row(&mut self, row: &PgRow) -> Result<(), RowError> {
+        self.requests += count(row, "requests")?;
+        self.errors += count(row, "errors")?;
+        self.timeouts += count(row, "timeouts")?;
+        self.completed += count(row, "completed")?;
+        self.latency_sum_ms += count(row, "latency_sum_ms")?;
+        self.ttft_sum_ms += count(row, "ttft_sum_ms")?;
+        self.ttft_count += count(row, "ttft_count")?;
+        self.prompt_tokens += count(row, "prompt_tokens")?;
+        self.completion_tokens += count(row, "completion_tokens")?;
+        self.cached_prompt_tokens += count(row, "cached_prompt_tokens")?;
+        self.cost_nanos += count(row, "cost_nanos")?;
+        self.unpriced += count(row, "unpriced")?;
+        for (name, h) in [
+            ("latency_histogram", &mut self.latency),
+            ("ttft_histogram", &mut self.ttft),
+        ] {
+            let bytes: Option<&[u8]> = row.try_get(name)?;
+            if let Some(bytes) = bytes {
+                histogram::add_encoded(h, bytes)?;
+            }
+        }
+        Ok(())
     }
 }

@@ -49,6 +49,82 @@ pub fn decode(bytes: &[u8]) -> Result<Latencies, HistogramError> {
 #[error("cannot decode a stored histogram: {0}")]
 pub struct HistogramError(String);
 
+/// HdrHistogram's V2 encoding cookie (uncompressed).
+const V2_COOKIE: u32 = 0x1c84_9313;
+const HEADER: usize = 40;
+/// log2 of half the sub-buckets of the standard configuration (2 digits: 256 sub-buckets).
+const HALF_MAGNITUDE: u32 = 7;
+
+/// Adds the counts of an encoded histogram into `target` without building a histogram for it:
+/// the inner loop of roll-ups, which merge thousands of stored windows per answer. Encodings
+/// in another configuration take the general path through [`decode`].
+pub fn add_encoded(target: &mut Latencies, bytes: &[u8]) -> Result<(), HistogramError> {
+    let field = |at: usize, n: usize| -> Result<&[u8], HistogramError> {
+        bytes
+            .get(at..at + n)
+            .ok_or_else(|| HistogramError("truncated header".into()))
+    };
+    let u32_at = |at| field(at, 4).map(|b| u32::from_be_bytes(b.try_into().unwrap_or_default()));
+    let u64_at = |at| field(at, 8).map(|b| u64::from_be_bytes(b.try_into().unwrap_or_default()));
+    let standard = u32_at(0)? == V2_COOKIE
+        && u32_at(8)? == 0
+        && u32_at(12)? == u32::from(SIGNIFICANT_DIGITS)
+        && u64_at(16)? == LOWEST_MS
+        && u64_at(24)? == HIGHEST_MS;
+    if !standard {
+        return target
+            .add(decode(bytes)?)
+            .map_err(|e| HistogramError(format!("{e:?}")));
+    }
+    let len = u32_at(4)? as usize;
+    let payload = bytes
+        .get(HEADER..HEADER + len)
+        .ok_or_else(|| HistogramError("truncated payload".into()))?;
+    let (mut at, mut index) = (0usize, 0u64);
+    while at < payload.len() {
+        // LEB128, at most 9 bytes, the ninth taken whole; then zig-zag.
+        let mut raw = 0u64;
+        for i in 0..9 {
+            let b = *payload
+                .get(at)
+                .ok_or_else(|| HistogramError("truncated count".into()))?;
+            at += 1;
+            if i == 8 {
+                raw |= u64::from(b) << 56;
+                break;
+            }
+            raw |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        let n = ((raw >> 1) as i64) ^ -((raw & 1) as i64);
+        if n < 0 {
+            index += n.unsigned_abs();
+        } else {
+            if n > 0 {
+                target
+                    .record_n(value_at_index(index), n as u64)
+                    .map_err(|e| HistogramError(format!("{e:?}")))?;
+            }
+            index += 1;
+        }
+    }
+    Ok(())
+}
+
+/// The lowest value counted at `index` in the standard configuration.
+fn value_at_index(index: u64) -> u64 {
+    let half = 1u64 << HALF_MAGNITUDE;
+    let bucket = (index >> HALF_MAGNITUDE) as i64 - 1;
+    let sub = (index & (half - 1)) + half;
+    if bucket < 0 {
+        sub - half
+    } else {
+        sub << bucket
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -79,6 +155,17 @@ mod tests {
         }
     }
 
+    #[test]
+    fn an_encoding_in_another_configuration_is_still_added() {
+        let mut other: Latencies = Histogram::new_with_bounds(1, 60_000, 3).unwrap();
+        other.record_n(1234, 5).unwrap();
+        let mut target = new();
+        add_encoded(&mut target, &encode(&other)).unwrap();
+        assert_eq!(target.len(), 5);
+        assert!(target.equivalent(target.max(), 1234));
+        assert!(add_encoded(&mut target, b"not a histogram").is_err());
+    }
+
     proptest! {
         /// Merging partial histograms equals one histogram of all the values, and survives
         /// the round trip through storage.
@@ -88,6 +175,7 @@ mod tests {
         ) {
             let mut whole = new();
             let mut merged = new();
+            let mut streamed = new();
             for part in &parts {
                 let mut partial = new();
                 for &v in part {
@@ -96,7 +184,9 @@ mod tests {
                 }
                 let stored = decode(&encode(&partial)).unwrap();
                 merged.add(&stored).unwrap();
+                add_encoded(&mut streamed, &encode(&partial)).unwrap();
             }
+            prop_assert_eq!(encode(&streamed), encode(&whole));
             prop_assert_eq!(merged.len(), whole.len());
             for q in [0.5, 0.95, 0.99, 1.0] {
                 prop_assert_eq!(merged.value_at_quantile(q), whole.value_at_quantile(q));

@@ -102,12 +102,15 @@ pub async fn revoke(pool: &PgPool, id: i64) -> Result<bool, sqlx::Error> {
     Ok(done.rows_affected() == 1)
 }
 
+/// Cached answers by key digest: the tenant (`None`: unknown or revoked) and when it was read.
+type Answers = HashMap<Vec<u8>, (Option<String>, Instant)>;
+
 /// Key lookups with a short memory.
 #[derive(Debug)]
 pub struct KeyCache {
     pool: PgPool,
     ttl: Duration,
-    entries: Mutex<HashMap<Vec<u8>, (Option<String>, Instant)>>,
+    entries: Mutex<Answers>,
 }
 
 impl KeyCache {
@@ -141,7 +144,7 @@ impl KeyCache {
         Ok(tenant)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, (Option<String>, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Answers> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

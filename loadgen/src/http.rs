@@ -135,3 +135,67 @@ pub async fn single(args: &Args) -> anyhow::Result<Value> {
         "p99_ms": ms(0.99),
     }))
 }
+
+/// GETs `--path` (with `--key` as bearer token, if given) `--requests` times from
+/// `--concurrency` workers; every answer must be 200.
+pub async fn query(args: &Args) -> anyhow::Result<Value> {
+    let url = format!(
+        "{}{}",
+        args.text("url", "http://127.0.0.1:8081"),
+        args.text("path", "/v1/metrics")
+    );
+    let key = args.text("key", "");
+    let total = args.number("requests", 5_000)?;
+    let concurrency = args.number("concurrency", 8)?.max(1);
+    let next = Arc::new(AtomicUsize::new(0));
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (next, client, url, key) = (next.clone(), client.clone(), url.clone(), key.clone());
+        workers.push(tokio::spawn(async move {
+            let mut latencies =
+                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+            let (mut ok, mut rows) = (0usize, 0u64);
+            while next.fetch_add(1, Ordering::Relaxed) < total {
+                let mut request = client.get(&url);
+                if !key.is_empty() {
+                    request = request.bearer_auth(&key);
+                }
+                let sent = Instant::now();
+                let response = request.send().await;
+                if let Ok(r) = response {
+                    if r.status().as_u16() == 200 {
+                        let body: Value = r.json().await.unwrap_or(Value::Null);
+                        ok += 1;
+                        rows += body["count"].as_u64().unwrap_or(0);
+                    }
+                }
+                latencies.saturating_record((sent.elapsed().as_micros() as u64).max(1));
+            }
+            (latencies, ok, rows)
+        }));
+    }
+    let mut latencies = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let (mut ok, mut rows) = (0, 0);
+    for w in workers {
+        let (h, n, r) = w.await?;
+        latencies.add(h)?;
+        ok += n;
+        rows += r;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let ms = |q: f64| latencies.value_at_quantile(q) as f64 / 1000.0;
+    Ok(json!({
+        "mode": "query",
+        "url": url,
+        "requests": total,
+        "ok": ok,
+        "rows_per_answer": rows as f64 / ok.max(1) as f64,
+        "concurrency": concurrency,
+        "seconds": seconds,
+        "requests_per_sec": ok as f64 / seconds,
+        "p50_ms": ms(0.5),
+        "p99_ms": ms(0.99),
+    }))
+}

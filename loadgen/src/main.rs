@@ -5,6 +5,8 @@
 //! streamlens-loadgen batch  --url U --events N [--batch-size S] [--concurrency C]
 //! streamlens-loadgen single --url U --requests N [--concurrency C]
 //! streamlens-loadgen consume --brokers B --topic PREFIX
+//! streamlens-loadgen histogram [--values N]   hex of a stored latency histogram (bench data)
+//! streamlens-loadgen query  --url U --path /v1/metrics?... [--key K] [--requests N] [--concurrency C]
 //! ```
 //! `raw` is the yardstick: a plain librdkafka producer with the ingestion API's guarantees
 //! (idempotent, `acks=all`, murmur2) writing the same request and response JSON to two
@@ -62,11 +64,26 @@ impl Args {
     }
 }
 
+/// A latency histogram as the processor stores it, from `--values` spread like LLM latencies
+/// (long right tail), hex-encoded for SQL's `decode(..., 'hex')`.
+fn histogram(args: &Args) -> anyhow::Result<serde_json::Value> {
+    let n = args.number("values", 50)?;
+    let mut h = common::histogram::new();
+    for i in 0..n as u64 {
+        common::histogram::record(&mut h, 200 + (i * i * 37) % 4000);
+    }
+    let hex: String = common::histogram::encode(&h)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok(serde_json::Value::String(hex))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let Some((mode, rest)) = argv.split_first() else {
-        bail!("usage: streamlens-loadgen raw|batch|single|consume --flag value ...");
+        bail!("usage: streamlens-loadgen raw|batch|single|consume|query --flag value ...");
     };
     let args = Args::parse(rest)?;
     let report = match mode.as_str() {
@@ -74,7 +91,9 @@ async fn main() -> anyhow::Result<()> {
         "batch" => http::batch(&args).await?,
         "single" => http::single(&args).await?,
         "consume" => consume::run(&args)?,
-        other => bail!("unknown mode {other}: raw, batch, single or consume"),
+        "query" => http::query(&args).await?,
+        "histogram" => histogram(&args)?,
+        other => bail!("unknown mode {other}: raw, batch, single, consume or query"),
     };
     println!("{report}");
     Ok(())

@@ -5,18 +5,38 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use common::aggregate::Aggregate;
+use common::aggregate::{Aggregate, RowError};
 use serde::Serialize;
+use sqlx::postgres::PgRow;
 
 use crate::query::{Granularity, GroupBy};
 
+/// What a window adds to a roll-up: an aggregate, or a stored row whose histograms are added
+/// straight from their encoding (no histogram is built per row).
+pub trait Contribution {
+    fn add_to(&self, a: &mut Aggregate) -> Result<(), RowError>;
+}
+
+impl Contribution for Aggregate {
+    fn add_to(&self, a: &mut Aggregate) -> Result<(), RowError> {
+        a.merge(self);
+        Ok(())
+    }
+}
+
+impl Contribution for PgRow {
+    fn add_to(&self, a: &mut Aggregate) -> Result<(), RowError> {
+        a.merge_row(self)
+    }
+}
+
 /// One stored window as a roll-up reads it.
 #[derive(Debug, Clone)]
-pub struct Window {
+pub struct Window<C = Aggregate> {
     pub route: String,
     pub model: String,
     pub start: DateTime<Utc>,
-    pub aggregate: Aggregate,
+    pub aggregate: C,
 }
 
 /// A bucket of a roll-up: its start and the route/model it stands for (`None` where the
@@ -29,11 +49,11 @@ pub struct Bucket {
 }
 
 /// Merges windows into buckets of `granularity`, grouped by `group_by`.
-pub fn roll_up(
-    windows: impl IntoIterator<Item = Window>,
+pub fn roll_up<C: Contribution>(
+    windows: impl IntoIterator<Item = Window<C>>,
     granularity: Granularity,
     group_by: GroupBy,
-) -> BTreeMap<Bucket, Aggregate> {
+) -> Result<BTreeMap<Bucket, Aggregate>, RowError> {
     let mut out: BTreeMap<Bucket, Aggregate> = BTreeMap::new();
     for w in windows {
         let bucket = Bucket {
@@ -41,14 +61,9 @@ pub fn roll_up(
             route: group_by.route.then_some(w.route),
             model: group_by.model.then_some(w.model),
         };
-        match out.get_mut(&bucket) {
-            Some(a) => a.merge(&w.aggregate),
-            None => {
-                out.insert(bucket, w.aggregate);
-            }
-        }
+        w.aggregate.add_to(out.entry(bucket).or_default())?;
     }
-    out
+    Ok(out)
 }
 
 /// One row of an answer: a stored window, or a bucket of a roll-up.
@@ -221,22 +236,22 @@ fn top(
         .collect()
 }
 
-pub fn summarize(
+pub fn summarize<C: Contribution>(
     tenant: &str,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
-    windows: impl IntoIterator<Item = Window>,
+    windows: impl IntoIterator<Item = Window<C>>,
     n: usize,
-) -> Summary {
+) -> Result<Summary, RowError> {
     let mut totals = Aggregate::default();
     let mut models: BTreeMap<String, Aggregate> = BTreeMap::new();
     let mut routes: BTreeMap<String, Aggregate> = BTreeMap::new();
     for w in windows {
-        totals.merge(&w.aggregate);
-        models.entry(w.model).or_default().merge(&w.aggregate);
-        routes.entry(w.route).or_default().merge(&w.aggregate);
+        w.aggregate.add_to(&mut totals)?;
+        w.aggregate.add_to(models.entry(w.model).or_default())?;
+        w.aggregate.add_to(routes.entry(w.route).or_default())?;
     }
-    Summary {
+    Ok(Summary {
         tenant_id: tenant.to_owned(),
         from,
         to,
@@ -245,7 +260,7 @@ pub fn summarize(
         top_models_by_cost: top(&models, n, |a| a.cost_nanos),
         top_routes_by_requests: top(&routes, n, |a| a.requests),
         top_routes_by_cost: top(&routes, n, |a| a.cost_nanos),
-    }
+    })
 }
 
 #[cfg(test)]
@@ -303,7 +318,8 @@ mod tests {
                 route: false,
                 model: true,
             },
-        );
+        )
+        .unwrap();
         let got = items("t", rolled, Granularity::FiveMinutes, 10);
         let shape: Vec<_> = got
             .iter()
@@ -336,7 +352,7 @@ mod tests {
     #[test]
     fn the_limit_keeps_the_newest_buckets() {
         let windows: Vec<_> = (0..10).map(|m| window("/a", "m", m * 60, &[10])).collect();
-        let rolled = roll_up(windows, Granularity::Hour, GroupBy::ALL);
+        let rolled = roll_up(windows, Granularity::Hour, GroupBy::ALL).unwrap();
         let got = items("t", rolled, Granularity::Hour, 3);
         assert_eq!(
             got.iter()
@@ -356,7 +372,7 @@ mod tests {
             pricey,
         ];
         let from = "2024-05-01T00:00:00Z".parse().unwrap();
-        let s = summarize("t", from, from + TimeDelta::hours(1), windows, 5);
+        let s = summarize("t", from, from + TimeDelta::hours(1), windows, 5).unwrap();
         assert_eq!(s.totals.requests, 5);
         assert_eq!(s.totals.avg_latency_ms, 200.0);
         let names = |r: &[Ranked]| r.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
@@ -383,7 +399,7 @@ mod tests {
                 histogram::record(&mut whole, latency);
             }
             let windows: Vec<_> = per_minute.iter().map(|(m, ls)| window("/a", "m", *m, ls)).collect();
-            let rolled = roll_up(windows, granularity, GroupBy { route: false, model: false });
+            let rolled = roll_up(windows, granularity, GroupBy { route: false, model: false }).unwrap();
             prop_assert_eq!(rolled.len(), 1);
             let merged = rolled.values().next().unwrap();
             for q in [0.5, 0.95, 0.99, 1.0] {

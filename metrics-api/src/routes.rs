@@ -107,6 +107,14 @@ async fn tenant(
     }
 }
 
+/// The answer of `GET /v1/metrics`, in the original shape plus the granularity.
+#[derive(Debug, serde::Serialize)]
+struct MetricsAnswer {
+    metrics: Vec<rollup::MetricsItem>,
+    count: usize,
+    granularity: &'static str,
+}
+
 fn keyed(state: &AppState) -> bool {
     matches!(state.auth, Auth::Keys(_))
 }
@@ -135,7 +143,7 @@ async fn metrics(
             .await,
         )?;
         state.metrics.windows_read.inc_by(windows.len() as u64);
-        let rolled = rollup::roll_up(windows, q.granularity, q.group_by);
+        let rolled = state.checked(rollup::roll_up(windows, q.granularity, q.group_by))?;
         rollup::items(
             &tenant,
             rolled,
@@ -143,11 +151,12 @@ async fn metrics(
             usize::try_from(q.limit).unwrap_or(usize::MAX),
         )
     };
-    let count = items.len();
-    Ok(
-        Json(json!({"metrics": items, "count": count, "granularity": q.granularity.name()}))
-            .into_response(),
-    )
+    Ok(Json(MetricsAnswer {
+        count: items.len(),
+        metrics: items,
+        granularity: q.granularity.name(),
+    })
+    .into_response())
 }
 
 async fn summary(
@@ -161,7 +170,8 @@ async fn summary(
     let windows =
         state.checked(store::windows(&state.pool, &tenant, None, None, q.from, q.to).await)?;
     state.metrics.windows_read.inc_by(windows.len() as u64);
-    Ok(Json(rollup::summarize(&tenant, q.from, q.to, windows, q.top)).into_response())
+    let summary = state.checked(rollup::summarize(&tenant, q.from, q.to, windows, q.top))?;
+    Ok(Json(summary).into_response())
 }
 
 /// Readiness: the database answers.

@@ -1,7 +1,8 @@
 //! Reading windows from Postgres.
 
 use chrono::{DateTime, Utc};
-use common::aggregate::{Aggregate, RowError};
+use common::aggregate::Aggregate;
+use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 
 use crate::query::MetricsQuery;
@@ -14,27 +15,45 @@ pub async fn latest(
     tenant: &str,
     q: &MetricsQuery,
 ) -> Result<Vec<MetricsItem>, sqlx::Error> {
-    let rows = sqlx::query(
+    // Only the filters given, so each shape gets a plain plan Postgres can cache: the
+    // (tenant_id, window_start DESC) index read backwards, stopping after `limit` rows.
+    let mut sql = String::from(
         "SELECT route, model, window_start, window_end, requests, errors, timeouts,
                 avg_latency_ms, p50_latency_ms, p95_latency_ms, p99_latency_ms, max_latency_ms,
                 avg_ttft_ms, avg_prompt_tokens, avg_completion_tokens, prompt_tokens,
                 completion_tokens, cached_prompt_tokens, estimated_cost_usd, unpriced
-         FROM llm_metrics
-         WHERE tenant_id = $1
-           AND ($2::TEXT IS NULL OR route = $2) AND ($3::TEXT IS NULL OR model = $3)
-           AND ($4::TIMESTAMPTZ IS NULL OR window_start >= $4)
-           AND ($5::TIMESTAMPTZ IS NULL OR window_start < $5)
-         ORDER BY window_start DESC, route, model
-         LIMIT $6",
-    )
-    .bind(tenant)
-    .bind(&q.route)
-    .bind(&q.model)
-    .bind(q.from)
-    .bind(q.to)
-    .bind(q.limit)
-    .fetch_all(pool)
-    .await?;
+         FROM llm_metrics WHERE tenant_id = $1",
+    );
+    let mut n = 1;
+    for (given, clause) in [
+        (q.route.is_some(), "route ="),
+        (q.model.is_some(), "model ="),
+        (q.from.is_some(), "window_start >="),
+        (q.to.is_some(), "window_start <"),
+    ] {
+        if given {
+            n += 1;
+            sql.push_str(&format!(" AND {clause} ${n}"));
+        }
+    }
+    sql.push_str(&format!(
+        " ORDER BY window_start DESC, route, model LIMIT ${}",
+        n + 1
+    ));
+    let mut query = sqlx::query(&sql).bind(tenant);
+    if let Some(route) = &q.route {
+        query = query.bind(route);
+    }
+    if let Some(model) = &q.model {
+        query = query.bind(model);
+    }
+    if let Some(from) = q.from {
+        query = query.bind(from);
+    }
+    if let Some(to) = q.to {
+        query = query.bind(to);
+    }
+    let rows = query.bind(q.limit).fetch_all(pool).await?;
     rows.iter()
         .map(|r| {
             let requests: i64 = r.try_get("requests")?;
@@ -73,7 +92,8 @@ pub async fn latest(
         .collect()
 }
 
-/// Every window of a tenant in `[from, to)`, with the sums and histograms roll-ups merge.
+/// Every window of a tenant in `[from, to)`, with the sums and histograms roll-ups merge; each
+/// row is kept as read and added to its bucket without building a histogram for it.
 pub async fn windows(
     pool: &PgPool,
     tenant: &str,
@@ -81,7 +101,7 @@ pub async fn windows(
     model: Option<&str>,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
-) -> Result<Vec<Window>, RowError> {
+) -> Result<Vec<Window<PgRow>>, sqlx::Error> {
     let rows = sqlx::query(&format!(
         "SELECT route, model, window_start, {} FROM llm_metrics
          WHERE tenant_id = $1
@@ -96,13 +116,13 @@ pub async fn windows(
     .bind(to)
     .fetch_all(pool)
     .await?;
-    rows.iter()
+    rows.into_iter()
         .map(|r| {
             Ok(Window {
                 route: r.try_get("route")?,
                 model: r.try_get("model")?,
                 start: r.try_get("window_start")?,
-                aggregate: Aggregate::from_row(r)?,
+                aggregate: r,
             })
         })
         .collect()

@@ -14,14 +14,15 @@ stop() {
 }
 trap stop INT TERM EXIT
 
+# A key for the demo tenant, so both APIs can be tried at once.
+KEY=$("$BIN/streamlens-admin" keys create --tenant acme --name "make run" 2>/dev/null)
+
 HTTP_PORT=$API_PORT "$BIN/ingestion-api" &
 pids+=($!)
 HTTP_PORT=$PROCESSOR_PORT "$BIN/metrics-processor" &
 pids+=($!)
 HTTP_PORT=$QUERY_PORT "$BIN/metrics-api" &
 pids+=($!)
-# A key for the demo tenant, so the query API can be tried at once.
-KEY=$("$BIN/streamlens-admin" keys create --tenant acme --name "make run" 2>/dev/null)
 
 for url in "http://127.0.0.1:$API_PORT/ready" "http://127.0.0.1:$PROCESSOR_PORT/health" "http://127.0.0.1:$QUERY_PORT/ready"; do
   for _ in $(seq 1 150); do
@@ -43,9 +44,9 @@ StreamLens is running.
   Postgres           $POSTGRES_DSN
 
 Try it:
-  curl -i -X POST http://127.0.0.1:$API_PORT/v1/llm/request -H 'content-type: application/json' \\
+  curl -i -X POST http://127.0.0.1:$API_PORT/v1/llm/request -H 'content-type: application/json' -H 'Authorization: Bearer $KEY' \\
     -d '{"request_id":"r-1","tenant_id":"acme","route":"/chat","model":"gpt-4o-mini","timestamp":"$now","prompt_tokens":42}'
-  curl -i -X POST http://127.0.0.1:$API_PORT/v1/llm/response -H 'content-type: application/json' \\
+  curl -i -X POST http://127.0.0.1:$API_PORT/v1/llm/response -H 'content-type: application/json' -H 'Authorization: Bearer $KEY' \\
     -d '{"request_id":"r-1","timestamp":"$now","latency_ms":730,"completion_tokens":128,"finish_reason":"stop"}'
 
 A few seconds after that minute ends, its window is in Postgres, on llm.metrics and in the API:

@@ -65,6 +65,12 @@ pub struct ResponseEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[validate(range(max = MAX_TOKENS, message = "must be at most 100000000"))]
     pub cached_prompt_tokens: Option<u64>,
+    /// The tenant the response belongs to. With API keys the ingestion API sets it to the
+    /// key's tenant, whatever the body said, and the processor pairs a response only with a
+    /// request of the same tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[validate(custom(function = identifier))]
+    pub tenant_id: Option<String>,
 }
 
 impl ResponseEvent {
@@ -85,6 +91,14 @@ impl Event {
         match self {
             Event::Request(r) => &r.request_id,
             Event::Response(r) => &r.request_id,
+        }
+    }
+
+    /// The tenant the event names: always for a request, when stamped for a response.
+    pub fn tenant(&self) -> Option<&str> {
+        match self {
+            Event::Request(r) => Some(&r.tenant_id),
+            Event::Response(r) => r.tenant_id.as_deref(),
         }
     }
 

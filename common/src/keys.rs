@@ -122,6 +122,10 @@ impl KeyCache {
         }
     }
 
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// The tenant of a live key, `None` for an unknown or revoked one.
     pub async fn tenant(&self, key: &str) -> Result<Option<String>, sqlx::Error> {
         let hash = digest(key);
@@ -195,12 +199,17 @@ impl AuthSettings {
         if self.enabled {
             Auth::Keys(Arc::new(KeyCache::new(pool.clone(), self.cache_ttl)))
         } else {
-            tracing::warn!(
-                "AUTH_MODE=disabled: no API key is asked for and any caller may act for any \
-                 tenant. This is for local use only; never expose this service like this."
-            );
-            Auth::Disabled
+            self.build_disabled()
         }
+    }
+
+    /// No keys, said loudly.
+    pub fn build_disabled(&self) -> Auth {
+        tracing::warn!(
+            "AUTH_MODE=disabled: no API key is asked for and any caller may act for any \
+             tenant. This is for local use only; never expose this service like this."
+        );
+        Auth::Disabled
     }
 }
 

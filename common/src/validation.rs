@@ -112,6 +112,7 @@ pub fn parse_response(
         error: f.optional_str("error"),
         time_to_first_token_ms: f.optional_count("time_to_first_token_ms"),
         cached_prompt_tokens: f.optional_count("cached_prompt_tokens"),
+        tenant_id: f.optional_str("tenant_id"),
     };
     check_response(f, event, now, limits)
 }
@@ -242,6 +243,7 @@ impl AnyEvent {
                 error: self.error,
                 time_to_first_token_ms: self.time_to_first_token_ms,
                 cached_prompt_tokens: self.cached_prompt_tokens,
+                tenant_id: self.tenant_id,
             })),
             _ => None,
         }

@@ -29,6 +29,18 @@ pub enum ApiError {
     /// 503: the broker did not acknowledge in time; nothing is claimed written.
     #[error("the event was not written: {0}; retry later")]
     Unavailable(PublishError),
+    /// 401: no API key, or not a live one.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// 403: an event of another tenant than the API key's.
+    #[error("this API key belongs to another tenant than {0:?}")]
+    Forbidden(String),
+    /// 429: the key sent more than its rate; retry after the given time.
+    #[error("this API key is over its rate limit; retry in {} ms", .retry_after.as_millis())]
+    RateLimited { retry_after: std::time::Duration },
+    /// 503: the key store did not answer.
+    #[error("cannot check the API key; retry later")]
+    KeysUnavailable,
     /// 404
     #[error("no such endpoint")]
     NotFound,
@@ -53,7 +65,10 @@ impl ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             ApiError::MalformedJson(_) | ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
@@ -66,6 +81,10 @@ impl ApiError {
             ApiError::MalformedJson(_) => "malformed_json",
             ApiError::Invalid(_) => "invalid_event",
             ApiError::Unavailable(_) => "broker_unavailable",
+            ApiError::Unauthenticated(_) => "unauthenticated",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::KeysUnavailable => "unavailable",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
         }
@@ -94,10 +113,27 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         let body = Json(self.body());
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            (status, [(header::RETRY_AFTER, "1")], body).into_response()
-        } else {
-            (status, body).into_response()
+        match &self {
+            ApiError::RateLimited { retry_after } => {
+                // Whole seconds, rounded up, as Retry-After wants them.
+                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                (
+                    status,
+                    [(header::RETRY_AFTER, secs.max(1).to_string())],
+                    body,
+                )
+                    .into_response()
+            }
+            ApiError::Unauthenticated(_) => (
+                status,
+                [(header::WWW_AUTHENTICATE, "Bearer".to_owned())],
+                body,
+            )
+                .into_response(),
+            _ if status == StatusCode::SERVICE_UNAVAILABLE => {
+                (status, [(header::RETRY_AFTER, "1".to_owned())], body).into_response()
+            }
+            _ => (status, body).into_response(),
         }
     }
 }

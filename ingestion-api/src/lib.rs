@@ -8,10 +8,12 @@
 //! - [`startup`]: binds, connects, builds the router, runs until told to stop.
 //! - [`routes`]: the HTTP handlers (single events, batches, health, metrics, OpenAPI).
 //! - [`publisher`]: the durable write to Kafka, behind a trait so handlers can be tested alone.
+//! - [`limit`]: per-key rate limiting.
 //! - [`error`]: how every failure becomes a status code and a JSON body.
 //! - [`telemetry`]: the Prometheus metrics this service exports.
 
 pub mod error;
+pub mod limit;
 pub mod publisher;
 pub mod routes;
 pub mod settings;

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use chrono::TimeDelta;
 use common::kafka::{KafkaSettings, Topics};
+use common::keys::AuthSettings;
 use common::settings::{Env, SettingsError};
 use common::validation::Limits;
 
@@ -28,6 +29,12 @@ pub struct Settings {
     pub limits: Limits,
     pub log_json: bool,
     pub shutdown_timeout: Duration,
+    /// API keys (`AUTH_MODE`); they live in Postgres (`POSTGRES_DSN`).
+    pub auth: AuthSettings,
+    pub dsn: String,
+    /// Events a second per API key, and the burst above it; 0 turns the limit off.
+    pub rate_per_sec: u32,
+    pub rate_burst: u32,
 }
 
 impl Settings {
@@ -52,6 +59,10 @@ impl Settings {
             },
             log_json: e.string(&["LOG_FORMAT"], "text") == "json",
             shutdown_timeout: Duration::from_secs(e.parse(&["SHUTDOWN_TIMEOUT_SECS"], 30)),
+            auth: AuthSettings::from_env(e),
+            dsn: common::db::dsn_from_env(e),
+            rate_per_sec: e.parse(&["RATE_LIMIT_EVENTS_PER_SEC"], 10_000),
+            rate_burst: e.parse(&["RATE_LIMIT_BURST"], 20_000),
         };
         if settings.delivery_timeout < Duration::from_millis(100) {
             e.invalid("KAFKA_DELIVERY_TIMEOUT_MS must be at least 100");

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::net::TcpListener;
 
+use crate::limit::RateLimiter;
 use crate::publisher::{KafkaPublisher, Publisher};
 use crate::routes::{router, AppState, HttpConfig};
 use crate::settings::Settings;
@@ -50,7 +51,22 @@ impl Application {
         let listener = TcpListener::bind(address)
             .await
             .with_context(|| format!("cannot listen on {}:{}", address.0, address.1))?;
+        let auth = if settings.auth.enabled {
+            let pool = common::db::connect(&settings.dsn, 4)
+                .await
+                .context("API keys are on (AUTH_MODE=keys) and live in Postgres: cannot connect (POSTGRES_DSN)")?;
+            common::db::migrate(&pool)
+                .await
+                .context("migrations failed")?;
+            settings.auth.build(&pool)
+        } else {
+            settings.auth.build_disabled()
+        };
+        let limiter = (settings.auth.enabled && settings.rate_per_sec > 0)
+            .then(|| Arc::new(RateLimiter::new(settings.rate_per_sec, settings.rate_burst)));
         let state = AppState {
+            auth,
+            limiter,
             publisher,
             metrics: Arc::new(Metrics::default()),
             config: Arc::new(HttpConfig {

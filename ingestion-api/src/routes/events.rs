@@ -77,6 +77,7 @@ async fn single(
     body: Result<Bytes, BytesRejection>,
     kind: EventKind,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    let tenant = state.caller(&headers, 1).await?;
     if content_type(&headers) != Some("application/json") {
         return Err(ApiError::UnsupportedMediaType {
             expected: "application/json",
@@ -85,7 +86,12 @@ async fn single(
     let bytes = body.map_err(|r| ApiError::from_body(r, state.config.max_body_bytes))?;
     let value: Value =
         serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
-    let event = parse(&state, &value, kind).map_err(ApiError::Invalid)?;
+    let mut event = parse(&state, &value, kind).map_err(ApiError::Invalid)?;
+    if bind_tenant(&mut event, tenant.as_deref()).is_err() {
+        return Err(ApiError::Forbidden(
+            event.tenant().unwrap_or_default().to_owned(),
+        ));
+    }
     let request_id = event.request_id().to_owned();
     let record = state.record(&event, trace_id(&headers).map(Into::into));
     match state.publish(std::slice::from_ref(&record)).await.pop() {
@@ -118,6 +124,7 @@ pub async fn post_batch(
         }
     };
     let bytes = body.map_err(|r| ApiError::from_body(r, state.config.max_batch_bytes))?;
+    let tenant = state.caller(&headers, 0).await?;
     let items: Vec<&[u8]> = if ndjson {
         bytes
             .split(|b| *b == b'\n')
@@ -142,13 +149,26 @@ pub async fn post_batch(
         });
     }
 
+    if let Some(limiter) = &state.limiter {
+        let key = presented_key(&headers).unwrap_or_default();
+        limiter
+            .take(key, items.len(), std::time::Instant::now())
+            .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
+    }
+
     let mut report = BatchReport::default();
     let mut records = Vec::with_capacity(items.len());
     let mut positions = Vec::with_capacity(items.len());
     let trace: Option<Arc<str>> = trace_id(&headers).map(Into::into);
     let now = Utc::now();
     for (index, item) in items.into_iter().enumerate() {
-        match validation::parse_event_bytes(item, now, &state.config.limits) {
+        let parsed =
+            validation::parse_event_bytes(item, now, &state.config.limits).and_then(|mut event| {
+                bind_tenant(&mut event, tenant.as_deref())
+                    .map(|()| event)
+                    .map_err(|e| vec![e])
+            });
+        match parsed {
             Ok(event) => {
                 records.push(state.record(&event, trace.clone()));
                 positions.push(index);
@@ -224,6 +244,30 @@ fn parse(state: &AppState, value: &Value, kind: EventKind) -> Result<Event, Vec<
     parsed
 }
 
+/// Holds an event to the tenant of the caller's key: a request must name it, a response is
+/// stamped with it (whatever the body said). Without keys, events stay as they are.
+fn bind_tenant(event: &mut Event, tenant: Option<&str>) -> Result<(), FieldError> {
+    let Some(tenant) = tenant else {
+        return Ok(());
+    };
+    match event {
+        Event::Request(r) if r.tenant_id != tenant => Err(FieldError::new(
+            "tenant_id",
+            "belongs to another tenant than this API key's",
+        )),
+        Event::Request(_) => Ok(()),
+        Event::Response(r) => {
+            r.tenant_id = Some(tenant.to_owned());
+            Ok(())
+        }
+    }
+}
+
+fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    common::keys::Auth::presented(header("authorization"), header("x-api-key"))
+}
+
 /// The media type without parameters such as `charset`.
 fn content_type(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
@@ -235,6 +279,25 @@ fn trace_id(headers: &HeaderMap) -> Option<String> {
 }
 
 impl AppState {
+    /// The tenant of the caller's key (`None` without keys), after taking `events` from the
+    /// key's rate (0: the caller counts them itself).
+    async fn caller(&self, headers: &HeaderMap, events: usize) -> Result<Option<String>, ApiError> {
+        let key = presented_key(headers);
+        let tenant = self.auth.tenant(key).await.map_err(|e| match e {
+            common::keys::AuthError::Unavailable(e) => {
+                tracing::error!(error = %e, "cannot check an API key");
+                ApiError::KeysUnavailable
+            }
+            other => ApiError::Unauthenticated(other.to_string()),
+        })?;
+        if let (Some(limiter), Some(key), true) = (&self.limiter, key, events > 0) {
+            limiter
+                .take(key, events, std::time::Instant::now())
+                .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
+        }
+        Ok(tenant)
+    }
+
     fn record(&self, event: &Event, trace_id: Option<Arc<str>>) -> Record {
         Record {
             kind: event.kind(),

@@ -18,9 +18,18 @@ pub async fn live() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
-/// Readiness: the broker answers and both input topics exist.
+/// Readiness: the broker answers and both input topics exist, and with API keys on, the
+/// database holding them answers.
 pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
-    match state.publisher.ready().await {
+    let mut check = state.publisher.ready().await;
+    if let (Ok(()), common::keys::Auth::Keys(keys)) = (&check, &state.auth) {
+        if let Err(e) = sqlx::query("SELECT 1").execute(keys.pool()).await {
+            check = Err(format!(
+                "the database holding the API keys does not answer: {e}"
+            ));
+        }
+    }
+    match check {
         Ok(()) => (StatusCode::OK, Json(json!({"status": "ready"}))).into_response(),
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,

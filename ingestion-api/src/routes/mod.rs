@@ -20,7 +20,10 @@ use tower_http::request_id::{
 };
 use tower_http::trace::TraceLayer;
 
+use common::keys::Auth;
+
 use crate::error::ApiError;
+use crate::limit::RateLimiter;
 use crate::publisher::Publisher;
 use crate::telemetry::{HttpLabels, Metrics};
 
@@ -32,6 +35,9 @@ pub struct AppState {
     pub publisher: Arc<dyn Publisher>,
     pub metrics: Arc<Metrics>,
     pub config: Arc<HttpConfig>,
+    pub auth: Auth,
+    /// Per API key; `None` when keys are off or the limit is 0.
+    pub limiter: Option<Arc<RateLimiter>>,
 }
 
 impl std::fmt::Debug for AppState {

@@ -127,6 +127,7 @@ pub fn test_settings(extra: &[(&str, &str)]) -> Settings {
         ("HTTP_PORT", "0"),
         ("MAX_BODY_BYTES", "4096"),
         ("MAX_BATCH_ITEMS", "50"),
+        ("AUTH_MODE", "disabled"),
     ]
     .iter()
     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -143,6 +144,8 @@ pub fn test_settings(extra: &[(&str, &str)]) -> Settings {
 pub fn test_router(publisher: Arc<RecordingPublisher>) -> Router {
     let s = test_settings(&[]);
     router(AppState {
+        auth: common::keys::Auth::Disabled,
+        limiter: None,
         publisher,
         metrics: Arc::new(Metrics::default()),
         config: Arc::new(HttpConfig {

@@ -44,6 +44,7 @@ fn response(id: &str, at: i64, latency_ms: u64, error: bool) -> Event {
         error: error.then(|| "upstream 500".into()),
         time_to_first_token_ms: latency_ms.is_multiple_of(3).then_some(latency_ms / 3),
         cached_prompt_tokens: Some(latency_ms % 50),
+        tenant_id: None,
     })
 }
 

@@ -46,6 +46,7 @@ fn response(id: &str, at: i64, offset: i64) -> Sourced<ResponseEvent> {
             error: None,
             time_to_first_token_ms: None,
             cached_prompt_tokens: None,
+            tenant_id: None,
         },
     }
 }

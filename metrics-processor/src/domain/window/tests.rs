@@ -28,6 +28,7 @@ fn response(latency_ms: u64, error: Option<&str>) -> ResponseEvent {
         error: error.map(Into::into),
         time_to_first_token_ms: Some(latency_ms / 2),
         cached_prompt_tokens: Some(30),
+        tenant_id: None,
     }
 }
 

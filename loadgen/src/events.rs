@@ -32,6 +32,8 @@ pub fn response(run: &str, i: usize) -> Value {
         "latency_ms": 300 + (i * 53) % 4000,
         "completion_tokens": 50 + (i * 29) % 900,
         "finish_reason": "stop",
+        // What the ingestion API writes with API keys: the key's tenant, the request's.
+        "tenant_id": TENANTS[i % TENANTS.len()],
     })
 }
 

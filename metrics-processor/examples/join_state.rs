@@ -30,8 +30,9 @@ fn main() {
     let before = rss_bytes();
     for i in 0..n {
         let request = RequestEvent {
-            // A UUID-sized id, as clients typically send.
-            request_id: format!("0b6f8a3c-1d2e-4f50-8a9b-{i:012}"),
+            // A UUID-sized id, as clients typically send, scoped by its tenant as the processor
+            // holds it by default (JOIN_SCOPE=tenant).
+            request_id: format!("acme|0b6f8a3c-1d2e-4f50-8a9b-{i:012}"),
             tenant_id: "acme".into(),
             route: "/v1/chat/completions".into(),
             model: "gpt-4o-mini".into(),

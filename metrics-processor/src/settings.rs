@@ -64,6 +64,7 @@ impl Settings {
                 ttl: secs(e.parse(&["JOIN_TTL_SECS"], 300)),
                 grace: secs(e.parse(&["WINDOW_GRACE_SECS"], 2)),
                 idle_after: secs(e.parse(&["PARTITION_IDLE_SECS"], 3)),
+                tenant_scoped: e.string(&["JOIN_SCOPE"], "tenant") == "tenant",
             },
             commit_interval: Duration::from_millis(e.parse(&["COMMIT_INTERVAL_MS"], 1000)),
             start_from,
@@ -82,6 +83,12 @@ impl Settings {
             e.invalid(format!(
                 "JOIN_TTL_SECS / WINDOW_GRACE_SECS / PARTITION_IDLE_SECS: {problem}"
             ));
+        }
+        if !matches!(
+            e.string(&["JOIN_SCOPE"], "tenant").as_str(),
+            "tenant" | "request_id"
+        ) {
+            e.invalid("JOIN_SCOPE must be \"tenant\" or \"request_id\"");
         }
         if settings.commit_interval.is_zero() {
             e.invalid("COMMIT_INTERVAL_MS must be positive");

@@ -104,15 +104,29 @@ impl World {
         format!("llm.{name}.{}", self.suffix)
     }
 
-    /// Sends the calls to the broker and runs the processor until all are stored.
-    pub async fn process(&mut self, calls: &[Call]) {
-        let kafka = KafkaSettings::new(&self.brokers, 3);
-        let names = ["requests", "responses", "metrics", "dlq"].map(|t| self.topic(t));
+    /// The topics of this world: requests, responses, metrics, dlq.
+    pub fn topics(&self) -> [String; 4] {
+        ["requests", "responses", "metrics", "dlq"].map(|t| self.topic(t))
+    }
+
+    pub async fn ensure_topics(&self) {
+        let names = self.topics();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        kafka
+        KafkaSettings::new(&self.brokers, 3)
             .ensure_topics(&refs, &refs[..2], Duration::from_secs(10))
             .await
             .expect("topics");
+    }
+
+    pub fn brokers(&self) -> &str {
+        &self.brokers
+    }
+
+    /// Sends the calls to the broker and runs the processor until all are stored.
+    pub async fn process(&mut self, calls: &[Call]) {
+        self.ensure_topics().await;
+        let kafka = KafkaSettings::new(&self.brokers, 3);
+        let names = self.topics();
         let producer: FutureProducer = kafka
             .producer_config("test", Duration::from_secs(10))
             .create()
@@ -123,7 +137,8 @@ impl World {
                 let request = json!({"request_id": c.id, "tenant_id": self.tenant, "route": c.route, "model": c.model,
                                      "timestamp": c.at.to_rfc3339(), "prompt_tokens": 100});
                 let mut response = json!({"request_id": c.id, "timestamp": (c.at + TimeDelta::seconds(1)).to_rfc3339(),
-                                          "latency_ms": c.latency_ms, "completion_tokens": 20, "finish_reason": "stop"});
+                                          "latency_ms": c.latency_ms, "completion_tokens": 20, "finish_reason": "stop",
+                                          "tenant_id": self.tenant});
                 if c.error {
                     response["error"] = json!("upstream 500");
                 }
@@ -141,6 +156,14 @@ impl World {
         for s in sends {
             s.await.expect("the broker acknowledges");
         }
+        self.start_processor();
+        let tenant = self.tenant.clone();
+        self.wait_stored(&tenant, calls.len() as i64).await;
+    }
+
+    /// Runs the processor binary on this world's topics.
+    pub fn start_processor(&mut self) {
+        let names = self.topics();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -160,6 +183,7 @@ impl World {
             ("COMMIT_INTERVAL_MS", "200".into()),
             ("PARTITION_IDLE_SECS", "1".into()),
             ("WINDOW_GRACE_SECS", "1".into()),
+            ("JOIN_TTL_SECS", "65".into()),
             ("RUST_LOG", "warn".into()),
         ]
         .into_iter()
@@ -172,22 +196,25 @@ impl World {
                 .spawn()
                 .expect("the processor starts"),
         );
+    }
+
+    /// Waits until `tenant` has `requests` stored.
+    pub async fn wait_stored(&self, tenant: &str, requests: i64) {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             let stored: i64 = sqlx::query_scalar(
                 "SELECT COALESCE(SUM(requests), 0)::BIGINT FROM llm_metrics WHERE tenant_id = $1",
             )
-            .bind(&self.tenant)
+            .bind(tenant)
             .fetch_one(&self.pool)
             .await
             .unwrap();
-            if stored == calls.len() as i64 {
+            if stored == requests {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "the processor stored {stored} of {} requests",
-                calls.len()
+                "the processor stored {stored} of {requests} requests of {tenant}"
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

@@ -1,4 +1,5 @@
 //! The query API against real Postgres rows written by the real processor from a real broker.
 
 mod helpers;
+mod isolation;
 mod queries;

@@ -44,6 +44,10 @@ pub struct EngineConfig {
     pub grace: TimeDelta,
     /// Processing time after which a silent partition stops holding the watermark back.
     pub idle_after: TimeDelta,
+    /// Pair a response only with a request of its own tenant (`tenant_id`, which the
+    /// ingestion API stamps from the API key). Off, halves pair by `request_id` alone, as
+    /// the original service did.
+    pub tenant_scoped: bool,
 }
 
 impl EngineConfig {
@@ -69,8 +73,30 @@ impl Default for EngineConfig {
             ttl: TimeDelta::minutes(5),
             grace: TimeDelta::seconds(2),
             idle_after: TimeDelta::seconds(3),
+            tenant_scoped: true,
         }
     }
+}
+
+/// With tenant-scoped joins a half is known by `tenant|request_id` (`|` can occur in neither),
+/// so only halves of one tenant meet: a response posted for another tenant's request waits
+/// alone and ends as an orphan, and one without `tenant_id` pairs with nothing.
+fn scoped(event: Event) -> Event {
+    match event {
+        Event::Request(mut r) => {
+            r.request_id = format!("{}|{}", r.tenant_id, r.request_id);
+            Event::Request(r)
+        }
+        Event::Response(mut r) => {
+            r.request_id = format!("{}|{}", r.tenant_id.as_deref().unwrap_or(""), r.request_id);
+            Event::Response(r)
+        }
+    }
+}
+
+/// The `request_id` a client sent, without the tenant scope.
+fn unscoped(id: &str) -> &str {
+    id.rsplit_once('|').map_or(id, |(_, id)| id)
 }
 
 /// What the last successful commit stored for one input partition.
@@ -252,6 +278,11 @@ impl Engine {
         let Some(state) = self.partitions.get_mut(&source.partition) else {
             return Vec::new();
         };
+        let event = if self.config.tenant_scoped {
+            scoped(event)
+        } else {
+            event
+        };
         let position = state.consumed.entry(source.input).or_insert(source.offset);
         *position = (*position).max(source.offset + 1);
         let replayed = state
@@ -380,7 +411,7 @@ impl Engine {
             Outcome::Orphaned { response, reason } => {
                 effects.push(Effect::DeadLetter {
                     source: response.source,
-                    key: response.value.request_id.clone(),
+                    key: unscoped(&response.value.request_id).to_owned(),
                     reason: reason.as_str(),
                 });
                 state.decisions.push(Decision {

@@ -123,8 +123,9 @@ impl World {
     }
 
     pub fn response(&self, id: &str, at: DateTime<Utc>, latency_ms: u64, error: bool) -> Value {
+        // As the ingestion API writes it: stamped with the tenant of the caller's API key.
         let mut r = json!({"request_id": id, "timestamp": at.to_rfc3339(), "latency_ms": latency_ms,
-                           "completion_tokens": 20, "finish_reason": "stop"});
+                           "completion_tokens": 20, "finish_reason": "stop", "tenant_id": self.tenant});
         if error {
             r["error"] = json!("upstream 500");
         }

@@ -18,6 +18,7 @@ fn config() -> EngineConfig {
         ttl: TimeDelta::seconds(70),
         grace: TimeDelta::seconds(2),
         idle_after: TimeDelta::seconds(3),
+        tenant_scoped: false,
     }
 }
 
@@ -387,6 +388,98 @@ fn every_request_is_counted_once_with_timeouts_and_orphans() {
     assert_eq!(sum(&store), (requests, timeouts));
     assert_eq!(store.dead_letters.len() as u64, orphans);
     assert!(timeouts > 0 && orphans > 0, "the traffic exercises both");
+}
+
+fn stamped(event: Event, tenant: &str) -> Event {
+    match event {
+        Event::Response(mut r) => {
+            r.tenant_id = Some(tenant.into());
+            Event::Response(r)
+        }
+        other => other,
+    }
+}
+
+/// Another tenant posting a response for a request id of `acme`, before and after acme's own:
+/// acme's window holds its own call only, and the stranger's response ends as an orphan.
+#[test]
+fn with_tenant_scoped_joins_another_tenants_response_pairs_with_nothing() {
+    let mut engine = Engine::new(
+        EngineConfig {
+            tenant_scoped: true,
+            ..config()
+        },
+        PricingTable::default(),
+    );
+    engine.assign(
+        0,
+        [(Input::Requests, None), (Input::Responses, None)],
+        Vec::new(),
+        t(0),
+    );
+    let mut effects = Vec::new();
+    // "a": the stranger's response comes first, then acme's request and response.
+    effects.extend(engine.apply(
+        src(Input::Responses, 0),
+        stamped(response("a", 2, 9_000, true), "mallory"),
+        t(3),
+    ));
+    effects.extend(engine.apply(src(Input::Requests, 0), request("a", 1, "gpt-4o"), t(3)));
+    effects.extend(engine.apply(
+        src(Input::Responses, 1),
+        stamped(response("a", 2, 120, false), "acme"),
+        t(3),
+    ));
+    // "b": acme's request, then the stranger's response; acme's own never comes.
+    effects.extend(engine.apply(src(Input::Requests, 1), request("b", 1, "gpt-4o"), t(3)));
+    effects.extend(engine.apply(
+        src(Input::Responses, 2),
+        stamped(response("b", 2, 9_000, true), "mallory"),
+        t(3),
+    ));
+    // A response without a tenant pairs with nothing either.
+    effects.extend(engine.apply(src(Input::Requests, 2), request("c", 1, "gpt-4o"), t(3)));
+    effects.extend(engine.apply(src(Input::Responses, 3), response("c", 2, 50, false), t(3)));
+    engine.reached_end(Input::Requests, 0);
+    engine.reached_end(Input::Responses, 0);
+    effects.extend(engine.tick(t(3600)));
+    let (flush, more) = engine.flush(t(3600));
+    effects.extend(more);
+    assert_eq!(flush.windows.len(), 1);
+    let row = &flush.windows[0].1;
+    assert_eq!(flush.windows[0].0.tenant.as_ref(), "acme");
+    assert_eq!(
+        (row.requests, row.completed, row.timeouts, row.errors),
+        (3, 1, 2, 0)
+    );
+    assert_eq!(row.latency_sum_ms, 120);
+    let orphans: Vec<&str> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::DeadLetter { key, .. } => Some(key.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(orphans.len(), 3, "{effects:?}");
+    assert!(
+        orphans.iter().all(|k| ["a", "b", "c"].contains(k)),
+        "dead letters carry the id as sent: {orphans:?}"
+    );
+}
+
+#[test]
+fn without_tenant_scope_halves_pair_by_request_id_alone() {
+    let mut engine = fresh_engine();
+    engine.apply(src(Input::Requests, 0), request("a", 1, "gpt-4o"), t(3));
+    engine.apply(
+        src(Input::Responses, 0),
+        stamped(response("a", 2, 120, false), "someone"),
+        t(3),
+    );
+    engine.reached_end(Input::Requests, 0);
+    engine.reached_end(Input::Responses, 0);
+    let (flush, _) = engine.flush(t(3600));
+    assert_eq!(flush.windows[0].1.completed, 1);
 }
 
 #[test]

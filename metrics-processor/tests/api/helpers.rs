@@ -145,7 +145,7 @@ impl World {
         let payloads: Vec<(String, String, Vec<u8>)> = events
             .iter()
             .map(|e| {
-                let topic = if e.get("tenant_id").is_some() {
+                let topic = if e.get("latency_ms").is_none() {
                     &requests
                 } else {
                     &responses

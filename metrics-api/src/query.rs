@@ -165,6 +165,15 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// `tenant_id`: required unless `keyed` (the caller's API key names the tenant).
+    fn tenant(&mut self, keyed: bool) -> Option<String> {
+        let tenant = self.name("tenant_id");
+        if tenant.is_none() && !keyed && !self.params.contains_key("tenant_id") {
+            self.fail("tenant_id", "is required");
+        }
+        tenant
+    }
+
     fn time(&mut self, field: &str) -> Option<DateTime<Utc>> {
         let v = self.params.get(field)?;
         match DateTime::parse_from_rfc3339(v) {
@@ -233,10 +242,7 @@ pub fn metrics(
         params,
         errors: Vec::new(),
     };
-    let tenant = p.name("tenant_id");
-    if tenant.is_none() && !keyed && !params.contains_key("tenant_id") {
-        p.fail("tenant_id", "is required");
-    }
+    let tenant = p.tenant(keyed);
     let route = p.name("route");
     let model = p.name("model");
     let limit = p.limit(limits);
@@ -286,10 +292,7 @@ pub fn summary(
         params,
         errors: Vec::new(),
     };
-    let tenant = p.name("tenant_id");
-    if tenant.is_none() && !keyed && !params.contains_key("tenant_id") {
-        p.fail("tenant_id", "is required");
-    }
+    let tenant = p.tenant(keyed);
     let from = p.time("from");
     let to = p.time("to");
     p.range(from, to, limits);

@@ -74,25 +74,13 @@ pub struct MetricsItem {
     pub model: Option<String>,
     pub window_start: DateTime<Utc>,
     pub window_end: DateTime<Utc>,
-    pub requests: i64,
-    pub errors: i64,
-    pub timeouts: i64,
-    pub error_rate: f64,
-    pub timeout_rate: f64,
-    pub avg_latency_ms: f64,
-    pub p50_latency_ms: f64,
-    pub p95_latency_ms: f64,
-    pub p99_latency_ms: f64,
+    #[serde(flatten)]
+    pub figures: Figures,
     pub max_latency_ms: f64,
     pub avg_ttft_ms: Option<f64>,
     pub avg_prompt_tokens: f64,
     pub avg_completion_tokens: f64,
-    pub prompt_tokens: i64,
-    pub completion_tokens: i64,
     pub cached_prompt_tokens: i64,
-    pub total_tokens: i64,
-    pub estimated_cost_usd: f64,
-    pub unpriced: i64,
 }
 
 fn i64_of(v: u64) -> i64 {
@@ -120,25 +108,12 @@ impl MetricsItem {
             model: bucket.model.clone(),
             window_start: bucket.start,
             window_end: bucket.start + width,
-            requests: i64_of(a.requests),
-            errors: i64_of(a.errors),
-            timeouts: i64_of(a.timeouts),
-            error_rate: rate(a.errors, a.requests),
-            timeout_rate: rate(a.timeouts, a.requests),
-            avg_latency_ms: a.avg_latency_ms(),
-            p50_latency_ms: a.latency_quantile_ms(0.5) as f64,
-            p95_latency_ms: a.latency_quantile_ms(0.95) as f64,
-            p99_latency_ms: a.latency_quantile_ms(0.99) as f64,
+            figures: Figures::of(a),
             max_latency_ms: a.latency_quantile_ms(1.0) as f64,
             avg_ttft_ms: a.avg_ttft_ms(),
             avg_prompt_tokens: a.avg_prompt_tokens(),
             avg_completion_tokens: a.avg_completion_tokens(),
-            prompt_tokens: i64_of(a.prompt_tokens),
-            completion_tokens: i64_of(a.completion_tokens),
             cached_prompt_tokens: i64_of(a.cached_prompt_tokens),
-            total_tokens: i64_of(a.prompt_tokens + a.completion_tokens),
-            estimated_cost_usd: a.cost_nanos as f64 / 1e9,
-            unpriced: i64_of(a.unpriced),
         }
     }
 }
@@ -190,7 +165,7 @@ pub struct Figures {
 }
 
 impl Figures {
-    fn of(a: &Aggregate) -> Self {
+    pub fn of(a: &Aggregate) -> Self {
         Self {
             requests: i64_of(a.requests),
             errors: i64_of(a.errors),
@@ -327,7 +302,7 @@ mod tests {
                 (
                     i.window_start.format("%M").to_string(),
                     i.model.clone(),
-                    i.requests,
+                    i.figures.requests,
                 )
             })
             .collect();
@@ -340,13 +315,13 @@ mod tests {
             ]
         );
         let first_bucket = &got[2];
-        assert_eq!(first_bucket.avg_latency_ms, 200.0); // (100 + 200 + 300) / 3, not the mean of means
+        assert_eq!(first_bucket.figures.avg_latency_ms, 200.0); // (100 + 200 + 300) / 3, not the mean of means
         assert_eq!(first_bucket.route, None);
         assert_eq!(
             first_bucket.window_end - first_bucket.window_start,
             TimeDelta::minutes(5)
         );
-        assert_eq!(first_bucket.estimated_cost_usd, 3e-6);
+        assert_eq!(first_bucket.figures.estimated_cost_usd, 3e-6);
     }
 
     #[test]

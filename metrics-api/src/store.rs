@@ -6,7 +6,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 
 use crate::query::MetricsQuery;
-use crate::rollup::{rate, MetricsItem, Window};
+use crate::rollup::{rate, Figures, MetricsItem, Window};
 
 /// The stored windows themselves, newest first (the original API's answer). Every figure is
 /// read as the processor wrote it; no histogram is decoded.
@@ -68,25 +68,27 @@ pub async fn latest(
                 model: Some(r.try_get("model")?),
                 window_start: r.try_get("window_start")?,
                 window_end: r.try_get("window_end")?,
-                requests,
-                errors,
-                timeouts,
-                error_rate: rate(count(errors), count(requests)),
-                timeout_rate: rate(count(timeouts), count(requests)),
-                avg_latency_ms: r.try_get("avg_latency_ms")?,
-                p50_latency_ms: r.try_get("p50_latency_ms")?,
-                p95_latency_ms: r.try_get("p95_latency_ms")?,
-                p99_latency_ms: r.try_get("p99_latency_ms")?,
+                figures: Figures {
+                    requests,
+                    errors,
+                    timeouts,
+                    error_rate: rate(count(errors), count(requests)),
+                    timeout_rate: rate(count(timeouts), count(requests)),
+                    avg_latency_ms: r.try_get("avg_latency_ms")?,
+                    p50_latency_ms: r.try_get("p50_latency_ms")?,
+                    p95_latency_ms: r.try_get("p95_latency_ms")?,
+                    p99_latency_ms: r.try_get("p99_latency_ms")?,
+                    prompt_tokens,
+                    completion_tokens,
+                    total_tokens: prompt_tokens + completion_tokens,
+                    estimated_cost_usd: r.try_get("estimated_cost_usd")?,
+                    unpriced: r.try_get("unpriced")?,
+                },
                 max_latency_ms: r.try_get("max_latency_ms")?,
                 avg_ttft_ms: r.try_get("avg_ttft_ms")?,
                 avg_prompt_tokens: r.try_get("avg_prompt_tokens")?,
                 avg_completion_tokens: r.try_get("avg_completion_tokens")?,
-                prompt_tokens,
-                completion_tokens,
                 cached_prompt_tokens: r.try_get("cached_prompt_tokens")?,
-                total_tokens: prompt_tokens + completion_tokens,
-                estimated_cost_usd: r.try_get("estimated_cost_usd")?,
-                unpriced: r.try_get("unpriced")?,
             })
         })
         .collect()

@@ -23,14 +23,7 @@ async fn main() -> anyhow::Result<()> {
     let mut env = Env::process();
     match command.as_str() {
         "migrate" => {
-            let dsn = common::db::dsn_from_env(&mut env);
-            env.finish()?;
-            let pool = common::db::connect(&dsn, 1)
-                .await
-                .context("cannot connect to Postgres (POSTGRES_DSN / DATABASE_URL)")?;
-            common::db::migrate(&pool)
-                .await
-                .context("migrations failed")?;
+            migrated(env).await?;
             tracing::info!("migrations applied");
         }
         "topics" => {
@@ -54,19 +47,25 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         "keys" => {
-            let dsn = common::db::dsn_from_env(&mut env);
-            env.finish()?;
-            let pool = common::db::connect(&dsn, 1)
-                .await
-                .context("cannot connect to Postgres (POSTGRES_DSN / DATABASE_URL)")?;
-            common::db::migrate(&pool)
-                .await
-                .context("migrations failed")?;
+            let pool = migrated(env).await?;
             keys(&pool, &std::env::args().skip(2).collect::<Vec<_>>()).await?;
         }
         _ => bail!(USAGE),
     }
     Ok(())
+}
+
+/// The database, with every migration applied.
+async fn migrated(mut env: Env) -> anyhow::Result<sqlx::PgPool> {
+    let dsn = common::db::dsn_from_env(&mut env);
+    env.finish()?;
+    let pool = common::db::connect(&dsn, 1)
+        .await
+        .context("cannot connect to Postgres (POSTGRES_DSN / DATABASE_URL)")?;
+    common::db::migrate(&pool)
+        .await
+        .context("migrations failed")?;
+    Ok(pool)
 }
 
 /// The value after `--flag`, if given.

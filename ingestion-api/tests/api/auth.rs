@@ -10,8 +10,6 @@ use axum::Router;
 use common::keys::{Auth, KeyCache};
 use http_body_util::BodyExt;
 use ingestion_api::limit::RateLimiter;
-use ingestion_api::routes::{router, AppState, HttpConfig};
-use ingestion_api::telemetry::Metrics;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use tower::ServiceExt;
@@ -34,22 +32,10 @@ fn keyed_router(
     publisher: Arc<RecordingPublisher>,
     rate: Option<(u32, u32)>,
 ) -> Router {
-    let s = test_settings(&[]);
-    router(AppState {
-        // No caching, so a revocation shows at once.
-        auth: Auth::Keys(Arc::new(KeyCache::new(pool.clone(), Duration::ZERO))),
-        limiter: rate.map(|(per_sec, burst)| Arc::new(RateLimiter::new(per_sec, burst))),
-        publisher,
-        metrics: Arc::new(Metrics::default()),
-        config: Arc::new(HttpConfig {
-            topics: s.topics,
-            limits: s.limits,
-            max_body_bytes: s.max_body_bytes,
-            max_batch_bytes: s.max_batch_bytes,
-            max_batch_items: s.max_batch_items,
-            request_timeout: s.request_timeout,
-        }),
-    })
+    // No caching, so a revocation shows at once.
+    let auth = Auth::Keys(Arc::new(KeyCache::new(pool.clone(), Duration::ZERO)));
+    let limiter = rate.map(|(per_sec, burst)| Arc::new(RateLimiter::new(per_sec, burst)));
+    crate::helpers::keyed_router(publisher, auth, limiter)
 }
 
 async fn post(

@@ -142,10 +142,19 @@ pub fn test_settings(extra: &[(&str, &str)]) -> Settings {
 
 /// A router wired to `publisher`, as `startup` wires it, for `oneshot` calls.
 pub fn test_router(publisher: Arc<RecordingPublisher>) -> Router {
+    keyed_router(publisher, common::keys::Auth::Disabled, None)
+}
+
+/// The same with API keys and a rate limit.
+pub fn keyed_router(
+    publisher: Arc<RecordingPublisher>,
+    auth: common::keys::Auth,
+    limiter: Option<Arc<ingestion_api::limit::RateLimiter>>,
+) -> Router {
     let s = test_settings(&[]);
     router(AppState {
-        auth: common::keys::Auth::Disabled,
-        limiter: None,
+        auth,
+        limiter,
         publisher,
         metrics: Arc::new(Metrics::default()),
         config: Arc::new(HttpConfig {

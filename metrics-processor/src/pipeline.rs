@@ -16,7 +16,7 @@ use common::kafka::Topics;
 use common::validation::{self, FieldError, Limits};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
@@ -24,6 +24,9 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 
 use crate::domain::engine::{Effect, Engine, Flush};
+
+/// The header in which the ingestion API carries the HTTP request id.
+const REQUEST_ID_HEADER: &str = "x-request-id";
 use crate::domain::offsets::{Input, Source};
 use crate::settings::StartFrom;
 use crate::store::{Store, StoreError};
@@ -141,12 +144,30 @@ impl Shared {
             Err(fields) => {
                 engine.skip(source);
                 drop(engine);
+                // The id the ingestion API answered the client with, so the record can be
+                // traced from the client's request to here.
+                let request_id = message.headers().and_then(|h| {
+                    h.iter()
+                        .find(|h| h.key == REQUEST_ID_HEADER)
+                        .and_then(|h| h.value)
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                });
+                let reason = describe(&fields);
+                tracing::warn!(
+                    topic = message.topic(),
+                    partition = source.partition,
+                    offset = source.offset,
+                    request_id = request_id.as_deref().unwrap_or("-"),
+                    %reason,
+                    "invalid record sent to the dead-letter topic"
+                );
                 self.dead_letter(
                     message.key(),
                     payload,
                     source,
                     "invalid",
-                    &describe(&fields),
+                    &reason,
+                    request_id.as_deref(),
                 );
             }
         }
@@ -174,6 +195,7 @@ impl Shared {
                         source,
                         "orphan",
                         reason,
+                        None,
                     );
                 }
             }
@@ -187,6 +209,7 @@ impl Shared {
         source: Source,
         kind: &'static str,
         reason: &str,
+        request_id: Option<&str>,
     ) {
         self.metrics
             .dead_letters
@@ -214,6 +237,10 @@ impl Shared {
             .insert(Header {
                 key: "dlq.offset",
                 value: Some(offset.as_str()),
+            })
+            .insert(Header {
+                key: REQUEST_ID_HEADER,
+                value: request_id,
             });
         let mut record = BaseRecord::to(&self.topics.dlq)
             .payload(payload)

@@ -133,7 +133,14 @@ impl World {
     }
 
     pub async fn produce_raw(&self, topic: &str, key: &str, payload: &[u8]) {
-        let record = FutureRecord::to(topic).key(key).payload(payload);
+        let headers = rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+            key: "x-request-id",
+            value: Some(key),
+        });
+        let record = FutureRecord::to(topic)
+            .key(key)
+            .payload(payload)
+            .headers(headers);
         self.producer
             .send(record, Duration::from_secs(10))
             .await

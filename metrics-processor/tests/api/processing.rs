@@ -114,6 +114,11 @@ async fn a_poison_record_goes_to_the_dead_letter_topic_and_processing_goes_on() 
         poison.2.get("dlq.kind").map(String::as_str),
         Some("invalid")
     );
+    assert_eq!(
+        poison.2.get("x-request-id").map(String::as_str),
+        Some("poison"),
+        "the HTTP request id travels on with the dead letter"
+    );
     let second = letters
         .iter()
         .find(|(key, _, _)| key == "poison-2")

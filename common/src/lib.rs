@@ -7,6 +7,7 @@
 //! - [`kafka`]: producer configuration, topic names and creation, the Java-compatible partitioner.
 //! - [`aggregate`]: the mergeable sums and histograms behind a window row.
 //! - [`histogram`]: the one HdrHistogram configuration, so histograms merge exactly.
+//! - [`http`]: request counting and timeouts, and Prometheus answers, for every HTTP surface.
 //! - [`keys`]: API keys bound to tenants, stored hashed, and the lookup services use.
 //! - [`db`]: the Postgres pool and the embedded migrations.
 //! - [`telemetry`] and [`shutdown`]: logs and the stop signal.
@@ -16,6 +17,7 @@ pub mod db;
 pub mod error;
 pub mod events;
 pub mod histogram;
+pub mod http;
 pub mod kafka;
 pub mod keys;
 pub mod settings;

@@ -1,17 +1,11 @@
 //! Every Prometheus metric the ingestion API exports, in one place.
 
+use common::http::HttpMetrics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct HttpLabels {
-    pub method: String,
-    pub route: String,
-    pub status: u16,
-}
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
@@ -26,8 +20,7 @@ pub struct ReasonLabels {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    pub http_requests: Family<HttpLabels, Counter>,
-    pub http_duration: Family<HttpLabels, Histogram>,
+    pub http: HttpMetrics,
     pub events_accepted: Family<KindLabels, Counter>,
     pub events_rejected: Family<KindLabels, Counter>,
     pub produce_errors: Family<ReasonLabels, Counter>,
@@ -42,24 +35,11 @@ fn latency_histogram() -> Histogram {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("streamlens_ingestion");
-        let http_requests = Family::<HttpLabels, Counter>::default();
-        let http_duration = Family::<HttpLabels, Histogram>::new_with_constructor(
-            latency_histogram as fn() -> Histogram,
-        );
+        let http = HttpMetrics::register(&mut registry, latency_histogram);
         let events_accepted = Family::<KindLabels, Counter>::default();
         let events_rejected = Family::<KindLabels, Counter>::default();
         let produce_errors = Family::<ReasonLabels, Counter>::default();
         let produce_duration = latency_histogram();
-        registry.register(
-            "http_requests",
-            "HTTP requests answered",
-            http_requests.clone(),
-        );
-        registry.register(
-            "http_request_duration_seconds",
-            "Time to answer an HTTP request",
-            http_duration.clone(),
-        );
         registry.register(
             "events_accepted",
             "Events acknowledged by the broker",
@@ -82,8 +62,7 @@ impl Default for Metrics {
         );
         Self {
             registry,
-            http_requests,
-            http_duration,
+            http,
             events_accepted,
             events_rejected,
             produce_errors,
@@ -93,11 +72,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// The text exposition format Prometheus scrapes.
-    pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 }

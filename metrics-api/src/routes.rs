@@ -2,16 +2,17 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use axum::extract::{MatchedPath, Query, Request, State};
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::Utc;
 use common::error::ErrorBody;
+use common::http::{measure_and_bound, Guard};
 use common::keys::Auth;
 use serde_json::json;
 use sqlx::PgPool;
@@ -22,7 +23,7 @@ use crate::error::ApiError;
 use crate::query::{self, QueryLimits};
 use crate::rollup;
 use crate::store;
-use crate::telemetry::{HttpLabels, Metrics};
+use crate::telemetry::Metrics;
 
 /// The service's OpenAPI document, kept beside the crate and embedded at build time.
 pub const OPENAPI: &str = include_str!("../openapi.json");
@@ -60,7 +61,10 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(
-            state.clone(),
+            Guard {
+                metrics: state.metrics.http.clone(),
+                timeout: state.request_timeout,
+            },
             measure_and_bound,
         ))
         .layer(TraceLayer::new_for_http());
@@ -189,45 +193,6 @@ async fn ready(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn prometheus(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.encode(),
-    )
-}
-
-/// Counts and times every request, and answers a JSON 408 past the request timeout.
-async fn measure_and_bound(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = req.method().to_string();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let response = match tokio::time::timeout(state.request_timeout, next.run(req)).await {
-        Ok(response) => response,
-        Err(_) => (
-            StatusCode::REQUEST_TIMEOUT,
-            Json(ErrorBody::new(
-                "request_timeout",
-                "the query took longer than the server's request timeout",
-            )),
-        )
-            .into_response(),
-    };
-    let labels = HttpLabels {
-        method,
-        route,
-        status: response.status().as_u16(),
-    };
-    state.metrics.http_requests.get_or_create(&labels).inc();
-    state
-        .metrics
-        .http_duration
-        .get_or_create(&labels)
-        .observe(started.elapsed().as_secs_f64());
-    response
+async fn prometheus(State(state): State<AppState>) -> Response {
+    common::http::openmetrics(state.metrics.registry())
 }

@@ -1,48 +1,30 @@
 //! Every Prometheus metric the query API exports.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use common::http::HttpMetrics;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct HttpLabels {
-    pub method: String,
-    pub route: String,
-    pub status: u16,
-}
 
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    pub http_requests: Family<HttpLabels, Counter>,
-    pub http_duration: Family<HttpLabels, Histogram>,
+    pub http: HttpMetrics,
     /// Stored windows read to answer roll-ups and summaries.
     pub windows_read: Counter,
     pub database_errors: Counter,
 }
 
+/// 0.25 ms .. ~8 s
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.00025, 2.0, 16))
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("streamlens_query");
-        // 0.25 ms .. ~8 s
-        let http_duration = Family::<HttpLabels, Histogram>::new_with_constructor(
-            (|| Histogram::new(exponential_buckets(0.00025, 2.0, 16))) as fn() -> Histogram,
-        );
-        let http_requests = Family::<HttpLabels, Counter>::default();
+        let http = HttpMetrics::register(&mut registry, latency_histogram);
         let windows_read = Counter::default();
         let database_errors = Counter::default();
-        registry.register(
-            "http_requests",
-            "HTTP requests answered",
-            http_requests.clone(),
-        );
-        registry.register(
-            "http_request_duration_seconds",
-            "Time to answer an HTTP request",
-            http_duration.clone(),
-        );
         registry.register(
             "windows_read",
             "Stored windows read for roll-ups and summaries",
@@ -55,8 +37,7 @@ impl Default for Metrics {
         );
         Self {
             registry,
-            http_requests,
-            http_duration,
+            http,
             windows_read,
             database_errors,
         }
@@ -64,11 +45,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// The text exposition format Prometheus scrapes.
-    pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 }

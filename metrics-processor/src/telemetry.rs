@@ -119,9 +119,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn encode(&self) -> String {
-        let mut out = String::new();
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 }

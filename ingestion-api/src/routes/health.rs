@@ -2,7 +2,7 @@
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use common::error::ErrorBody;
 use serde_json::json;
@@ -39,14 +39,8 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     }
 }
 
-pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.encode(),
-    )
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    common::http::openmetrics(state.metrics.registry())
 }
 
 pub async fn openapi() -> impl IntoResponse {

@@ -4,14 +4,14 @@ mod events;
 mod health;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::HeaderName;
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::middleware;
 use axum::routing::{get, post};
 use axum::Router;
+use common::http::{measure_and_bound, Guard};
 use common::kafka::Topics;
 use common::validation::Limits;
 use tower::ServiceBuilder;
@@ -25,7 +25,7 @@ use common::keys::Auth;
 use crate::error::ApiError;
 use crate::limit::RateLimiter;
 use crate::publisher::Publisher;
-use crate::telemetry::{HttpLabels, Metrics};
+use crate::telemetry::Metrics;
 
 pub use events::{Accepted, BatchReport, ItemFailure, ItemRejection};
 
@@ -86,41 +86,13 @@ pub fn router(state: AppState) -> Router {
                     tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
                 }))
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-                .layer(middleware::from_fn_with_state(state.clone(), measure_and_bound)),
+                .layer(middleware::from_fn_with_state(
+                    Guard {
+                        metrics: state.metrics.http.clone(),
+                        timeout: state.config.request_timeout,
+                    },
+                    measure_and_bound,
+                )),
         )
         .with_state(state)
-}
-
-/// Counts and times every request, and answers a JSON 408 when one takes longer than the
-/// configured request timeout (a slow client or a stuck dependency).
-async fn measure_and_bound(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = req.method().to_string();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let response = match tokio::time::timeout(state.config.request_timeout, next.run(req)).await {
-        Ok(response) => response,
-        Err(_) => (
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            axum::Json(common::error::ErrorBody::new(
-                "request_timeout",
-                "the request took longer than the server's request timeout",
-            )),
-        )
-            .into_response(),
-    };
-    let labels = HttpLabels {
-        method,
-        route,
-        status: response.status().as_u16(),
-    };
-    state.metrics.http_requests.get_or_create(&labels).inc();
-    state
-        .metrics
-        .http_duration
-        .get_or_create(&labels)
-        .observe(started.elapsed().as_secs_f64());
-    response
 }

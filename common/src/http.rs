@@ -1,0 +1,172 @@
+//! What every StreamLens HTTP surface shares: counting and timing each request, bounding it
+//! by a timeout with a JSON answer, and serving Prometheus metrics.
+
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::error::ErrorBody;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub method: String,
+    pub route: String,
+    pub status: u16,
+}
+
+/// Requests answered and their durations, by method, route and status.
+#[derive(Debug, Clone)]
+pub struct HttpMetrics {
+    pub requests: Family<HttpLabels, Counter>,
+    pub duration: Family<HttpLabels, Histogram>,
+}
+
+impl HttpMetrics {
+    /// Registers `http_requests` and `http_request_duration_seconds`, the durations in
+    /// histograms made by `histogram`.
+    pub fn register(registry: &mut Registry, histogram: fn() -> Histogram) -> Self {
+        let metrics = Self {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(histogram),
+        };
+        registry.register(
+            "http_requests",
+            "HTTP requests answered",
+            metrics.requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to answer an HTTP request",
+            metrics.duration.clone(),
+        );
+        metrics
+    }
+}
+
+/// The state [`measure_and_bound`] needs.
+#[derive(Debug, Clone)]
+pub struct Guard {
+    pub metrics: HttpMetrics,
+    pub timeout: Duration,
+}
+
+/// Counts and times every request, and answers a JSON 408 when one takes longer than the
+/// timeout (a slow client or a stuck dependency).
+pub async fn measure_and_bound(State(guard): State<Guard>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = match tokio::time::timeout(guard.timeout, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => (
+            StatusCode::REQUEST_TIMEOUT,
+            Json(ErrorBody::new(
+                "request_timeout",
+                "the request took longer than the server's request timeout",
+            )),
+        )
+            .into_response(),
+    };
+    let labels = HttpLabels {
+        method,
+        route,
+        status: response.status().as_u16(),
+    };
+    guard.metrics.requests.get_or_create(&labels).inc();
+    guard
+        .metrics
+        .duration
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// A registry in the text format Prometheus scrapes, as an HTTP answer.
+pub fn openmetrics(registry: &Registry) -> Response {
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::routing::get;
+    use axum::Router;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    fn app(registry: &mut Registry) -> Router {
+        let guard = Guard {
+            metrics: HttpMetrics::register(registry, || Histogram::new([0.1])),
+            timeout: Duration::from_millis(50),
+        };
+        Router::new()
+            .route("/fast", get(|| async { "ok" }))
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    "late"
+                }),
+            )
+            .layer(axum::middleware::from_fn_with_state(
+                guard,
+                measure_and_bound,
+            ))
+    }
+
+    async fn get_status(app: &Router, path: &str) -> (StatusCode, String) {
+        let response = app
+            .clone()
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    #[tokio::test]
+    async fn a_request_past_the_timeout_is_a_json_408_and_every_request_is_counted() {
+        let mut registry = Registry::default();
+        let app = app(&mut registry);
+        assert_eq!(get_status(&app, "/fast").await.0, StatusCode::OK);
+        let (status, body) = get_status(&app, "/slow").await;
+        assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
+        assert!(body.contains(r#""error":"request_timeout""#), "{body}");
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains(r#"http_requests_total{method="GET",route="/fast",status="200"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"http_requests_total{method="GET",route="/slow",status="408"} 1"#),
+            "{text}"
+        );
+    }
+}

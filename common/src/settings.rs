@@ -33,6 +33,18 @@ impl Env {
         Self::from_fn(move |name| map.get(name).cloned())
     }
 
+    /// Name and value pairs, for tests.
+    pub fn from_pairs<K: Into<String>, V: Into<String>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        Self::from_map(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        )
+    }
+
     pub fn from_fn(lookup: impl Fn(&str) -> Option<String> + 'static) -> Self {
         Self {
             lookup: Box::new(lookup),

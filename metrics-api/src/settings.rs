@@ -65,16 +65,10 @@ impl Settings {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use super::*;
 
     fn load(pairs: &[(&str, &str)]) -> Result<Settings, SettingsError> {
-        let map: HashMap<_, _> = pairs
-            .iter()
-            .map(|(k, v)| ((*k).into(), (*v).into()))
-            .collect();
-        Settings::from_env(Env::from_map(map))
+        Settings::from_env(Env::from_pairs(pairs.iter().copied()))
     }
 
     #[test]

@@ -1,6 +1,5 @@
 //! Shared set-up: test apps, events, and reading back what reached the broker.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -122,22 +121,16 @@ impl Publisher for RecordingPublisher {
 }
 
 pub fn test_settings(extra: &[(&str, &str)]) -> Settings {
-    let mut map: HashMap<String, String> = [
+    let defaults = [
         ("HTTP_HOST", "127.0.0.1"),
         ("HTTP_PORT", "0"),
         ("MAX_BODY_BYTES", "4096"),
         ("MAX_BATCH_ITEMS", "50"),
         ("AUTH_MODE", "disabled"),
-    ]
-    .iter()
-    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-    .collect();
-    map.extend(
-        extra
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-    );
-    Settings::from_env(common::settings::Env::from_map(map)).expect("test settings are valid")
+    ];
+    // Later pairs win: `extra` overrides the defaults.
+    let pairs = defaults.iter().chain(extra).copied();
+    Settings::from_env(common::settings::Env::from_pairs(pairs)).expect("test settings are valid")
 }
 
 /// A router wired to `publisher`, as `startup` wires it, for `oneshot` calls.

@@ -258,18 +258,16 @@ pub struct Api {
 
 impl Api {
     pub async fn start(dsn: &str, auth: bool) -> Self {
-        let env: HashMap<String, String> = [
+        let env = [
             ("POSTGRES_DSN", dsn),
             ("HTTP_HOST", "127.0.0.1"),
             ("HTTP_PORT", "0"),
             ("AUTH_MODE", if auth { "keys" } else { "disabled" }),
             ("API_KEY_CACHE_SECS", "0"),
             ("CORS_ALLOWED_ORIGINS", "https://dash.example"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
-        let settings = Settings::from_env(common::settings::Env::from_map(env)).expect("settings");
+        ];
+        let settings =
+            Settings::from_env(common::settings::Env::from_pairs(env)).expect("settings");
         let app = Application::build(settings).await.expect("the API starts");
         let base = format!("http://127.0.0.1:{}", app.port());
         tokio::spawn(app.run_until_stopped(std::future::pending()));

@@ -2,8 +2,6 @@
 //! binary and the query API. Another tenant's key can neither write for a tenant, nor change
 //! its windows by posting responses for its request ids, nor read them.
 
-use std::collections::HashMap;
-
 use chrono::{TimeDelta, Utc};
 use ingestion_api::settings::Settings;
 use ingestion_api::startup::Application;
@@ -37,7 +35,7 @@ async fn another_tenants_key_cannot_write_alter_or_read_a_tenants_windows() {
         .unwrap();
 
     let [requests, responses, metrics, dlq] = world.topics();
-    let env: HashMap<String, String> = [
+    let env = [
         ("KAFKA_BROKERS", world.brokers().to_owned()),
         ("POSTGRES_DSN", world.dsn.clone()),
         ("TOPIC_REQUESTS", requests),
@@ -49,12 +47,9 @@ async fn another_tenants_key_cannot_write_alter_or_read_a_tenants_windows() {
         ("HTTP_PORT", "0".into()),
         ("AUTH_MODE", "keys".into()),
         ("API_KEY_CACHE_SECS", "0".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    ];
     let ingestion =
-        Application::build(Settings::from_env(common::settings::Env::from_map(env)).unwrap())
+        Application::build(Settings::from_env(common::settings::Env::from_pairs(env)).unwrap())
             .await
             .expect("the ingestion API starts");
     let base = format!("http://127.0.0.1:{}", ingestion.port());

@@ -87,6 +87,15 @@ impl Env {
     }
 
     /// Records a problem found while checking values against each other.
+    /// `LOG_FORMAT`: `text` (the default) or `json`; true for JSON lines.
+    pub fn log_json(&mut self) -> bool {
+        let format = self.string(&["LOG_FORMAT"], "text");
+        if !matches!(format.as_str(), "text" | "json") {
+            self.invalid("LOG_FORMAT must be \"text\" or \"json\"");
+        }
+        format == "json"
+    }
+
     pub fn invalid(&mut self, problem: impl Into<String>) {
         self.errors.push(problem.into());
     }
@@ -133,5 +142,14 @@ mod tests {
         let message = e.finish().unwrap_err().to_string();
         assert!(message.contains("PORT=\"eighty\""), "{message}");
         assert!(message.contains("LIMIT=\"-1\""), "{message}");
+    }
+
+    #[test]
+    fn the_log_format_is_text_or_json() {
+        assert!(!env(&[]).log_json());
+        assert!(env(&[("LOG_FORMAT", "json")]).log_json());
+        let mut e = env(&[("LOG_FORMAT", "xml")]);
+        e.log_json();
+        assert!(e.finish().unwrap_err().to_string().contains("LOG_FORMAT"));
     }
 }

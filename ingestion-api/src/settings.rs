@@ -57,7 +57,7 @@ impl Settings {
                 max_age: TimeDelta::seconds(e.parse(&["EVENT_MAX_AGE_SECS"], 7 * 24 * 3600)),
                 max_latency_ms: e.parse(&["MAX_LATENCY_MS"], 3_600_000),
             },
-            log_json: e.string(&["LOG_FORMAT"], "text") == "json",
+            log_json: e.log_json(),
             shutdown_timeout: Duration::from_secs(e.parse(&["SHUTDOWN_TIMEOUT_SECS"], 30)),
             auth: AuthSettings::from_env(e),
             dsn: common::db::dsn_from_env(e),
@@ -72,9 +72,6 @@ impl Settings {
         }
         if settings.max_batch_items == 0 || settings.max_body_bytes == 0 {
             e.invalid("MAX_BODY_BYTES and MAX_BATCH_ITEMS must be positive");
-        }
-        if !matches!(e.string(&["LOG_FORMAT"], "text").as_str(), "text" | "json") {
-            e.invalid("LOG_FORMAT must be \"text\" or \"json\"");
         }
         env.finish()?;
         Ok(settings)

@@ -47,16 +47,13 @@ impl Settings {
                 .filter(|o| !o.is_empty())
                 .map(str::to_owned)
                 .collect(),
-            log_json: e.string(&["LOG_FORMAT"], "text") == "json",
+            log_json: e.log_json(),
         };
         if settings.limits.max_limit < 60 {
             e.invalid("QUERY_MAX_LIMIT must be at least 60, the default limit");
         }
         if settings.max_connections == 0 {
             e.invalid("DB_MAX_CONNECTIONS must be positive");
-        }
-        if !matches!(e.string(&["LOG_FORMAT"], "text").as_str(), "text" | "json") {
-            e.invalid("LOG_FORMAT must be \"text\" or \"json\"");
         }
         env.finish()?;
         Ok(settings)

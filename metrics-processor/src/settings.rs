@@ -77,7 +77,7 @@ impl Settings {
             retention: TimeDelta::days(e.parse(&["RETENTION_DAYS"], 30)),
             host: e.parse(&["HTTP_HOST"], IpAddr::from([0, 0, 0, 0])),
             port: e.parse(&["HTTP_PORT"], 9091),
-            log_json: e.string(&["LOG_FORMAT"], "text") == "json",
+            log_json: e.log_json(),
         };
         if let Err(problem) = settings.engine.check() {
             e.invalid(format!(

@@ -218,13 +218,20 @@ pub fn summarize<C: Contribution>(
     windows: impl IntoIterator<Item = Window<C>>,
     n: usize,
 ) -> Result<Summary, RowError> {
+    // Each window is read once, into its (route, model); the few pairs then add up into the
+    // totals and the per-model and per-route figures.
+    let mut pairs: BTreeMap<(String, String), Aggregate> = BTreeMap::new();
+    for w in windows {
+        w.aggregate
+            .add_to(pairs.entry((w.route, w.model)).or_default())?;
+    }
     let mut totals = Aggregate::default();
     let mut models: BTreeMap<String, Aggregate> = BTreeMap::new();
     let mut routes: BTreeMap<String, Aggregate> = BTreeMap::new();
-    for w in windows {
-        w.aggregate.add_to(&mut totals)?;
-        w.aggregate.add_to(models.entry(w.model).or_default())?;
-        w.aggregate.add_to(routes.entry(w.route).or_default())?;
+    for ((route, model), a) in &pairs {
+        totals.merge(a);
+        models.entry(model.clone()).or_default().merge(a);
+        routes.entry(route.clone()).or_default().merge(a);
     }
     Ok(Summary {
         tenant_id: tenant.to_owned(),

@@ -77,7 +77,8 @@ async fn single(
     body: Result<Bytes, BytesRejection>,
     kind: EventKind,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
-    let tenant = state.caller(&headers, 1).await?;
+    let tenant = state.caller(&headers).await?;
+    state.limit(&headers, 1)?;
     if content_type(&headers) != Some("application/json") {
         return Err(ApiError::UnsupportedMediaType {
             expected: "application/json",
@@ -124,7 +125,7 @@ pub async fn post_batch(
         }
     };
     let bytes = body.map_err(|r| ApiError::from_body(r, state.config.max_batch_bytes))?;
-    let tenant = state.caller(&headers, 0).await?;
+    let tenant = state.caller(&headers).await?;
     let items: Vec<&[u8]> = if ndjson {
         bytes
             .split(|b| *b == b'\n')
@@ -149,12 +150,7 @@ pub async fn post_batch(
         });
     }
 
-    if let Some(limiter) = &state.limiter {
-        let key = presented_key(&headers).unwrap_or_default();
-        limiter
-            .take(key, items.len(), std::time::Instant::now())
-            .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
-    }
+    state.limit(&headers, items.len())?;
 
     let mut report = BatchReport::default();
     let mut records = Vec::with_capacity(items.len());
@@ -279,23 +275,28 @@ fn trace_id(headers: &HeaderMap) -> Option<String> {
 }
 
 impl AppState {
-    /// The tenant of the caller's key (`None` without keys), after taking `events` from the
-    /// key's rate (0: the caller counts them itself).
-    async fn caller(&self, headers: &HeaderMap, events: usize) -> Result<Option<String>, ApiError> {
-        let key = presented_key(headers);
-        let tenant = self.auth.tenant(key).await.map_err(|e| match e {
-            common::keys::AuthError::Unavailable(e) => {
-                tracing::error!(error = %e, "cannot check an API key");
-                ApiError::KeysUnavailable
-            }
-            other => ApiError::Unauthenticated(other.to_string()),
-        })?;
-        if let (Some(limiter), Some(key), true) = (&self.limiter, key, events > 0) {
-            limiter
+    /// The tenant of the caller's key (`None` without keys).
+    async fn caller(&self, headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+        self.auth
+            .tenant(presented_key(headers))
+            .await
+            .map_err(|e| match e {
+                common::keys::AuthError::Unavailable(e) => {
+                    tracing::error!(error = %e, "cannot check an API key");
+                    ApiError::KeysUnavailable
+                }
+                other => ApiError::Unauthenticated(other.to_string()),
+            })
+    }
+
+    /// Takes `events` from the rate of the caller's key (checked by [`AppState::caller`]).
+    fn limit(&self, headers: &HeaderMap, events: usize) -> Result<(), ApiError> {
+        match (&self.limiter, presented_key(headers)) {
+            (Some(limiter), Some(key)) => limiter
                 .take(key, events, std::time::Instant::now())
-                .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
+                .map_err(|retry_after| ApiError::RateLimited { retry_after }),
+            _ => Ok(()),
         }
-        Ok(tenant)
     }
 
     fn record(&self, event: &Event, trace_id: Option<Arc<str>>) -> Record {

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::http::HeaderMap;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -215,10 +216,9 @@ impl AuthSettings {
 
 impl Auth {
     /// The key a request presents: `Authorization: Bearer <key>`, else `X-API-Key`.
-    pub fn presented<'a>(
-        authorization: Option<&'a str>,
-        api_key: Option<&'a str>,
-    ) -> Option<&'a str> {
+    pub fn presented(headers: &HeaderMap) -> Option<&str> {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let (authorization, api_key) = (header("authorization"), header("x-api-key"));
         authorization
             .and_then(|v| {
                 v.strip_prefix("Bearer ")
@@ -260,13 +260,26 @@ mod tests {
 
     #[test]
     fn a_key_is_read_from_bearer_or_x_api_key() {
-        assert_eq!(Auth::presented(Some("Bearer slk_1"), None), Some("slk_1"));
-        assert_eq!(Auth::presented(None, Some("slk_2")), Some("slk_2"));
+        let presented = |authorization: Option<&str>, api_key: Option<&str>| {
+            let mut headers = HeaderMap::new();
+            if let Some(v) = authorization {
+                headers.insert("authorization", v.parse().unwrap());
+            }
+            if let Some(v) = api_key {
+                headers.insert("x-api-key", v.parse().unwrap());
+            }
+            Auth::presented(&headers).map(str::to_owned)
+        };
         assert_eq!(
-            Auth::presented(Some("Basic xyz"), Some("slk_3")),
+            presented(Some("Bearer slk_1"), None).as_deref(),
+            Some("slk_1")
+        );
+        assert_eq!(presented(None, Some("slk_2")).as_deref(), Some("slk_2"));
+        assert_eq!(
+            presented(Some("Basic xyz"), Some("slk_3")).as_deref(),
             Some("slk_3")
         );
-        assert_eq!(Auth::presented(Some("Bearer  "), None), None);
-        assert_eq!(Auth::presented(None, None), None);
+        assert_eq!(presented(Some("Bearer  "), None), None);
+        assert_eq!(presented(None, None), None);
     }
 }

@@ -98,9 +98,7 @@ async fn tenant(
     headers: &HeaderMap,
     asked: Option<&str>,
 ) -> Result<String, ApiError> {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let presented = Auth::presented(header("authorization"), header("x-api-key"));
-    match (state.auth.tenant(presented).await?, asked) {
+    match (state.auth.tenant(Auth::presented(headers)).await?, asked) {
         (Some(own), Some(asked)) if own != asked => Err(ApiError::Forbidden(asked.to_owned())),
         (Some(own), _) => Ok(own),
         (None, Some(asked)) => Ok(asked.to_owned()),

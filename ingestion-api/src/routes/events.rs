@@ -259,11 +259,6 @@ fn bind_tenant(event: &mut Event, tenant: Option<&str>) -> Result<(), FieldError
     }
 }
 
-fn presented_key(headers: &HeaderMap) -> Option<&str> {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    common::keys::Auth::presented(header("authorization"), header("x-api-key"))
-}
-
 /// The media type without parameters such as `charset`.
 fn content_type(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
@@ -278,7 +273,7 @@ impl AppState {
     /// The tenant of the caller's key (`None` without keys).
     async fn caller(&self, headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         self.auth
-            .tenant(presented_key(headers))
+            .tenant(common::keys::Auth::presented(headers))
             .await
             .map_err(|e| match e {
                 common::keys::AuthError::Unavailable(e) => {
@@ -291,7 +286,7 @@ impl AppState {
 
     /// Takes `events` from the rate of the caller's key (checked by [`AppState::caller`]).
     fn limit(&self, headers: &HeaderMap, events: usize) -> Result<(), ApiError> {
-        match (&self.limiter, presented_key(headers)) {
+        match (&self.limiter, common::keys::Auth::presented(headers)) {
             (Some(limiter), Some(key)) => limiter
                 .take(key, events, std::time::Instant::now())
                 .map_err(|retry_after| ApiError::RateLimited { retry_after }),

@@ -5,6 +5,7 @@
 //! streamlens-loadgen batch  --url U --events N [--batch-size S] [--concurrency C]
 //! streamlens-loadgen single --url U --requests N [--concurrency C]
 //! streamlens-loadgen consume --brokers B --topic PREFIX
+//! streamlens-loadgen demo   --url U [--keys T=K,...] [--rate EV/S] [--backfill-minutes M] [--duration-secs S]
 //! streamlens-loadgen histogram [--values N]   hex of a stored latency histogram (bench data)
 //! streamlens-loadgen query  --url U --path /v1/metrics?... [--key K] [--requests N] [--concurrency C]
 //! ```
@@ -19,6 +20,7 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod consume;
+mod demo;
 mod events;
 mod http;
 mod raw;
@@ -83,7 +85,7 @@ fn histogram(args: &Args) -> anyhow::Result<serde_json::Value> {
 async fn main() -> anyhow::Result<()> {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let Some((mode, rest)) = argv.split_first() else {
-        bail!("usage: streamlens-loadgen raw|batch|single|consume|query --flag value ...");
+        bail!("usage: streamlens-loadgen raw|batch|single|consume|query|demo --flag value ...");
     };
     let args = Args::parse(rest)?;
     let report = match mode.as_str() {
@@ -92,8 +94,9 @@ async fn main() -> anyhow::Result<()> {
         "single" => http::single(&args).await?,
         "consume" => consume::run(&args)?,
         "query" => http::query(&args).await?,
+        "demo" => demo::run(&args).await?,
         "histogram" => histogram(&args)?,
-        other => bail!("unknown mode {other}: raw, batch, single, consume or query"),
+        other => bail!("unknown mode {other}: raw, batch, single, consume, query or demo"),
     };
     println!("{report}");
     Ok(())

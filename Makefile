@@ -5,15 +5,15 @@ STACK := scripts/stack.sh
 # Variables for services and tests, from the local stack.
 STACK_ENV = eval "$$($(STACK) env)"
 
-.PHONY: run test stack-up stack-down build lint fmt bench bench-processor bench-query migrate
+.PHONY: run test stack-up stack-down chromium build lint fmt bench bench-ingest bench-processor bench-query migrate
 
-## run: start Postgres and the broker, build and run the services on them
+## run: start Postgres and the broker, build and run the services on them with demo traffic
 run: stack-up
-	cargo build --release -p ingestion-api -p metrics-processor -p metrics-api -p common
+	cargo build --release -p ingestion-api -p metrics-processor -p metrics-api -p common -p loadgen
 	@$(STACK_ENV); scripts/run.sh
 
-## test: start the local stack if needed and run every test
-test: stack-up
+## test: start the local stack if needed, install the browser test's Chromium, run every test
+test: stack-up chromium
 	@$(STACK_ENV); \
 	export TEST_KAFKA_BROKERS=$$KAFKA_BROKERS TEST_DATABASE_URL=$$POSTGRES_DSN; \
 	cargo test --workspace
@@ -23,6 +23,9 @@ stack-up:
 
 stack-down:
 	@$(STACK) down
+
+chromium:
+	@scripts/chromium.sh
 
 migrate:
 	@$(STACK_ENV); cargo run --quiet -p common --bin streamlens-admin -- migrate

@@ -18,7 +18,7 @@ const USAGE: &str = "usage: streamlens-admin migrate | topics | keys create --te
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    common::telemetry::init(false);
+    common::telemetry::init_cli();
     let command = std::env::args().nth(1).unwrap_or_default();
     let mut env = Env::process();
     match command.as_str() {

@@ -3,9 +3,10 @@
 //! - [`query`]: the parameters, parsed and checked, every bad one named.
 //! - [`rollup`]: merging windows into wider buckets, coarser groups and summaries.
 //! - [`store`]: reading windows from Postgres.
-//! - [`routes`]: the HTTP handlers; [`error`]: how failures become JSON answers.
+//! - [`routes`]: the HTTP handlers; [`dashboard`]: the page at `/` that draws them; [`error`]: how failures become JSON answers.
 //! - [`settings`], [`startup`], [`telemetry`]: configuration, running, Prometheus metrics.
 
+pub mod dashboard;
 pub mod error;
 pub mod query;
 pub mod rollup;

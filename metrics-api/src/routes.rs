@@ -19,6 +19,7 @@ use sqlx::PgPool;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
+use crate::dashboard;
 use crate::error::ApiError;
 use crate::query::{self, QueryLimits};
 use crate::rollup;
@@ -58,6 +59,7 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
             "/openapi.json",
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
         )
+        .merge(dashboard::routes())
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(

@@ -40,10 +40,15 @@ lint:
 fmt:
 	cargo fmt --all
 
-## bench: load harness against the local stack (figures for the README)
+## bench: end-to-end load through all three services, with raw broker rates from the same run
 bench: stack-up
-	cargo build --release -p ingestion-api -p loadgen
+	cargo build --release -p ingestion-api -p metrics-processor -p metrics-api -p common -p loadgen
 	@$(STACK_ENV); scripts/bench.sh
+
+## bench-ingest: the ingestion API against a raw librdkafka producer
+bench-ingest: stack-up
+	cargo build --release -p ingestion-api -p loadgen
+	@$(STACK_ENV); scripts/bench-ingest.sh
 
 ## bench-processor: the processor against a raw consumer on the same preloaded data
 bench-processor: stack-up

@@ -1,31 +1,26 @@
 #!/usr/bin/env bash
-# Ingestion benchmark. In one run, on this machine and one broker: the raw rate of a plain
-# librdkafka producer, the batch endpoint's events/s and the single endpoint's requests/s with
-# p50/p99. Each measurement runs on a fresh Tansu of the benchmark's own (in-memory, on its own
-# port), so figures do not depend on what a broker already holds. Raw and batch alternate for
-# BENCH_ROUNDS rounds and the medians are compared, since the machine is shared and noisy.
-#   BENCH_EVENTS (1000000)  BENCH_ROUNDS (3)  BENCH_BATCH_SIZE (1000)  BENCH_BATCH_CONCURRENCY (16)
-#   BENCH_SINGLE (20000)    BENCH_CONCURRENCY (32)
+# End-to-end benchmark: demo traffic at a fixed rate through the ingestion API, the processor
+# and the metrics API (release builds, API keys on), for BENCH_SECONDS. In the same run, on a
+# broker of its own, the raw rates of a plain librdkafka producer and consumer as yardsticks.
+# Reports the achieved ingest rate, the processor's lag, each window's freshness (window end
+# to visible in the API), each service's peak memory and CPU, and whether the stored windows
+# count every accepted call exactly once.
+#   BENCH_RATE events/s (4000)  BENCH_SECONDS (240)  BENCH_RAW_EVENTS (500000)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
-EVENTS=${BENCH_EVENTS:-1000000}
-ROUNDS=${BENCH_ROUNDS:-3}
-BATCH_SIZE=${BENCH_BATCH_SIZE:-1000}
-BATCH_CONCURRENCY=${BENCH_BATCH_CONCURRENCY:-16}
-SINGLE=${BENCH_SINGLE:-20000}
-CONCURRENCY=${BENCH_CONCURRENCY:-32}
-PORT=${BENCH_PORT:-18080}
+RATE=${BENCH_RATE:-4000}
+SECONDS_UNDER_LOAD=${BENCH_SECONDS:-240}
+RAW_EVENTS=${BENCH_RAW_EVENTS:-500000}
 KAFKA_PORT=${BENCH_KAFKA_PORT:-19092}
-: "${TANSU_BIN:?run through make bench, which installs Tansu}"
+INGESTION_PORT=18080 PROCESSOR_PORT=18091 QUERY_PORT=18081
+JOIN_TTL=90
+: "${TANSU_BIN:?run through make bench, which installs Tansu}" "${POSTGRES_DSN:?run through make bench}"
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
 trap cleanup EXIT
-wait_for() { for _ in $(seq 1 150); do eval "$1" >/dev/null 2>&1 && return 0; sleep 0.2; done; echo "timed out: $1" >&2; exit 1; }
-
-# Tansu's in-memory store slows down as it fills, so every measurement gets a fresh broker
-# (and, for the endpoints, a fresh API on it): no figure pays for the data of another.
+wait_for() { for _ in $(seq 1 300); do eval "$1" >/dev/null 2>&1 && return 0; sleep 0.2; done; echo "timed out: $1" >&2; exit 1; }
 fresh_broker() {
   cleanup
   local url=tcp://127.0.0.1:$KAFKA_PORT
@@ -33,43 +28,80 @@ fresh_broker() {
   pids+=($!)
   wait_for "(exec 3<>/dev/tcp/127.0.0.1/$KAFKA_PORT)"
 }
-fresh_api() {
-  fresh_broker
-  # The produce path is measured without API keys (a cached key lookup per request on top).
-  AUTH_MODE=disabled KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT HTTP_PORT=$PORT HTTP_HOST=127.0.0.1 RUST_LOG=warn "$BIN/ingestion-api" &
-  pids+=($!)
-  wait_for "curl -fsS http://127.0.0.1:$PORT/ready"
-}
-
 lg() { "$BIN/streamlens-loadgen" "$@"; }
-results=()
-for round in $(seq 1 "$ROUNDS"); do
-  echo "round $round/$ROUNDS: raw producer, $EVENTS events" >&2
-  fresh_broker
-  results+=("$(lg raw --brokers "127.0.0.1:$KAFKA_PORT" --topic bench.raw --events "$EVENTS")")
-  echo "round $round/$ROUNDS: batch endpoint, $EVENTS events ($BATCH_SIZE per batch, $BATCH_CONCURRENCY in flight)" >&2
-  fresh_api
-  results+=("$(lg batch --url "http://127.0.0.1:$PORT" --events "$EVENTS" --batch-size "$BATCH_SIZE" --concurrency "$BATCH_CONCURRENCY")")
-done
-echo "single endpoint: $SINGLE requests, $CONCURRENCY concurrent" >&2
-fresh_api
-results+=("$(lg single --url "http://127.0.0.1:$PORT" --requests "$SINGLE" --concurrency "$CONCURRENCY")")
-cleanup
+BROKERS=127.0.0.1:$KAFKA_PORT
 
-python3 - "${results[@]}" <<'PY'
+echo "raw yardsticks: a librdkafka producer and consumer, $RAW_EVENTS events" >&2
+fresh_broker
+raw_produce=$(lg raw --brokers "$BROKERS" --topic e2e.raw --events "$RAW_EVENTS")
+raw_consume=$(lg consume --brokers "$BROKERS" --topic e2e.raw)
+
+echo "end to end: $RATE events/s for $SECONDS_UNDER_LOAD s" >&2
+fresh_broker
+# A database of its own, so the figures do not depend on windows already stored.
+DB=streamlens_bench_e2e
+psql "$POSTGRES_DSN" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
+export POSTGRES_DSN=${POSTGRES_DSN%/*}/$DB KAFKA_BROKERS=$BROKERS HTTP_HOST=127.0.0.1 RUST_LOG=warn
+"$BIN/streamlens-admin" migrate
+"$BIN/streamlens-admin" topics
+declare -A KEYS
+for tenant in acme globex initech; do KEYS[$tenant]=$("$BIN/streamlens-admin" keys create --tenant "$tenant"); done
+
+HTTP_PORT=$INGESTION_PORT "$BIN/ingestion-api" & ingestion=$!
+HTTP_PORT=$PROCESSOR_PORT JOIN_TTL_SECS=$JOIN_TTL "$BIN/metrics-processor" & processor=$!
+HTTP_PORT=$QUERY_PORT "$BIN/metrics-api" & query=$!
+pids+=($ingestion $processor $query)
+wait_for "curl -fsS http://127.0.0.1:$INGESTION_PORT/ready"
+wait_for "curl -fsS http://127.0.0.1:$PROCESSOR_PORT/ready"
+wait_for "curl -fsS http://127.0.0.1:$QUERY_PORT/ready"
+
+start=$(date +%s.%N)
+end=$(python3 -c "print($start + $SECONDS_UNDER_LOAD)")
+python3 "$ROOT/scripts/bench_watch.py" "http://127.0.0.1:$QUERY_PORT" "${KEYS[acme]}" \
+  "http://127.0.0.1:$PROCESSOR_PORT/metrics" "ingestion=$ingestion,processor=$processor,query=$query" \
+  "$start" "$end" > /tmp/streamlens-bench-watch.json &
+watcher=$!
+demo=$(lg demo --url "http://127.0.0.1:$INGESTION_PORT" --rate "$RATE" --duration-secs "$SECONDS_UNDER_LOAD" \
+  --keys "acme=${KEYS[acme]},globex=${KEYS[globex]},initech=${KEYS[initech]}" 2>/dev/null)
+wait $watcher
+watch=$(cat /tmp/streamlens-bench-watch.json)
+
+# Every accepted call counted once: wait until the stored windows hold them all (calls never
+# answered are decided after the join TTL), or report the difference.
+expected=$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['requests_accepted'])" "$demo")
+stored=0
+for _ in $(seq 1 $(( (JOIN_TTL + 90) * 2 ))); do
+  stored=$(psql "$POSTGRES_DSN" -tAc "SELECT COALESCE(SUM(requests), 0) FROM llm_metrics")
+  [ "$stored" -eq "$expected" ] && break
+  sleep 0.5
+done
+settled=$(python3 -c "print(round($(date +%s.%N) - $end, 1))")
+stats() { echo "{\"peak_rss_kb\": $(awk '/VmHWM/ {print $2}' /proc/$1/status), \"cpu_ticks\": $(awk '{print $14 + $15}' /proc/$1/stat)}"; }
+services="{\"ingestion\": $(stats $ingestion), \"processor\": $(stats $processor), \"query\": $(stats $query)}"
+cleanup
+psql "${POSTGRES_DSN%/*}/postgres" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" 2>/dev/null || true
+
+python3 - "$raw_produce" "$raw_consume" "$demo" "$watch" "$services" "$stored" "$expected" "$settled" "$(getconf CLK_TCK)" <<'PY'
 import json, statistics, sys
-runs = [json.loads(a) for a in sys.argv[1:]]
-raw = [r["events_per_sec"] for r in runs if r["mode"] == "raw"]
-batch = [r["events_per_sec"] for r in runs if r["mode"] == "batch"]
-single = next(r for r in runs if r["mode"] == "single")
-lost = sum(r["events"] - r["accepted"] for r in runs if r["mode"] == "batch") + sum(r["failed"] for r in runs if r["mode"] == "raw")
-raw_m, batch_m = statistics.median(raw), statistics.median(batch)
-print(json.dumps({"runs": runs}))
+raw_p, raw_c, demo, watch, services = (json.loads(a) for a in sys.argv[1:6])
+stored, expected, settled, hz = int(sys.argv[6]), int(sys.argv[7]), float(sys.argv[8]), int(sys.argv[9])
+fresh = [f for f in watch["freshness_s"] if f is not None]
+lags = [s["lag"] for s in watch["samples"] if s["lag"] is not None]
+print(json.dumps({"raw_produce": raw_p, "raw_consume": raw_c, "demo": demo, "services": services,
+                  "freshness_s": watch["freshness_s"], "samples": watch["samples"],
+                  "stored_requests": stored, "accepted_requests": expected}))
 print()
-fmt = lambda xs: ", ".join(f"{x:,.0f}" for x in xs)
-print(f"raw librdkafka producer  median {raw_m:>10,.0f} events/s   (rounds: {fmt(raw)})")
-print(f"batch endpoint           median {batch_m:>10,.0f} events/s   (rounds: {fmt(batch)})  = {batch_m/raw_m:.2f} x raw")
-print(f"single endpoint                 {single['requests_per_sec']:>10,.0f} req/s      p50 {single['p50_ms']:.2f} ms, p99 {single['p99_ms']:.2f} ms"
-      f"  = {single['requests_per_sec']/raw_m:.3f} x raw")
-print(f"events not acknowledged: {lost + single['requests'] - single['accepted']}")
+rate = demo["events_per_sec"]
+print(f"offered load            {demo['events']:,} events in {demo['seconds']:.0f} s; accepted {demo['accepted']:,}, rejected {demo['rejected']}")
+print(f"achieved ingest rate    {rate:>10,.0f} events/s  = {rate / raw_p['events_per_sec']:.4f} x raw producer ({raw_p['events_per_sec']:,.0f} events/s)")
+print(f"raw consumer            {raw_c['events_per_sec']:>10,.0f} events/s")
+if lags:
+    print(f"processor lag           median {statistics.median(lags):,.0f}, max {max(lags):,.0f} records (sampled every second)")
+if fresh:
+    print(f"freshness               median {statistics.median(fresh):.1f} s, max {max(fresh):.1f} s after the window ended "
+          f"({len(fresh)} of {len(watch['freshness_s'])} full minutes seen)")
+for name, s in services.items():
+    print(f"{name:<11} peak RSS {s['peak_rss_kb'] / 1024:>7.1f} MiB, CPU {s['cpu_ticks'] / hz:>6.2f} s")
+verdict = "exact" if stored == expected else f"DIFFERENT by {stored - expected}"
+print(f"calls counted           {stored:,} stored / {expected:,} accepted: {verdict} ({settled:.0f} s after the load ended)")
 PY

@@ -425,18 +425,21 @@ impl Engine {
         }
     }
 
-    /// Lets event time advance: halves past their TTL become timeouts and orphans.
+    /// Lets event time advance: halves past their TTL become timeouts and orphans. What
+    /// decides is how far the records being read have got, not the watermark that closes
+    /// windows: that one stays ahead after an idle spell, and old pairs read then would have
+    /// their requests timed out before their responses were read.
     pub fn tick(&mut self, now: DateTime<Utc>) -> Vec<Effect> {
         let mut effects = Vec::new();
         let partitions: Vec<i32> = self.partitions.keys().copied().collect();
         for partition in partitions {
             let outcomes = match self.partitions.get_mut(&partition) {
                 Some(state) => {
-                    let Some(watermark) = state.watermarks.current(now) else {
+                    let Some(progress) = state.watermarks.progress(now) else {
                         continue;
                     };
                     let replaying = state.replaying();
-                    state.joiner.advance(watermark, replaying)
+                    state.joiner.advance(progress, replaying)
                 }
                 None => continue,
             };

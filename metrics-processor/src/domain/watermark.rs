@@ -88,12 +88,28 @@ impl Watermarks {
         }
     }
 
-    /// The watermark at processing time `now`, or `None` before any progress.
+    /// The watermark at processing time `now`, or `None` before any progress. It never goes
+    /// back: windows it closed stay closed.
     pub fn current(&mut self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
         if self.partitions.is_empty() {
             return self.current; // nothing assigned: no progress to speak of
         }
-        // Silence counts for the partitions together, for the same reason.
+        if let Some(c) = self.progress(now) {
+            self.current = Some(self.current.map_or(c, |w| w.max(c)));
+        }
+        self.current
+    }
+
+    /// How far the records being read have got, now: the slowest active partition, or the
+    /// clock when all are idle. Unlike [`Watermarks::current`] it falls back when old records
+    /// arrive after an idle spell, which is what giving up on a half must wait for: after the
+    /// clock led, a backlog of old pairs is read one topic ahead of the other, and a request
+    /// must not time out before the responses partition has been read past it.
+    pub fn progress(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        if self.partitions.is_empty() {
+            return None;
+        }
+        // Silence counts for the partitions together, for the same reason as in `observe`.
         let latest = self
             .partitions
             .values()
@@ -106,17 +122,13 @@ impl Watermarks {
             .filter(|c| !c.at_end || now - latest < self.idle_after)
             .map(|c| c.max_event)
             .collect();
-        let candidate = if active.is_empty() {
+        if active.is_empty() {
             Some(now - self.idle_after)
         } else if active.iter().any(Option::is_none) {
             None // an active partition that has delivered nothing yet holds everything back
         } else {
             active.into_iter().flatten().min()
-        };
-        if let Some(c) = candidate {
-            self.current = Some(self.current.map_or(c, |w| w.max(c)));
         }
-        self.current
     }
 }
 
@@ -182,6 +194,31 @@ mod tests {
             Some(t(101)),
             "a request wakes the responses up too"
         );
+    }
+
+    #[test]
+    fn progress_falls_back_when_old_records_follow_an_idle_spell() {
+        let mut w = Watermarks::new(TimeDelta::seconds(10));
+        w.assign(0, t(0));
+        w.observe((R, 0), t(50), t(100));
+        w.observe((S, 0), t(50), t(100));
+        w.reached_end((R, 0));
+        w.reached_end((S, 0));
+        assert_eq!(w.current(t(500)), Some(t(490)), "idle: the clock leads");
+        // A backlog of pairs stamped long ago: the requests are read first.
+        w.observe((R, 0), t(200), t(501));
+        assert_eq!(
+            w.current(t(501)),
+            Some(t(490)),
+            "closed windows stay closed"
+        );
+        assert_eq!(
+            w.progress(t(501)),
+            Some(t(50)),
+            "the responses have not been read past t(50) yet"
+        );
+        w.observe((S, 0), t(200), t(502));
+        assert_eq!(w.progress(t(502)), Some(t(200)));
     }
 
     #[test]

@@ -561,6 +561,51 @@ fn a_late_pair_is_handed_out_as_a_partial_for_its_closed_window() {
     );
 }
 
+#[test]
+fn old_pairs_read_after_an_idle_spell_are_paired_not_timed_out() {
+    let mut engine = fresh_engine();
+    engine.apply(src(Input::Requests, 0), request("a", 10, "gpt-4o"), t(11));
+    engine.apply(
+        src(Input::Responses, 0),
+        response("a", 11, 100, false),
+        t(12),
+    );
+    engine.reached_end(Input::Requests, 0);
+    engine.reached_end(Input::Responses, 0);
+    // Idle for a long while: the clock leads the watermark, far past what follows.
+    let (first, _) = engine.flush(t(1000));
+    assert_eq!(first.windows.len(), 1);
+    // A backlog of pairs stamped long ago (a client flushing what it buffered), of which
+    // the requests topic is read first. Commits happen in between, as every second.
+    for (n, at) in [(1, 200), (2, 210), (3, 220)] {
+        let effects = engine.apply(
+            src(Input::Requests, n),
+            request(&format!("b{n}"), at, "gpt-4o"),
+            t(1000 + n),
+        );
+        assert!(effects.is_empty(), "{effects:?}");
+        let (_, effects) = engine.flush(t(1000 + n));
+        assert!(
+            effects.is_empty(),
+            "no request times out before its response is read: {effects:?}"
+        );
+    }
+    for (n, at) in [(1, 201), (2, 211), (3, 221)] {
+        engine.apply(
+            src(Input::Responses, n),
+            response(&format!("b{n}"), at, 500, false),
+            t(1010),
+        );
+    }
+    engine.reached_end(Input::Requests, 0);
+    engine.reached_end(Input::Responses, 0);
+    let (flush, _) = engine.flush(t(2000));
+    let (requests, completed, timeouts) = flush.windows.iter().fold((0, 0, 0), |s, (_, row)| {
+        (s.0 + row.requests, s.1 + row.completed, s.2 + row.timeouts)
+    });
+    assert_eq!((requests, completed, timeouts), (3, 3, 0));
+}
+
 /// Two instances in one group: the first owns everything, then gives a partition to a second
 /// (committing before it lets go, as the rebalance callback does); both run to the end.
 fn run_with_rebalance(topics: &Topics, seed: u64, handover: usize, every: usize) -> Store {

@@ -160,6 +160,11 @@ impl<'a> Parser<'a> {
         } else if v.chars().count() > 255 {
             self.fail(field, "must be at most 255 characters");
             None
+        } else if v.contains(char::REPLACEMENT_CHARACTER) {
+            // What the query string decoder makes of bytes that are not UTF-8: no stored
+            // name holds one, and an empty answer would hide the client's encoding bug.
+            self.fail(field, "must be valid UTF-8 once percent-decoded");
+            None
         } else {
             Some(v.clone())
         }
@@ -415,6 +420,18 @@ mod tests {
                 .unwrap_err()
             ),
             ["route"]
+        );
+        // `%C3%28` is not UTF-8; the decoder leaves U+FFFD in its place.
+        assert_eq!(
+            fields(
+                metrics(
+                    &params(&[("tenant_id", "a"), ("model", "gpt\u{FFFD}(")]),
+                    false,
+                    &l
+                )
+                .unwrap_err()
+            ),
+            ["model"]
         );
     }
 

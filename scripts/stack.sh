@@ -4,6 +4,7 @@
 #   scripts/stack.sh up      install what is missing, start both, create topics, migrate
 #   scripts/stack.sh down    stop both (data stays in $STACK_DIR)
 #   scripts/stack.sh env     print the variables services and tests use
+#   scripts/stack.sh pg-stop, pg-start   Postgres alone (the fault runs stop it on purpose)
 #
 # Idempotent: anything already running is reused. Settings (environment):
 #   STACK_DIR (.stack)   STACK_PG_PORT (5432)   STACK_KAFKA_PORT (9092)
@@ -142,14 +143,19 @@ down() {
     kill "$(cat "$STACK_DIR/tansu.pid")" 2>/dev/null && say "stopped Tansu" || true
     rm -f "$STACK_DIR/tansu.pid"
   fi
-  if [ -f "$PG_DATA/postmaster.pid" ]; then
-    pg_run "$(pg_bin_dir)/pg_ctl" -D "$PG_DATA" -m fast -w stop >/dev/null && say "stopped PostgreSQL"
-  fi
+  if [ -f "$PG_DATA/postmaster.pid" ]; then stop_postgres; fi
+}
+
+stop_postgres() {
+  pg_run "$(pg_bin_dir)/pg_ctl" -D "$PG_DATA" -m fast -w stop >/dev/null && say "stopped PostgreSQL"
 }
 
 case "${1:-}" in
   up) up ;;
   down) down ;;
   env) print_env ;;
-  *) die "usage: $0 up|down|env" ;;
+  # For the fault runs: Postgres alone, stopped and started again.
+  pg-stop) stop_postgres ;;
+  pg-start) mkdir -p "$STACK_DIR"; start_postgres ;;
+  *) die "usage: $0 up|down|env|pg-stop|pg-start" ;;
 esac

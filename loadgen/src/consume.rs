@@ -1,21 +1,62 @@
 //! The processor's yardstick: a plain librdkafka consumer reading both input topics from the
-//! start to their end, doing nothing with the records.
+//! start to their end, doing nothing with the records; and the last record of each window
+//! on a metrics topic, for the fault runs' comparison.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::message::BorrowedMessage;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde_json::json;
 
 use crate::Args;
 
 pub fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
-    let brokers = args.text("brokers", "127.0.0.1:9092");
     let prefix = args.text("topic", "bench.raw");
     let topics = [format!("{prefix}.requests"), format!("{prefix}.responses")];
+    let started = Instant::now();
+    let (mut records, mut bytes) = (0u64, 0u64);
+    read_to_end(&args.text("brokers", "127.0.0.1:9092"), &topics, |m| {
+        records += 1;
+        bytes += m.payload().map_or(0, |p| p.len() as u64);
+    })?;
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(
+        json!({"mode": "consume", "events": records, "bytes": bytes, "seconds": seconds, "events_per_sec": records as f64 / seconds}),
+    )
+}
+
+/// `latest --brokers B --topic llm.metrics`: the last record of each window on a metrics
+/// topic, as the consumers of that topic would hold it (a JSON array).
+pub fn latest(args: &Args) -> anyhow::Result<serde_json::Value> {
+    let topic = args.text("topic", "llm.metrics");
+    let mut last: BTreeMap<(String, String), serde_json::Value> = BTreeMap::new();
+    let mut bad = 0u64;
+    read_to_end(&args.text("brokers", "127.0.0.1:9092"), &[topic], |m| {
+        match m.payload().map(serde_json::from_slice::<serde_json::Value>) {
+            Some(Ok(row)) => {
+                let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+                let start = row["window_start"].as_str().unwrap_or_default().to_owned();
+                // One key stays on one partition, read in order: the later record wins.
+                last.insert((key, start), row);
+            }
+            _ => bad += 1,
+        }
+    })?;
+    anyhow::ensure!(bad == 0, "{bad} records on the metrics topic are not JSON");
+    Ok(serde_json::Value::Array(last.into_values().collect()))
+}
+
+/// Reads every partition of `topics` from the start to its end, handing each record to `f`.
+fn read_to_end(
+    brokers: &str,
+    topics: &[String],
+    mut f: impl FnMut(&BorrowedMessage<'_>),
+) -> anyhow::Result<()> {
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
+        .set("bootstrap.servers", brokers)
         .set(
             "group.id",
             format!("streamlens-loadgen-{}", std::process::id()),
@@ -25,31 +66,23 @@ pub fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
         .create()?;
     let mut assignment = TopicPartitionList::new();
     let mut partitions = 0;
-    for topic in &topics {
+    for topic in topics {
         let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
         for p in metadata.topics()[0].partitions() {
             assignment.add_partition_offset(topic, p.id(), Offset::Beginning)?;
             partitions += 1;
         }
     }
-    let started = Instant::now();
     consumer.assign(&assignment)?;
-    let (mut records, mut bytes) = (0u64, 0u64);
     // PartitionEOF names the partition only; count ends until every partition reported one.
     let mut ends = 0;
     while ends < partitions {
         match consumer.poll(Duration::from_millis(500)) {
-            Some(Ok(m)) => {
-                records += 1;
-                bytes += rdkafka::Message::payload(&m).map_or(0, |p| p.len() as u64);
-            }
+            Some(Ok(m)) => f(&m),
             Some(Err(KafkaError::PartitionEOF(_))) => ends += 1,
             Some(Err(e)) => anyhow::bail!("consume failed: {e}"),
             None => {}
         }
     }
-    let seconds = started.elapsed().as_secs_f64();
-    Ok(
-        json!({"mode": "consume", "events": records, "bytes": bytes, "seconds": seconds, "events_per_sec": records as f64 / seconds}),
-    )
+    Ok(())
 }

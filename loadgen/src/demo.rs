@@ -77,7 +77,7 @@ impl Rng {
     }
 
     /// An index drawn with the given weights.
-    fn pick(&mut self, weights: &[f64]) -> usize {
+    pub fn pick(&mut self, weights: &[f64]) -> usize {
         let mut x = self.unit() * weights.iter().sum::<f64>();
         for (i, w) in weights.iter().enumerate() {
             if x < *w {

@@ -5,6 +5,9 @@
 //! streamlens-loadgen batch  --url U --events N [--batch-size S] [--concurrency C]
 //! streamlens-loadgen single --url U --requests N [--concurrency C]
 //! streamlens-loadgen consume --brokers B --topic PREFIX
+//! streamlens-loadgen oracle --url U --out FILE [--keys T=K,...] [--rate CALLS/S] [--duration-secs S]
+//! streamlens-loadgen latest --brokers B --topic llm.metrics   last record of each window
+//! streamlens-loadgen poison --brokers B --topic PREFIX       malformed records on both input topics
 //! streamlens-loadgen demo   --url U [--keys T=K,...] [--rate EV/S] [--backfill-minutes M] [--duration-secs S]
 //! streamlens-loadgen histogram [--values N]   hex of a stored latency histogram (bench data)
 //! streamlens-loadgen query  --url U --path /v1/metrics?... [--key K] [--requests N] [--concurrency C]
@@ -23,6 +26,8 @@ mod consume;
 mod demo;
 mod events;
 mod http;
+mod oracle;
+mod poison;
 mod raw;
 
 use std::collections::HashMap;
@@ -85,7 +90,7 @@ fn histogram(args: &Args) -> anyhow::Result<serde_json::Value> {
 async fn main() -> anyhow::Result<()> {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let Some((mode, rest)) = argv.split_first() else {
-        bail!("usage: streamlens-loadgen raw|batch|single|consume|query|demo --flag value ...");
+        bail!("usage: streamlens-loadgen raw|batch|single|consume|query|demo|oracle|latest|poison --flag value ...");
     };
     let args = Args::parse(rest)?;
     let report = match mode.as_str() {
@@ -95,8 +100,13 @@ async fn main() -> anyhow::Result<()> {
         "consume" => consume::run(&args)?,
         "query" => http::query(&args).await?,
         "demo" => demo::run(&args).await?,
+        "oracle" => oracle::run(&args).await?,
+        "latest" => consume::latest(&args)?,
+        "poison" => poison::run(&args).await?,
         "histogram" => histogram(&args)?,
-        other => bail!("unknown mode {other}: raw, batch, single, consume, query or demo"),
+        other => bail!(
+            "unknown mode {other}: raw, batch, single, consume, query, demo, oracle, latest or poison"
+        ),
     };
     println!("{report}");
     Ok(())

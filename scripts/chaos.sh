@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# Fault runs: an oracle stream through the ingestion API into the processor while faults are
+# injected, then every stored window and the last llm.metrics record of every window compared
+# with the oracle (scripts/chaos_check.py). Each scenario runs on topics, a consumer group and
+# a database of its own, on the local stack.
+#   scripts/chaos.sh [kill|scale|stale|postgres|all|ci ...]   (default: each fault alone, then all)
+#   CHAOS_SECONDS (180) load per scenario   CHAOS_RATE calls/s (100)   CHAOS_PROFILE (release)
+#   CHAOS_PG_DOWN_SECS (60): how long Postgres stays down
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=${BIN_DIR:-${CARGO_TARGET_DIR:-$ROOT/target}/${CHAOS_PROFILE:-release}}
+LOAD=${CHAOS_SECONDS:-180}
+RATE=${CHAOS_RATE:-100}
+PG_DOWN=${CHAOS_PG_DOWN_SECS:-60}
+SESSION_MS=6000
+JOIN_TTL=90
+: "${KAFKA_BROKERS:?run through make chaos, which starts the stack}" "${POSTGRES_DSN:?}"
+BASE_DSN=$POSTGRES_DSN
+OUT=${CHAOS_OUT:-$ROOT/target/chaos}
+mkdir -p "$OUT"
+
+say() { printf '[chaos %s] %s\n' "$(date +%T)" "$*" >&2; }
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  pids=()
+  # A scenario that failed half-way must not leave Postgres stopped.
+  port_open 5432 || "$ROOT/scripts/stack.sh" pg-start
+}
+trap cleanup EXIT
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_for() { for _ in $(seq 1 300); do eval "$1" >/dev/null 2>&1 && return 0; sleep 0.2; done; say "timed out: $1"; exit 1; }
+
+declare -A PROC
+# start_processor NAME: one more instance in the scenario's group.
+start_processor() {
+  local port
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  HTTP_PORT=$port RUST_LOG=info "$BIN/metrics-processor" >>"$OUT/$scenario.$1.log" 2>&1 &
+  PROC[$1]=$!
+  pids+=($!)
+}
+# Waits until every input partition is owned and committing again (all 2 x 6 positions
+# written in the last 3 s), and notes how long that took: the next fault starts from a
+# recovered system.
+recovered() {
+  local started=$SECONDS since fresh
+  since=$(psql "$POSTGRES_DSN" -tAc "SELECT now() + interval '2 seconds'" 2>/dev/null || echo now)
+  while [ $((SECONDS - started)) -lt 60 ]; do
+    fresh=$(psql "$POSTGRES_DSN" -tAc "SELECT count(*) FROM processor_positions WHERE consumer_group = '$CONSUMER_GROUP' AND updated_at > GREATEST('$since'::timestamptz, now() - interval '3 seconds')" 2>/dev/null || echo 0)
+    if [ "${fresh:-0}" -ge 12 ]; then
+      echo "  every partition committing again after $((SECONDS - started)) s" >>"$OUT/$scenario.faults"
+      return 0
+    fi
+    sleep 0.5
+  done
+  echo "  NOT recovered within 60 s: some partitions have no owner" >>"$OUT/$scenario.faults"
+  say "$scenario: the group did not recover within 60 s; going on, the check will tell what it cost"
+}
+# Waits out the session of an instance that died without leaving the group: Tansu 0.6 can
+# leave the group with no owners when a replacement joins before that (see README).
+after_session() { sleep $(( SESSION_MS / 1000 + 2 )); }
+
+# The faults run in this shell while the stream is posted in the background, so they can
+# replace the instances they kill. Each returns before the load ends.
+kill_at_random() { # N: kill -9 at random points, each followed by a restart
+  local i
+  for i in $(seq 1 "$1"); do
+    sleep "$(python3 -c 'import random; print(round(random.uniform(2, 6), 1))')"
+    kill -KILL "${PROC[a]}"
+    after_session
+    start_processor a
+    recovered
+  done
+  echo "$1 kill -9 of the processor at random points" >>"$OUT/$scenario.faults"
+}
+freeze() { # an instance frozen past its session; its partitions move; it wakes up stale
+  kill -STOP "${PROC[$1]}"
+  sleep $(( SESSION_MS / 1000 + 8 ))
+  kill -CONT "${PROC[$1]}"
+  echo "one of two instances frozen for $(( SESSION_MS / 1000 + 8 )) s, then resumed" >>"$OUT/$scenario.faults"
+  recovered
+}
+postgres_down() {
+  "$ROOT/scripts/stack.sh" pg-stop 2>/dev/null
+  sleep "$1"
+  "$ROOT/scripts/stack.sh" pg-start 2>/dev/null
+  echo "Postgres stopped for $1 s" >>"$OUT/$scenario.faults"
+  recovered
+}
+inject() {
+  local third=$(( LOAD / 3 ))
+  case $scenario in
+    kill) kill_at_random $(( (LOAD - 20) / (SESSION_MS / 1000 + 6) )) ;;
+    scale)
+      sleep $third; start_processor b
+      echo "scaled 1 -> 2 instances" >>"$OUT/$scenario.faults"; recovered
+      sleep $third; kill -TERM "${PROC[a]}"
+      echo "scaled 2 -> 1 instances" >>"$OUT/$scenario.faults"; recovered ;;
+    stale) start_processor b; recovered; sleep $third; freeze a ;;
+    postgres) sleep $third; postgres_down "$PG_DOWN" ;;
+    # The CI run: one instance, so no group churn (see README on Tansu), every other fault.
+    ci) kill_at_random 3; postgres_down "$PG_DOWN" ;;
+    all)
+      sleep 5; start_processor b
+      echo "scaled 1 -> 2 instances" >>"$OUT/$scenario.faults"; recovered
+      kill_at_random 2
+      freeze b
+      postgres_down "$PG_DOWN"
+      kill -TERM "${PROC[b]}"
+      echo "scaled 2 -> 1 instances" >>"$OUT/$scenario.faults"; recovered ;;
+  esac
+}
+
+run_scenario() {
+  scenario=$1
+  local tag db
+  tag=chaos-$scenario-$(date +%s)
+  db=streamlens_chaos
+  : >"$OUT/$scenario.faults"
+  say "$scenario: $RATE calls/s for $LOAD s"
+  psql "$BASE_DSN" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db" 2>/dev/null
+  export POSTGRES_DSN=${BASE_DSN%/*}/$db HTTP_HOST=127.0.0.1 RUST_LOG=warn AUTH_MODE=disabled \
+    TOPIC_REQUESTS=$tag.requests TOPIC_RESPONSES=$tag.responses TOPIC_METRICS=$tag.metrics \
+    TOPIC_DLQ=$tag.dlq TOPIC_PARTITIONS=6 CONSUMER_GROUP=$tag KAFKA_SESSION_TIMEOUT_MS=$SESSION_MS \
+    JOIN_TTL_SECS=$JOIN_TTL
+  "$BIN/streamlens-admin" migrate 2>/dev/null
+  "$BIN/streamlens-admin" topics 2>/dev/null
+  local api_port
+  api_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  HTTP_PORT=$api_port "$BIN/ingestion-api" >>"$OUT/$scenario.ingestion.log" 2>&1 &
+  pids+=($!)
+  wait_for "curl -fsS http://127.0.0.1:$api_port/ready"
+  start_processor a
+
+  "$BIN/streamlens-loadgen" oracle --url "http://127.0.0.1:$api_port" --out "$OUT/$scenario.oracle.json" \
+    --rate "$RATE" --duration-secs "$LOAD" >"$OUT/$scenario.stream.json" &
+  local stream=$!
+  inject
+  wait $stream
+  local verdict=0
+  python3 "$ROOT/scripts/chaos_check.py" "$OUT/$scenario.oracle.json" "$POSTGRES_DSN" \
+    "$BIN/streamlens-loadgen" "$KAFKA_BROKERS" "$TOPIC_METRICS" $(( JOIN_TTL + 120 )) \
+    >"$OUT/$scenario.check.json" || verdict=1
+  cleanup
+  python3 - "$scenario" "$OUT/$scenario.stream.json" "$OUT/$scenario.check.json" "$OUT/$scenario.faults" <<'PY'
+import json, sys
+scenario, stream, check, faults = sys.argv[1], json.load(open(sys.argv[2])), json.load(open(sys.argv[3])), [l.strip() for l in open(sys.argv[4]) if l.strip()]
+print(f"{scenario:<9} faults: {'; '.join(faults) or 'none'}")
+print(f"          sent {stream['calls']:,} calls, {stream['events_posted']:,} events (response first {stream['response_first']}, "
+      f"duplicated {stream['duplicated']}, late {stream['late']}, unanswered {stream['unanswered']}); batches retried {stream['batches_retried']}")
+print(f"          windows exact {check['windows_exact']}/{check['windows']}, requests stored {check['requests_stored']:,}/{check['requests_expected']:,}, "
+      f"lost {check['requests_lost']}, counted twice {check['requests_counted_twice']}, llm.metrics equal {check['metrics_topic_windows_equal']}: "
+      f"{'OK' if check['ok'] else 'DIFFERENT ' + json.dumps(check.get('first_differences') or check.get('metrics_topic_differs'))}")
+PY
+  return $verdict
+}
+
+scenarios=("$@")
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(kill scale stale postgres all)
+failed=0
+for s in "${scenarios[@]}"; do
+  run_scenario "$s" || failed=1
+done
+exit $failed

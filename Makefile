@@ -5,7 +5,7 @@ STACK := scripts/stack.sh
 # Variables for services and tests, from the local stack.
 STACK_ENV = eval "$$($(STACK) env)"
 
-.PHONY: run test stack-up stack-down chromium build lint fmt bench bench-ingest bench-processor bench-query migrate
+.PHONY: run test stack-up stack-down chromium build lint fmt bench bench-ingest bench-processor bench-query migrate chaos soak abuse
 
 ## run: start Postgres and the broker, build and run the services on them with demo traffic
 run: stack-up
@@ -17,6 +17,10 @@ test: stack-up chromium
 	@$(STACK_ENV); \
 	export TEST_KAFKA_BROKERS=$$KAFKA_BROKERS TEST_DATABASE_URL=$$POSTGRES_DSN; \
 	cargo test --workspace
+	@# The short fault run: every fault in one scenario, checked against the oracle.
+	cargo build --bins -p ingestion-api -p metrics-processor -p metrics-api -p common -p loadgen
+	@$(STACK_ENV); CHAOS_PROFILE=debug CHAOS_SECONDS=100 CHAOS_RATE=50 CHAOS_PG_DOWN_SECS=20 scripts/chaos.sh ci
+	@$(STACK_ENV); CHAOS_PROFILE=debug ABUSE_EXAMPLES=25 scripts/abuse.sh
 
 stack-up:
 	@$(STACK) up
@@ -40,10 +44,25 @@ lint:
 fmt:
 	cargo fmt --all
 
+## chaos: fault runs against an oracle, each fault alone and then all together (about 30 min)
+chaos: stack-up
+	cargo build --release -p ingestion-api -p metrics-processor -p common -p loadgen
+	@$(STACK_ENV); scripts/chaos.sh
+
+## abuse: fuzz both APIs from their OpenAPI documents, malformed bodies, poison records
+abuse: stack-up
+	cargo build --release -p ingestion-api -p metrics-processor -p metrics-api -p common -p loadgen
+	@$(STACK_ENV); scripts/abuse.sh
+
 ## bench: end-to-end load through all three services, with raw broker rates from the same run
 bench: stack-up
 	cargo build --release -p ingestion-api -p metrics-processor -p metrics-api -p common -p loadgen
 	@$(STACK_ENV); scripts/bench.sh
+
+## soak: the end-to-end benchmark for ten minutes at a steady rate: memory and lag must stay flat
+soak: stack-up
+	cargo build --release -p ingestion-api -p metrics-processor -p metrics-api -p common -p loadgen
+	@$(STACK_ENV); BENCH_SECONDS=$${SOAK_SECONDS:-600} BENCH_RATE=$${SOAK_RATE:-2000} BENCH_RAW_EVENTS=200000 scripts/bench.sh
 
 ## bench-ingest: the ingestion API against a raw librdkafka producer
 bench-ingest: stack-up

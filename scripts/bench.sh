@@ -102,6 +102,12 @@ if fresh:
           f"({len(fresh)} of {len(watch['freshness_s'])} full minutes seen)")
 for name, s in services.items():
     print(f"{name:<11} peak RSS {s['peak_rss_kb'] / 1024:>7.1f} MiB, CPU {s['cpu_ticks'] / hz:>6.2f} s")
+# Memory over the run: each service's RSS at the start of every minute, and at the end.
+samples = watch["samples"]
+marks = [s for i, s in enumerate(samples) if i == 0 or int(s["t"]) // 60 != int(samples[i - 1]["t"]) // 60] + samples[-1:]
+for name in services:
+    curve = ", ".join(f"{s[name + '_rss_mib']:.0f}" for s in marks)
+    print(f"{name:<11} RSS by minute (MiB): {curve}")
 verdict = "exact" if stored == expected else f"DIFFERENT by {stored - expected}"
 print(f"calls counted           {stored:,} stored / {expected:,} accepted: {verdict} ({settled:.0f} s after the load ended)")
 PY

@@ -47,11 +47,11 @@ wait_for "curl -fsS http://127.0.0.1:$query/ready"
 failed=0
 fuzz() { # name port
   say "schemathesis on the $1 API, $EXAMPLES examples per operation"
-  PYTHONPATH=$ROOT/scripts SCHEMATHESIS_HOOKS=abuse_hooks "$VENV/bin/schemathesis" run \
+  (cd "$OUT" && PYTHONPATH=$ROOT/scripts SCHEMATHESIS_HOOKS=abuse_hooks "$VENV/bin/schemathesis" run \
     "http://127.0.0.1:$2/openapi.json" -H "Authorization: Bearer $KEY" \
     --checks not_a_server_error,rejection_is_clear --max-examples "$EXAMPLES" \
     --phases examples,coverage,fuzzing --request-timeout 20 --workers 1 --no-color \
-    >"$OUT/schemathesis-$1.txt" 2>&1 || { failed=1; say "schemathesis found problems in the $1 API: $OUT/schemathesis-$1.txt"; }
+    >"$OUT/schemathesis-$1.txt" 2>&1) || { failed=1; say "schemathesis found problems in the $1 API: $OUT/schemathesis-$1.txt"; }
   grep -E "test cases|passed|failed" "$OUT/schemathesis-$1.txt" | tail -3 >&2 || true
 }
 fuzz ingestion "$ingest"

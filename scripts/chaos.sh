@@ -100,7 +100,7 @@ inject() {
       echo "scaled 2 -> 1 instances" >>"$OUT/$scenario.faults"; recovered ;;
     stale) start_processor b; recovered; sleep $third; freeze a ;;
     postgres) sleep $third; postgres_down "$PG_DOWN" ;;
-    # The CI run: one instance, so no group churn (see README on Tansu), every other fault.
+    # The short run: one instance, so no group churn (see README on Tansu), every other fault.
     ci) kill_at_random 3; postgres_down "$PG_DOWN" ;;
     all)
       sleep 5; start_processor b

@@ -296,26 +296,29 @@ async fn post(
     }
 }
 
+/// The tenants to post for and their API keys, from `--keys acme=K1,globex=K2`; without it,
+/// three tenants and no keys (`AUTH_MODE=disabled`).
+pub fn tenant_keys(args: &Args) -> anyhow::Result<(Vec<String>, Vec<Option<String>>)> {
+    let keys = args.text("keys", "");
+    if keys.is_empty() {
+        let tenants = ["acme", "globex", "initech"].map(String::from).to_vec();
+        return Ok((tenants, vec![None; 3]));
+    }
+    let pairs = keys
+        .split(',')
+        .map(|pair| match pair.split_once('=') {
+            Some((t, k)) => Ok((t.to_owned(), Some(k.to_owned()))),
+            None => anyhow::bail!("--keys takes tenant=key pairs, got {pair}"),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(pairs.into_iter().unzip())
+}
+
 /// `demo --url U [--keys acme=K1,globex=K2] [--rate EVENTS_PER_SEC] [--backfill-minutes M]
 /// [--duration-secs S] [--seed N]`: runs until stopped, or for `S` seconds and then reports.
 pub async fn run(args: &Args) -> anyhow::Result<Value> {
     let url = format!("{}/v1/llm/batch", args.text("url", "http://127.0.0.1:8080"));
-    let keys = args.text("keys", "");
-    let (tenants, keys): (Vec<String>, Vec<Option<String>>) = if keys.is_empty() {
-        (
-            ["acme", "globex", "initech"].map(String::from).to_vec(),
-            vec![None; 3],
-        )
-    } else {
-        keys.split(',')
-            .map(|pair| match pair.split_once('=') {
-                Some((t, k)) => Ok((t.to_owned(), Some(k.to_owned()))),
-                None => anyhow::bail!("--keys takes tenant=key pairs, got {pair}"),
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?
-            .into_iter()
-            .unzip()
-    };
+    let (tenants, keys) = tenant_keys(args)?;
     // Two events per call.
     let calls_per_sec = (args.number("rate", 20)? as f64 / 2.0).max(0.1);
     let backfill = args.number("backfill-minutes", 0)?;

@@ -231,18 +231,7 @@ async fn post_until_accepted(
 pub async fn run(args: &Args) -> anyhow::Result<Value> {
     let url = format!("{}/v1/llm/batch", args.text("url", "http://127.0.0.1:8080"));
     let out = args.text("out", "oracle.json");
-    let keys = args.text("keys", "");
-    let (tenants, keys): (Vec<String>, Vec<Option<String>>) = if keys.is_empty() {
-        (
-            ["acme", "globex", "initech"].map(String::from).to_vec(),
-            vec![None; 3],
-        )
-    } else {
-        keys.split(',')
-            .filter_map(|p| p.split_once('='))
-            .map(|(t, k)| (t.to_owned(), Some(k.to_owned())))
-            .unzip()
-    };
+    let (tenants, keys) = crate::demo::tenant_keys(args)?;
     let rate = args.number("rate", 200)? as f64;
     let duration = Duration::from_secs(args.number("duration-secs", 120)? as u64);
     let late_by = (

@@ -280,7 +280,7 @@ impl Shared {
                     .observe(started.elapsed().as_secs_f64());
                 self.metrics
                     .windows_written
-                    .inc_by(flush.windows.len() as u64);
+                    .inc_by(flush.windows().len() as u64);
                 lock(&self.engine).committed(flush);
                 *pending = None;
                 drop(pending);
@@ -292,8 +292,13 @@ impl Shared {
                 tracing::warn!(%topic, partition, "partition taken over by another instance; dropping it");
                 lock(&self.engine).revoke(partition);
                 lock(&self.epochs).retain(|(_, p), _| *p != partition);
-                *pending = None;
-                true
+                // The other partitions' windows were closed for this flush and are nowhere
+                // else: write them without the lost partition.
+                if let Some(flush) = pending.as_mut() {
+                    flush.drop_partition(partition);
+                }
+                drop(pending);
+                self.commit()
             }
             Err(e) => {
                 self.metrics.commit_failures.inc();
@@ -340,7 +345,7 @@ impl Shared {
             .into_iter()
             .collect();
         let mut delay = Duration::from_millis(200);
-        let (claims, decisions) = loop {
+        let (claims, decisions, waiting) = loop {
             match self.runtime.block_on(self.store.claim(&partitions)) {
                 Ok(claimed) => break claimed,
                 Err(e) => {
@@ -367,6 +372,10 @@ impl Shared {
                 .cloned()
                 .collect();
             engine.assign(partition, stored, own, now);
+            engine.still_waiting(
+                partition,
+                waiting.iter().filter(|s| s.partition == partition).copied(),
+            );
         }
         for claim in &claims {
             epochs.insert((claim.input, claim.partition), claim.epoch);
@@ -513,8 +522,18 @@ pub fn run(
     let mut last_prune: Option<Instant> = None;
     let mut retry_delay = commit_interval;
     let mut paused = false;
+    let mut last_poll = Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        if let Some(result) = consumer.poll(Duration::from_millis(50)) {
+        let started = Instant::now();
+        let polled = consumer.poll(Duration::from_millis(50));
+        // A stall (the process stopped and continued, a slow commit): statistics served in
+        // this poll may describe the time before it, so silence must be observed afresh.
+        let stall = Duration::from_secs(1);
+        if started.elapsed() >= stall || started.duration_since(last_poll) >= stall {
+            lock(&shared.engine).resumed(Utc::now());
+        }
+        last_poll = Instant::now();
+        if let Some(result) = polled {
             match result {
                 Ok(message) => shared.apply(&message),
                 Err(e) => tracing::warn!(error = %e, "consumer error"),
@@ -529,6 +548,9 @@ pub fn run(
                     paused = consumer.pause(&assignment).is_ok();
                 } else if ok && paused {
                     paused = consumer.resume(&assignment).is_err();
+                    if !paused {
+                        lock(&shared.engine).resumed(Utc::now());
+                    }
                 }
             }
             retry_delay = if ok {

@@ -72,10 +72,11 @@ impl Store {
 
     /// Takes ownership of partition pairs: raises their epoch, so a commit of the previous
     /// owner fails from now on, and returns what they hold.
+    /// The third list: records stored as still waiting behind the watermark.
     pub async fn claim(
         &self,
         partitions: &[i32],
-    ) -> Result<(Vec<Claim>, Vec<Decision>), StoreError> {
+    ) -> Result<(Vec<Claim>, Vec<Decision>, Vec<Source>), StoreError> {
         let mut tx = self.pool.begin().await?;
         let mut claims = Vec::new();
         for &partition in partitions {
@@ -121,9 +122,18 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         let mut decisions = Vec::with_capacity(rows.len());
+        let mut waiting = Vec::new();
         for row in rows {
             let topic: String = row.try_get("topic")?;
             let outcome: String = row.try_get("outcome")?;
+            if outcome == "waiting" {
+                waiting.push(Source {
+                    input: self.input(&topic),
+                    partition: row.try_get("partition")?,
+                    offset: row.try_get("record_offset")?,
+                });
+                continue;
+            }
             decisions.push(Decision {
                 request_id: row.try_get("request_id")?,
                 ended: if outcome == "timeout" {
@@ -140,7 +150,7 @@ impl Store {
             });
         }
         tx.commit().await?;
-        Ok((claims, decisions))
+        Ok((claims, decisions, waiting))
     }
 
     /// Writes one flush atomically: merged window rows, decisions, positions. Fails without
@@ -173,9 +183,12 @@ impl Store {
                     partition: p.partition,
                 });
             }
+            // Decisions no replay reaches any more, and the waiting halves this flush
+            // replaces.
             sqlx::query(
                 "DELETE FROM processor_decisions
-                 WHERE consumer_group = $1 AND topic = $2 AND partition = $3 AND record_offset < $4",
+                 WHERE consumer_group = $1 AND topic = $2 AND partition = $3
+                   AND (record_offset < $4 OR outcome = 'waiting')",
             )
             .bind(&self.group)
             .bind(self.topic(p.input))
@@ -204,7 +217,21 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        for (key, partial) in &flush.windows {
+        for w in &flush.waiting {
+            sqlx::query(
+                "INSERT INTO processor_decisions
+                 (consumer_group, topic, partition, request_id, outcome, record_offset, event_time)
+                 VALUES ($1, $2, $3, $4, 'waiting', $5, now()) ON CONFLICT DO NOTHING",
+            )
+            .bind(&self.group)
+            .bind(self.topic(w.source.input))
+            .bind(w.source.partition)
+            .bind(&w.request_id)
+            .bind(w.source.offset)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for (key, partial) in &flush.windows() {
             merge_window(&mut tx, key, partial).await?;
         }
         tx.commit().await?;

@@ -19,13 +19,18 @@
 //!   and written before that commit, whatever its partner: it only rebuilds the memory of its
 //!   request id (its partner may lie below the resume offset and not be replayed at all).
 //!   This needs the TTL to be longer than a window plus its grace, so that a settled half's
-//!   window had closed too; [`EngineConfig::check`] insists on it.
+//!   window had closed too; [`EngineConfig::check`] insists on it. Halves give up on their
+//!   partner by how far reading has got, which falls behind the watermark when an old backlog
+//!   follows an idle spell: the halves still waiting then although the watermark passed their
+//!   deadline are stored with the commit ([`Waiting`]) and are not taken for settled.
+//!   A finished id keeps both its records needed until a TTL after its later half, in a
+//!   replay as in the first run, so a restart replays both halves of a pair or neither.
 //!
 //! Everything else derived from replayed records was not written, and is counted now. A
 //! partition that is still replaying is not flushed: its stored position and watermark are
 //! what the rules above are measured against, and must stay as they are until it has caught up.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use common::events::Event;
@@ -118,6 +123,15 @@ pub struct Decision {
     pub at: DateTime<Utc>,
 }
 
+/// A half still waiting for its partner at a commit although that commit's watermark had
+/// passed its deadline (it was read behind the watermark, in an old backlog after an idle
+/// spell). Stored with the commit, so that a replay does not take it for settled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiting {
+    pub request_id: String,
+    pub source: Source,
+}
+
 /// Something the shell acts on or counts.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
@@ -145,12 +159,45 @@ pub struct Position {
     pub watermark: Option<DateTime<Utc>>,
 }
 
-/// One commit's worth of output.
+/// One commit's worth of output. The closed windows are kept per partition pair, so that
+/// the part of a partition taken over by another instance can be left out and the rest still
+/// written.
 #[derive(Debug, Clone, Default)]
 pub struct Flush {
-    pub windows: Vec<(WindowKey, Aggregate)>,
+    closed: Vec<(i32, WindowKey, Aggregate)>,
     pub decisions: Vec<Decision>,
+    /// For every partition pair in `positions`: its halves waiting behind the watermark,
+    /// which replace those stored before.
+    pub waiting: Vec<Waiting>,
     pub positions: Vec<Position>,
+}
+
+impl Flush {
+    /// The window rows to add to the stored ones: every partition's part of a window merged.
+    pub fn windows(&self) -> Vec<(WindowKey, Aggregate)> {
+        let mut rows: HashMap<&WindowKey, Aggregate> = HashMap::new();
+        for (_, key, aggregate) in &self.closed {
+            match rows.get_mut(key) {
+                Some(row) => row.merge(aggregate),
+                None => {
+                    rows.insert(key, aggregate.clone());
+                }
+            }
+        }
+        let mut rows: Vec<(WindowKey, Aggregate)> =
+            rows.into_iter().map(|(k, a)| (k.clone(), a)).collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        rows
+    }
+
+    /// Leaves out everything of partition pair `partition`: it belongs to another instance
+    /// now, which rebuilds it from the stored positions.
+    pub fn drop_partition(&mut self, partition: i32) {
+        self.closed.retain(|(p, _, _)| *p != partition);
+        self.decisions.retain(|d| d.source.partition != partition);
+        self.waiting.retain(|w| w.source.partition != partition);
+        self.positions.retain(|p| p.partition != partition);
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -164,6 +211,8 @@ struct Partition {
     decided: HashMap<String, (bool, bool)>,
     /// Decisions made since the last flush.
     decisions: Vec<Decision>,
+    /// Records the last commit stored as still waiting (see [`Waiting`]).
+    waiting: HashSet<Source>,
 }
 
 #[derive(Debug)]
@@ -201,6 +250,7 @@ impl Engine {
             committed: HashMap::new(),
             decided: HashMap::new(),
             decisions: Vec::new(),
+            waiting: HashSet::new(),
         };
         for (input, stored) in stored {
             if let Some((committed, resume)) = stored {
@@ -223,6 +273,13 @@ impl Engine {
             state.watermarks.raise_to(floor);
         }
         self.partitions.insert(partition, state);
+    }
+
+    /// After [`Engine::assign`]: the halves the last commit stored as still waiting.
+    pub fn still_waiting(&mut self, partition: i32, waiting: impl IntoIterator<Item = Source>) {
+        if let Some(state) = self.partitions.get_mut(&partition) {
+            state.waiting.extend(waiting);
+        }
     }
 
     /// Gives up partition pair `partition`: everything not yet written is dropped, and the
@@ -253,6 +310,13 @@ impl Engine {
     pub fn reached_end(&mut self, input: Input, partition: i32) {
         if let Some(state) = self.partitions.get_mut(&partition) {
             state.watermarks.reached_end((input, partition));
+        }
+    }
+
+    /// Reading resumes after a pause or a stall: see [`Watermarks::resumed`].
+    pub fn resumed(&mut self, now: DateTime<Utc>) {
+        for state in self.partitions.values_mut() {
+            state.watermarks.resumed(now);
         }
     }
 
@@ -306,6 +370,7 @@ impl Engine {
             (false, false)
         };
         let settled = replayed
+            && !state.waiting.contains(&source)
             && state
                 .committed
                 .get(&source.input)
@@ -456,7 +521,6 @@ impl Engine {
     pub fn flush(&mut self, now: DateTime<Utc>) -> (Flush, Vec<Effect>) {
         let effects = self.tick(now);
         let mut flush = Flush::default();
-        let mut rows: HashMap<WindowKey, Aggregate> = HashMap::new();
         for (&partition, state) in &mut self.partitions {
             if state.replaying() {
                 continue;
@@ -464,15 +528,19 @@ impl Engine {
             let watermark = state.watermarks.current(now);
             if let Some(w) = watermark {
                 for (key, aggregate) in state.windows.close(w) {
-                    match rows.get_mut(&key) {
-                        Some(row) => row.merge(&aggregate),
-                        None => {
-                            rows.insert(key, aggregate);
-                        }
-                    }
+                    flush.closed.push((partition, key, aggregate));
                 }
             }
             flush.decisions.append(&mut state.decisions);
+            if let Some(w) = watermark {
+                flush.waiting.extend(
+                    state
+                        .joiner
+                        .waiting_before(w)
+                        .into_iter()
+                        .map(|(request_id, source)| Waiting { request_id, source }),
+                );
+            }
             for (&input, &consumed) in &state.consumed {
                 let oldest = [
                     state.joiner.needed().min(input, partition),
@@ -490,8 +558,6 @@ impl Engine {
                 });
             }
         }
-        flush.windows = rows.into_iter().collect();
-        flush.windows.sort_by(|a, b| a.0.cmp(&b.0));
         flush.positions.sort_by_key(|p| (p.partition, p.input));
         (flush, effects)
     }
@@ -501,6 +567,14 @@ impl Engine {
     pub fn committed(&mut self, flush: &Flush) {
         for p in &flush.positions {
             if let Some(state) = self.partitions.get_mut(&p.partition) {
+                state.waiting.clear();
+                state.waiting.extend(
+                    flush
+                        .waiting
+                        .iter()
+                        .filter(|w| w.source.partition == p.partition)
+                        .map(|w| w.source),
+                );
                 state.committed.insert(
                     p.input,
                     Committed {

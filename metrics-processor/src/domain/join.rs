@@ -304,6 +304,30 @@ impl Joiner {
         None
     }
 
+    /// Halves still waiting whose deadline is before `before`, with their request ids: read
+    /// behind the watermark (an old backlog after an idle spell), not yet given up on.
+    pub fn waiting_before(&self, before: DateTime<Utc>) -> Vec<(String, Source)> {
+        // The heap's earliest deadline is no later than any waiting half's.
+        if self
+            .deadlines
+            .peek()
+            .is_none_or(|Reverse((deadline, _, _))| *deadline >= before)
+        {
+            return Vec::new();
+        }
+        let requests = self
+            .requests
+            .iter()
+            .filter(|(_, w)| w.timestamp + self.ttl < before)
+            .map(|(id, w)| (id.to_string(), w.source));
+        let responses = self
+            .responses
+            .iter()
+            .filter(|(_, r)| r.value.timestamp + self.ttl < before)
+            .map(|(id, r)| (id.to_string(), r.source));
+        requests.chain(responses).collect()
+    }
+
     /// Another half of a finished id: it is remembered, with its record, for a TTL after
     /// this half too. (After a restart this is how a replayed partner keeps the id and both
     /// records as long as the first run kept them.)
@@ -327,18 +351,23 @@ impl Joiner {
     pub fn restore(&mut self, request_id: &str, ended: Ended, source: Source, at: DateTime<Utc>) {
         let id = self.id(request_id);
         let mut sources = vec![source];
+        // Remembered until a TTL after its latest half, as the first run remembered it: both
+        // records stay needed together, so a later restart replays both or neither.
+        let mut last = at;
         if let Some(request) = self.requests.remove(&id) {
             self.needed.release(request.source);
             sources.push(request.source);
+            last = last.max(request.timestamp);
         }
         if let Some(response) = self.responses.remove(&id) {
             self.needed.release(response.source);
             sources.push(response.source);
+            last = last.max(response.value.timestamp);
         }
         for s in &sources {
             self.needed.hold(*s);
         }
-        let forget_at = at + self.ttl;
+        let forget_at = last + self.ttl;
         match self.finished.get_mut(&id) {
             Some(f) => {
                 for s in sources {

@@ -63,6 +63,17 @@ impl Watermarks {
         }
     }
 
+    /// Reading was suspended (paused while Postgres refused commits, or the process was not
+    /// scheduled): statistics taken meanwhile said "at the end" of partitions that have since
+    /// filled up, and the silence was ours, not the producers'. Every partition counts as
+    /// active again until it is seen at its end and silent anew.
+    pub fn resumed(&mut self, now: DateTime<Utc>) {
+        for clock in self.partitions.values_mut() {
+            clock.at_end = false;
+            clock.last_seen = clock.last_seen.max(now);
+        }
+    }
+
     /// Never goes below `floor` from now on: what a previous owner already closed stays closed.
     pub fn raise_to(&mut self, floor: DateTime<Utc>) {
         self.current = Some(self.current.map_or(floor, |w| w.max(floor)));

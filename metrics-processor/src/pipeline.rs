@@ -36,8 +36,8 @@ use crate::telemetry::{Metrics, PartitionLabels, ReasonLabels, TopicLabels};
 pub struct Shared {
     pub engine: Mutex<Engine>,
     epochs: Mutex<HashMap<(Input, i32), i64>>,
-    /// A flush Postgres has not accepted yet; retried as it is until it is.
-    pending: Mutex<Option<Flush>>,
+    /// A flush Postgres has not accepted yet, with its id; retried as it is until it is.
+    pending: Mutex<Option<(String, Flush)>>,
     pub store: Store,
     pub runtime: Handle,
     pub metrics: Arc<Metrics>,
@@ -260,9 +260,9 @@ impl Shared {
         if pending.is_none() {
             let (flush, effects) = lock(&self.engine).flush(Utc::now());
             self.act(effects);
-            *pending = Some(flush);
+            *pending = Some((uuid::Uuid::new_v4().to_string(), flush));
         }
-        let Some(flush) = pending.as_ref() else {
+        let Some((id, flush)) = pending.as_ref() else {
             return true;
         };
         // Dead letters first: positions must not move past a record whose letter is lost.
@@ -272,7 +272,7 @@ impl Shared {
         }
         let started = Instant::now();
         let epochs = lock(&self.epochs).clone();
-        let result = self.runtime.block_on(self.store.commit(flush, &epochs));
+        let result = self.runtime.block_on(self.store.commit(flush, &epochs, id));
         match result {
             Ok(()) => {
                 self.metrics
@@ -294,7 +294,7 @@ impl Shared {
                 lock(&self.epochs).retain(|(_, p), _| *p != partition);
                 // The other partitions' windows were closed for this flush and are nowhere
                 // else: write them without the lost partition.
-                if let Some(flush) = pending.as_mut() {
+                if let Some((_, flush)) = pending.as_mut() {
                     flush.drop_partition(partition);
                 }
                 drop(pending);

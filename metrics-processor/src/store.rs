@@ -154,18 +154,31 @@ impl Store {
     }
 
     /// Writes one flush atomically: merged window rows, decisions, positions. Fails without
-    /// writing anything if any partition's epoch moved on.
+    /// writing anything if any partition's epoch moved on. `id` names this flush: a retry of
+    /// one whose commit went through unanswered finds it written and writes nothing more.
     pub async fn commit(
         &self,
         flush: &Flush,
         epochs: &HashMap<(Input, i32), i64>,
+        id: &str,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
+        let written: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM processor_positions WHERE consumer_group = $1 AND last_flush = $2 LIMIT 1",
+        )
+        .bind(&self.group)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if written.is_some() {
+            tx.rollback().await?;
+            return Ok(());
+        }
         for p in &flush.positions {
             let epoch = epochs.get(&(p.input, p.partition)).copied().unwrap_or(-1);
             let updated = sqlx::query(
                 "UPDATE processor_positions
-                 SET position = $4, resume = $5, watermark = $6, updated_at = now()
+                 SET position = $4, resume = $5, watermark = $6, last_flush = $8, updated_at = now()
                  WHERE consumer_group = $1 AND topic = $2 AND partition = $3 AND epoch = $7",
             )
             .bind(&self.group)
@@ -175,6 +188,7 @@ impl Store {
             .bind(p.resume)
             .bind(p.watermark)
             .bind(epoch)
+            .bind(id)
             .execute(&mut *tx)
             .await?;
             if updated.rows_affected() != 1 {

@@ -1,0 +1,105 @@
+//! The store against a real Postgres: what a retried commit may and may not do.
+
+use chrono::{TimeDelta, Utc};
+use common::events::{Event, RequestEvent, ResponseEvent};
+use metrics_processor::domain::engine::{Engine, EngineConfig, Flush};
+use metrics_processor::domain::offsets::{Input, Source};
+use metrics_processor::domain::pricing::PricingTable;
+use metrics_processor::store::Store;
+
+use crate::helpers::{unique, World};
+
+/// A flush holding one closed window with one completed call of `tenant`.
+fn one_call(tenant: &str) -> Flush {
+    let now = Utc::now();
+    let at = now - TimeDelta::minutes(10);
+    let mut engine = Engine::new(EngineConfig::default(), PricingTable::default());
+    engine.assign(
+        0,
+        [(Input::Requests, None), (Input::Responses, None)],
+        Vec::new(),
+        now,
+    );
+    let source = |input, offset| Source {
+        input,
+        partition: 0,
+        offset,
+    };
+    engine.apply(
+        source(Input::Requests, 0),
+        Event::Request(RequestEvent {
+            request_id: "r1".into(),
+            tenant_id: tenant.into(),
+            route: "/chat".into(),
+            model: "gpt-4o".into(),
+            timestamp: at,
+            prompt_tokens: 100,
+            user_id_hash: None,
+            metadata: None,
+        }),
+        now,
+    );
+    engine.apply(
+        source(Input::Responses, 0),
+        Event::Response(ResponseEvent {
+            request_id: "r1".into(),
+            timestamp: at + TimeDelta::milliseconds(400),
+            latency_ms: 400,
+            completion_tokens: 20,
+            finish_reason: "stop".into(),
+            error: None,
+            time_to_first_token_ms: None,
+            cached_prompt_tokens: None,
+            tenant_id: Some(tenant.into()),
+        }),
+        now,
+    );
+    engine.reached_end(Input::Requests, 0);
+    engine.reached_end(Input::Responses, 0);
+    let (flush, _) = engine.flush(now + TimeDelta::hours(1));
+    assert_eq!(flush.windows().len(), 1);
+    flush
+}
+
+/// A commit whose answer was lost (Postgres went away at COMMIT) is retried as it was: the
+/// retry must find it written and add nothing, while a new flush adds as usual.
+#[tokio::test]
+async fn a_retried_commit_that_had_gone_through_adds_nothing() {
+    let world = World::new().await;
+    let group = unique("store-");
+    let store = Store::new(
+        world.pool.clone(),
+        &group,
+        &unique("req-"),
+        &unique("resp-"),
+    );
+    let (claims, _, _) = store.claim(&[0]).await.expect("claim");
+    let epochs = claims
+        .iter()
+        .map(|c| ((c.input, c.partition), c.epoch))
+        .collect();
+    let flush = one_call(&world.tenant);
+    store
+        .commit(&flush, &epochs, "flush-1")
+        .await
+        .expect("commit");
+    assert_eq!(world.total_requests().await, 1);
+    store
+        .commit(&flush, &epochs, "flush-1")
+        .await
+        .expect("retry");
+    assert_eq!(
+        world.total_requests().await,
+        1,
+        "the retry found its flush written"
+    );
+    store
+        .commit(&flush, &epochs, "flush-2")
+        .await
+        .expect("another flush");
+    assert_eq!(
+        world.total_requests().await,
+        2,
+        "a flush of another id is written"
+    );
+}

@@ -3,21 +3,28 @@
 # injected, then every stored window and the last llm.metrics record of every window compared
 # with the oracle (scripts/chaos_check.py). Each scenario runs on topics, a consumer group and
 # a database of its own, on the local stack.
-#   scripts/chaos.sh [kill|scale|stale|postgres|all|ci ...]   (default: each fault alone, then all)
+#   scripts/chaos.sh [kill|scale|stale|postgres|broker|all|ci ...]
+#     (default: each fault alone, then all)
 #   CHAOS_SECONDS (180) load per scenario   CHAOS_RATE calls/s (100)   CHAOS_PROFILE (release)
 #   CHAOS_PG_DOWN_SECS (60): how long Postgres stays down
+#   CHAOS_BROKER_DOWN_SECS (30): how long the broker stays stopped under load
+# Scenarios with broker faults (broker, all, ci) run a broker of their own that keeps its log
+# in a SQLite file, so what it acknowledged survives a restart.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${BIN_DIR:-${CARGO_TARGET_DIR:-$ROOT/target}/${CHAOS_PROFILE:-release}}
 LOAD=${CHAOS_SECONDS:-180}
 RATE=${CHAOS_RATE:-100}
 PG_DOWN=${CHAOS_PG_DOWN_SECS:-60}
+BROKER_DOWN=${CHAOS_BROKER_DOWN_SECS:-30}
+BASE_BROKERS=$KAFKA_BROKERS
 SESSION_MS=6000
 JOIN_TTL=90
-: "${KAFKA_BROKERS:?run through make chaos, which starts the stack}" "${POSTGRES_DSN:?}"
+: "${KAFKA_BROKERS:?run through make chaos, which starts the stack}" "${POSTGRES_DSN:?}" "${TANSU_BIN:?}"
 BASE_DSN=$POSTGRES_DSN
 OUT=${CHAOS_OUT:-$ROOT/target/chaos}
 mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
 
 say() { printf '[chaos %s] %s\n' "$(date +%T)" "$*" >&2; }
 pids=()
@@ -69,6 +76,7 @@ kill_at_random() { # N: kill -9 at random points, each followed by a restart
   for i in $(seq 1 "$1"); do
     sleep "$(python3 -c 'import random; print(round(random.uniform(2, 6), 1))')"
     kill -KILL "${PROC[a]}"
+    wait "${PROC[a]}" 2>/dev/null || true
     after_session
     start_processor a
     recovered
@@ -89,6 +97,34 @@ postgres_down() {
   echo "Postgres stopped for $1 s" >>"$OUT/$scenario.faults"
   recovered
 }
+# A broker of the scenario's own, on SQLite storage: what it acknowledged survives a restart.
+start_broker() {
+  RUST_LOG=warn setsid "$TANSU_BIN" broker --storage-engine "sqlite:///$OUT/$scenario.broker.db" \
+    --listener-url "tcp://127.0.0.1:$BROKER_PORT" --advertised-listener-url "tcp://127.0.0.1:$BROKER_PORT" \
+    >>"$OUT/$scenario.broker.log" 2>&1 </dev/null &
+  BROKER_PID=$!
+  pids+=($!)
+  wait_for "port_open $BROKER_PORT"
+}
+broker_crash() { # kill -9, back after $1 s
+  kill -KILL "$BROKER_PID"
+  wait "$BROKER_PID" 2>/dev/null || true
+  sleep "$1"
+  start_broker
+  echo "broker killed (kill -9) and restarted after $1 s" >>"$OUT/$scenario.faults"
+  recovered
+}
+broker_stopped() { # away under load for $1 s: the ingestion API must answer 503, not lose
+  # Killed rather than stopped: after SIGTERM, Tansu 0.6 on SQLite can come back with storage
+  # that panics on the producers' next write; after SIGSTOP/SIGCONT the processors' group
+  # may never be joined again (see README).
+  kill -KILL "$BROKER_PID"
+  wait "$BROKER_PID" 2>/dev/null || true
+  sleep "$1"
+  start_broker
+  echo "broker gone under load for $1 s (kill -9), then restarted" >>"$OUT/$scenario.faults"
+  recovered
+}
 inject() {
   local third=$(( LOAD / 3 ))
   case $scenario in
@@ -100,14 +136,17 @@ inject() {
       echo "scaled 2 -> 1 instances" >>"$OUT/$scenario.faults"; recovered ;;
     stale) start_processor b; recovered; sleep $third; freeze a ;;
     postgres) sleep $third; postgres_down "$PG_DOWN" ;;
+    broker) sleep $(( LOAD / 4 )); broker_crash 5; sleep $(( LOAD / 6 )); broker_stopped "$BROKER_DOWN" ;;
     # The short run: one instance, so no group churn (see README on Tansu), every other fault.
-    ci) kill_at_random 3; postgres_down "$PG_DOWN" ;;
+    ci) kill_at_random 3; postgres_down "$PG_DOWN"; broker_crash 5 ;;
     all)
       sleep 5; start_processor b
       echo "scaled 1 -> 2 instances" >>"$OUT/$scenario.faults"; recovered
       kill_at_random 2
       freeze b
       postgres_down "$PG_DOWN"
+      broker_crash 5
+      broker_stopped "$BROKER_DOWN"
       kill -TERM "${PROC[b]}"
       echo "scaled 2 -> 1 instances" >>"$OUT/$scenario.faults"; recovered ;;
   esac
@@ -121,6 +160,13 @@ run_scenario() {
   : >"$OUT/$scenario.faults"
   say "$scenario: $RATE calls/s for $LOAD s"
   psql "$BASE_DSN" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db" 2>/dev/null
+  export KAFKA_BROKERS=$BASE_BROKERS
+  if [ "$scenario" != kill ] && [ "$scenario" != scale ] && [ "$scenario" != stale ] && [ "$scenario" != postgres ]; then
+    BROKER_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    rm -f "$OUT/$scenario.broker.db"*
+    start_broker
+    export KAFKA_BROKERS=127.0.0.1:$BROKER_PORT
+  fi
   export POSTGRES_DSN=${BASE_DSN%/*}/$db HTTP_HOST=127.0.0.1 RUST_LOG=warn AUTH_MODE=disabled \
     TOPIC_REQUESTS=$tag.requests TOPIC_RESPONSES=$tag.responses TOPIC_METRICS=$tag.metrics \
     TOPIC_DLQ=$tag.dlq TOPIC_PARTITIONS=6 CONSUMER_GROUP=$tag KAFKA_SESSION_TIMEOUT_MS=$SESSION_MS \
@@ -134,11 +180,17 @@ run_scenario() {
   wait_for "curl -fsS http://127.0.0.1:$api_port/ready"
   start_processor a
 
-  "$BIN/streamlens-loadgen" oracle --url "http://127.0.0.1:$api_port" --out "$OUT/$scenario.oracle.json" \
+  # A stream the API never finishes accepting (a broker that does not come back) ends the
+  # scenario as a failure instead of hanging.
+  timeout $(( LOAD + 300 )) "$BIN/streamlens-loadgen" oracle --url "http://127.0.0.1:$api_port" --out "$OUT/$scenario.oracle.json" \
     --rate "$RATE" --duration-secs "$LOAD" >"$OUT/$scenario.stream.json" &
   local stream=$!
   inject
-  wait $stream
+  if ! wait $stream; then
+    say "$scenario: the stream was not all accepted within $(( LOAD + 300 )) s"
+    cleanup
+    return 1
+  fi
   local verdict=0
   python3 "$ROOT/scripts/chaos_check.py" "$OUT/$scenario.oracle.json" "$POSTGRES_DSN" \
     "$BIN/streamlens-loadgen" "$KAFKA_BROKERS" "$TOPIC_METRICS" $(( JOIN_TTL + 120 )) \
@@ -148,17 +200,22 @@ run_scenario() {
 import json, sys
 scenario, stream, check, faults = sys.argv[1], json.load(open(sys.argv[2])), json.load(open(sys.argv[3])), [l.strip() for l in open(sys.argv[4]) if l.strip()]
 print(f"{scenario:<9} faults: {'; '.join(faults) or 'none'}")
+failures = stream.get("failures", {})
 print(f"          sent {stream['calls']:,} calls, {stream['events_posted']:,} events (response first {stream['response_first']}, "
-      f"duplicated {stream['duplicated']}, late {stream['late']}, unanswered {stream['unanswered']}); batches retried {stream['batches_retried']}")
+      f"duplicated {stream['duplicated']}, late {stream['late']}, unanswered {stream['unanswered']}); batches retried {stream['batches_retried']}, "
+      f"refusals by status {json.dumps(failures) if failures else 'none'}")
 print(f"          windows exact {check['windows_exact']}/{check['windows']}, requests stored {check['requests_stored']:,}/{check['requests_expected']:,}, "
       f"lost {check['requests_lost']}, counted twice {check['requests_counted_twice']}, llm.metrics equal {check['metrics_topic_windows_equal']}: "
       f"{'OK' if check['ok'] else 'DIFFERENT ' + json.dumps(check.get('first_differences') or check.get('metrics_topic_differs'))}")
 PY
+  # While the broker is away the ingestion API must say 503 (retry later), nothing else.
+  python3 -c 'import json, sys; f = json.load(open(sys.argv[1])).get("failures", {}); sys.exit(any(k != "503" for k in f))' \
+    "$OUT/$scenario.stream.json" || { say "$scenario: refusals other than 503"; verdict=1; }
   return $verdict
 }
 
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(kill scale stale postgres all)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(kill scale stale postgres broker all)
 failed=0
 for s in "${scenarios[@]}"; do
   run_scenario "$s" || failed=1

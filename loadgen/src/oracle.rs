@@ -195,13 +195,16 @@ impl Stream {
     }
 }
 
-/// Posts `events` of one tenant until the API accepts the whole batch.
+/// Posts `events` of one tenant until the API accepts the whole batch. Every answer that
+/// was not an acceptance is counted in `failures` by its status (`connection` when there was
+/// no answer at all).
 async fn post_until_accepted(
     client: &reqwest::Client,
     url: &str,
     key: Option<&str>,
     events: &[Value],
     retries: &mut u64,
+    failures: &mut BTreeMap<String, u64>,
 ) {
     let mut backoff = Duration::from_millis(200);
     loop {
@@ -209,16 +212,21 @@ async fn post_until_accepted(
         if let Some(key) = key {
             request = request.bearer_auth(key);
         }
-        if let Ok(r) = request.send().await {
-            let status = r.status();
-            let body: Value = r.json().await.unwrap_or(Value::Null);
-            if status.as_u16() == 202 && body["accepted"].as_u64() == Some(events.len() as u64) {
-                return;
+        match request.send().await {
+            Ok(r) => {
+                let status = r.status();
+                let body: Value = r.json().await.unwrap_or(Value::Null);
+                if status.as_u16() == 202 && body["accepted"].as_u64() == Some(events.len() as u64)
+                {
+                    return;
+                }
+                if status.is_client_error() && status.as_u16() != 429 && status.as_u16() != 408 {
+                    // The stream is valid by construction: a 4xx is a bug, never retried away.
+                    panic!("the API rejected a batch of the oracle stream: {status} {body}");
+                }
+                *failures.entry(status.as_u16().to_string()).or_default() += 1;
             }
-            if status.is_client_error() && status.as_u16() != 429 && status.as_u16() != 408 {
-                // The stream is valid by construction: a 4xx is a bug, never retried away.
-                panic!("the API rejected a batch of the oracle stream: {status} {body}");
-            }
+            Err(_) => *failures.entry("connection".into()).or_default() += 1,
         }
         *retries += 1;
         tokio::time::sleep(backoff).await;
@@ -245,6 +253,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
     let mut next_call = Utc::now();
     let step = TimeDelta::microseconds((1e6 / rate.max(0.1)) as i64);
     let mut retries = 0;
+    let mut failures = BTreeMap::new();
     let mut posted = 0u64;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
@@ -263,8 +272,15 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
         }
         for (tenant, events) in by_tenant {
             for chunk in events.chunks(1000) {
-                post_until_accepted(&client, &url, keys[tenant].as_deref(), chunk, &mut retries)
-                    .await;
+                post_until_accepted(
+                    &client,
+                    &url,
+                    keys[tenant].as_deref(),
+                    chunk,
+                    &mut retries,
+                    &mut failures,
+                )
+                .await;
                 posted += chunk.len() as u64;
             }
         }
@@ -276,6 +292,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Value> {
     std::fs::write(&out, serde_json::to_vec(&oracle)?)?;
     Ok(json!({
         "mode": "oracle", "out": out, "events_posted": posted, "batches_retried": retries,
+        "failures": failures,
         "seconds": started.elapsed().as_secs_f64(), "calls": oracle["calls"],
         "response_first": oracle["response_first"], "duplicated": oracle["duplicated"],
         "late": oracle["late"], "unanswered": oracle["unanswered"], "failed": oracle["failed"],

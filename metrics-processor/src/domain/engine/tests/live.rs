@@ -129,6 +129,9 @@ enum Fault {
     Postgres { at: i64, secs: i64 },
     /// SIGSTOP at this second, SIGCONT `secs` seconds later.
     Freeze { at: i64, secs: i64 },
+    /// A second instance joins at this second and takes partition 1 on; `secs` seconds later
+    /// the first leaves and the second takes everything.
+    Scale { at: i64, secs: i64 },
 }
 
 struct Live {
@@ -145,9 +148,17 @@ struct Live {
 
 impl Live {
     fn start(log: &Log, store: &Store, now: DateTime<Utc>) -> Self {
+        Self::start_on(store, now, 0..log.partitions)
+    }
+
+    fn start_on(
+        store: &Store,
+        now: DateTime<Utc>,
+        partitions: impl IntoIterator<Item = i32>,
+    ) -> Self {
         let mut engine = Engine::new(live_config(), PricingTable::default());
         let mut next = HashMap::new();
-        for partition in 0..log.partitions {
+        for partition in partitions {
             let stored = [Input::Requests, Input::Responses].map(|input| {
                 let s = store.positions.get(&(input, partition)).copied();
                 next.insert((input, partition), s.map_or(0, |(_, resume)| resume));
@@ -263,6 +274,7 @@ fn run_live(log: &Log, seed: u64, faults: &[Fault]) -> Store {
     let mut instance = Some(Live::start(log, &store, now));
     let mut restart_at = None;
     let mut frozen_until: Option<DateTime<Utc>> = None;
+    let mut joined: Option<Live> = None;
     let mut step = 0u64;
     while now < end {
         now += MS(100);
@@ -282,13 +294,38 @@ fn run_live(log: &Log, seed: u64, faults: &[Fault]) -> Store {
                     Fault::Freeze { at, secs } if *at == second && frozen_until.is_none() => {
                         frozen_until = Some(now + TimeDelta::seconds(*secs));
                     }
+                    // A rebalance: every owner writes what it can before letting go (the
+                    // revoke callback), then each starts on its new partitions from the store.
+                    Fault::Scale { at, .. }
+                        if *at == second && frozen_until.is_none() && joined.is_none() =>
+                    {
+                        if let Some(live) = instance.as_mut() {
+                            live.commit(&mut store, now, postgres_up);
+                            instance = Some(Live::start_on(&store, now, [0]));
+                            joined = Some(Live::start_on(&store, now, 1..log.partitions));
+                        }
+                    }
+                    Fault::Scale { at, secs }
+                        if at + secs == second && frozen_until.is_none() && joined.is_some() =>
+                    {
+                        if let (Some(first), Some(other)) = (instance.as_mut(), joined.as_mut()) {
+                            first.commit(&mut store, now, postgres_up);
+                            other.commit(&mut store, now, postgres_up);
+                            instance = Some(Live::start(log, &store, now));
+                            joined = None;
+                        }
+                    }
                     _ => {}
                 }
             }
         }
         if restart_at.is_some_and(|r| now >= r) {
             restart_at = None;
-            instance = Some(Live::start(log, &store, now));
+            // It gets back its own share: the other instance keeps what it has.
+            instance = Some(match joined {
+                Some(_) => Live::start_on(&store, now, [0]),
+                None => Live::start(log, &store, now),
+            });
         }
         let Some(live) = instance.as_mut() else {
             continue;
@@ -316,6 +353,17 @@ fn run_live(log: &Log, seed: u64, faults: &[Fault]) -> Store {
             live.statistics();
             live.commit(&mut store, now, postgres_up);
         }
+        if let Some(other) = joined.as_mut() {
+            if !other.paused && now >= other.fetching_from {
+                for _ in 0..(1 + next(&mut s) % 4) {
+                    other.fetch(log, &mut store, now, &mut s);
+                }
+            }
+            if tenth {
+                other.statistics();
+                other.commit(&mut store, now, postgres_up);
+            }
+        }
     }
     if let Some(live) = instance.as_mut() {
         live.fetch(log, &mut store, now, &mut s);
@@ -337,7 +385,11 @@ fn faults() -> impl Strategy<Value = Vec<Fault>> {
     let kill = (20i64..420, 7i64..16).prop_map(|(at, down)| Fault::Kill { at, down });
     let postgres = (20i64..420, 5i64..70).prop_map(|(at, secs)| Fault::Postgres { at, secs });
     let freeze = (20i64..420, 4i64..30).prop_map(|(at, secs)| Fault::Freeze { at, secs });
-    prop::collection::vec(prop_oneof![3 => kill, 1 => postgres, 1 => freeze], 1..6)
+    let scale = (20i64..400, 5i64..120).prop_map(|(at, secs)| Fault::Scale { at, secs });
+    prop::collection::vec(
+        prop_oneof![3 => kill, 1 => postgres, 1 => freeze, 2 => scale],
+        1..6,
+    )
 }
 
 proptest! {

@@ -156,7 +156,7 @@ run_scenario() {
   scenario=$1
   local tag db
   tag=chaos-$scenario-$(date +%s)
-  db=streamlens_chaos
+  db=streamlens_chaos_$scenario # kept after the run, to look into what the check found
   : >"$OUT/$scenario.faults"
   say "$scenario: $RATE calls/s for $LOAD s"
   psql "$BASE_DSN" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db" 2>/dev/null

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Compares what StreamLens stored with what the oracle stream must give (scripts/chaos.sh).
 
-Waits until the stored windows hold as many requests as the oracle (or a deadline passes),
-then compares every window: counts and sums exactly, p95 within the histogram's error bound
+Waits until every stored window holds what the oracle expects (or a deadline passes: a
+total that matches is not enough, one window's surplus can hide another's pending
+timeout), then compares every window: counts and sums exactly, p95 within the histogram's error bound
 (2 significant digits: under 1%, plus the 1 ms unit). Then the last record of every window on
 the metrics topic must equal the stored row. Prints one JSON line; exits 1 on any difference.
 """
@@ -30,11 +31,18 @@ def key(r):
 
 expected = {key(w): w for w in oracle["windows"]}
 want = sum(w["requests"] for w in expected.values())
+
+
+def settled(rows):
+    return rows.keys() == expected.keys() and all(
+        rows[k][f] == e[f] for k, e in expected.items() for f in FIELDS)
+
+
 deadline = time.time() + float(wait_secs)
 rows = None
 while time.time() < deadline:
     rows = stored()
-    if rows is not None and sum(r["requests"] for r in rows.values()) == want:
+    if rows is not None and settled(rows):
         break
     time.sleep(1)
 rows = rows or {}

@@ -126,6 +126,34 @@ impl Store {
         });
     }
 
+    /// An engine owning `partitions` as a new instance takes them over from what is stored,
+    /// and the offset each input partition is read from.
+    fn engine_on(
+        &self,
+        config: EngineConfig,
+        partitions: impl IntoIterator<Item = i32>,
+        now: DateTime<Utc>,
+    ) -> (Engine, HashMap<(Input, i32), i64>) {
+        let mut engine = Engine::new(config, PricingTable::default());
+        let mut next = HashMap::new();
+        for partition in partitions {
+            let stored = [Input::Requests, Input::Responses].map(|input| {
+                let s = self.positions.get(&(input, partition)).copied();
+                next.insert((input, partition), s.map_or(0, |(_, resume)| resume));
+                (input, s)
+            });
+            let decisions = self
+                .decisions
+                .iter()
+                .filter(|d| d.source.partition == partition)
+                .cloned()
+                .collect();
+            engine.assign(partition, stored, decisions, now);
+            engine.still_waiting(partition, self.waiting_in(partition));
+        }
+        (engine, next)
+    }
+
     fn waiting_in(&self, partition: i32) -> Vec<Source> {
         self.waiting
             .iter()
@@ -169,23 +197,7 @@ impl Instance {
     }
 
     fn start_on(store: &Store, partitions: impl IntoIterator<Item = i32>) -> Self {
-        let mut engine = Engine::new(config(), PricingTable::default());
-        let mut next = HashMap::new();
-        for partition in partitions {
-            let stored = [Input::Requests, Input::Responses].map(|input| {
-                let s = store.positions.get(&(input, partition)).copied();
-                next.insert((input, partition), s.map_or(0, |(_, resume)| resume));
-                (input, s)
-            });
-            let decisions = store
-                .decisions
-                .iter()
-                .filter(|d| d.source.partition == partition)
-                .cloned()
-                .collect();
-            engine.assign(partition, stored, decisions, t(0));
-            engine.still_waiting(partition, store.waiting_in(partition));
-        }
+        let (engine, next) = store.engine_on(config(), partitions, t(0));
         Self {
             engine,
             next,
@@ -577,9 +589,8 @@ fn a_late_pair_is_handed_out_as_a_partial_for_its_closed_window() {
     );
 }
 
-#[test]
-fn old_pairs_read_after_an_idle_spell_are_paired_not_timed_out() {
-    let mut engine = fresh_engine();
+/// Pair "a" at 10 s, then both partitions read to their end: an idle spell may follow.
+fn a_pair_then_silence(engine: &mut Engine) {
     engine.apply(src(Input::Requests, 0), request("a", 10, "gpt-4o"), t(11));
     engine.apply(
         src(Input::Responses, 0),
@@ -588,6 +599,12 @@ fn old_pairs_read_after_an_idle_spell_are_paired_not_timed_out() {
     );
     engine.reached_end(Input::Requests, 0);
     engine.reached_end(Input::Responses, 0);
+}
+
+#[test]
+fn old_pairs_read_after_an_idle_spell_are_paired_not_timed_out() {
+    let mut engine = fresh_engine();
+    a_pair_then_silence(&mut engine);
     // Idle for a long while: the clock leads the watermark, far past what follows.
     let (first, _) = engine.flush(t(1000));
     assert_eq!(first.windows().len(), 1);
@@ -633,14 +650,7 @@ fn a_half_read_behind_the_watermark_is_not_taken_for_settled_after_a_restart() {
         store.commit(&flush);
         engine.committed(&flush);
     };
-    engine.apply(src(Input::Requests, 0), request("a", 10, "gpt-4o"), t(11));
-    engine.apply(
-        src(Input::Responses, 0),
-        response("a", 11, 100, false),
-        t(12),
-    );
-    engine.reached_end(Input::Requests, 0);
-    engine.reached_end(Input::Responses, 0);
+    a_pair_then_silence(&mut engine);
     commit(&mut engine, &mut store, 1000);
     // The backlog: a request stamped long ago; its response is not read before the crash.
     engine.apply(
@@ -651,11 +661,7 @@ fn a_half_read_behind_the_watermark_is_not_taken_for_settled_after_a_restart() {
     commit(&mut engine, &mut store, 1001);
     assert_eq!(store.waiting.len(), 1, "the commit says b is still waiting");
     // kill -9, and a new instance resumes from the store.
-    let mut engine = Engine::new(config(), PricingTable::default());
-    let stored = [Input::Requests, Input::Responses]
-        .map(|input| (input, store.positions.get(&(input, 0)).copied()));
-    engine.assign(0, stored, store.decisions.clone(), t(1010));
-    engine.still_waiting(0, store.waiting_in(0));
+    let (mut engine, _) = store.engine_on(config(), [0], t(1010));
     let resume = store.positions[&(Input::Requests, 0)].1;
     assert_eq!(resume, 1, "b is replayed");
     engine.apply(

@@ -156,23 +156,7 @@ impl Live {
         now: DateTime<Utc>,
         partitions: impl IntoIterator<Item = i32>,
     ) -> Self {
-        let mut engine = Engine::new(live_config(), PricingTable::default());
-        let mut next = HashMap::new();
-        for partition in partitions {
-            let stored = [Input::Requests, Input::Responses].map(|input| {
-                let s = store.positions.get(&(input, partition)).copied();
-                next.insert((input, partition), s.map_or(0, |(_, resume)| resume));
-                (input, s)
-            });
-            let decisions = store
-                .decisions
-                .iter()
-                .filter(|d| d.source.partition == partition)
-                .cloned()
-                .collect();
-            engine.assign(partition, stored, decisions, now);
-            engine.still_waiting(partition, store.waiting_in(partition));
-        }
+        let (engine, next) = store.engine_on(live_config(), partitions, now);
         Self {
             engine,
             fetched_end: next.clone(),
@@ -221,6 +205,28 @@ impl Live {
             }
         }
         true
+    }
+
+    /// One 100 ms step of the poll loop: a few fetches (a backlog is read faster than it was
+    /// produced) unless paused, and every tenth step the statistics and the commit.
+    fn poll(
+        &mut self,
+        log: &Log,
+        store: &mut Store,
+        now: DateTime<Utc>,
+        tenth: bool,
+        postgres_up: bool,
+        seed: &mut u64,
+    ) {
+        if !self.paused && now >= self.fetching_from {
+            for _ in 0..(1 + next(seed) % 4) {
+                self.fetch(log, store, now, seed);
+            }
+        }
+        if tenth {
+            self.statistics();
+            self.commit(store, now, postgres_up);
+        }
     }
 
     /// The statistics callback: partitions whose fetcher is at the end.
@@ -343,26 +349,9 @@ fn run_live(log: &Log, seed: u64, faults: &[Fault]) -> Store {
             }
             None => {}
         }
-        if !live.paused && now >= live.fetching_from {
-            // A few fetches per step: a backlog is read faster than it was produced.
-            for _ in 0..(1 + next(&mut s) % 4) {
-                live.fetch(log, &mut store, now, &mut s);
-            }
-        }
-        if tenth {
-            live.statistics();
-            live.commit(&mut store, now, postgres_up);
-        }
+        live.poll(log, &mut store, now, tenth, postgres_up, &mut s);
         if let Some(other) = joined.as_mut() {
-            if !other.paused && now >= other.fetching_from {
-                for _ in 0..(1 + next(&mut s) % 4) {
-                    other.fetch(log, &mut store, now, &mut s);
-                }
-            }
-            if tenth {
-                other.statistics();
-                other.commit(&mut store, now, postgres_up);
-            }
+            other.poll(log, &mut store, now, tenth, postgres_up, &mut s);
         }
     }
     if let Some(live) = instance.as_mut() {

@@ -105,7 +105,6 @@ start_broker() {
     say "broker already listening on $KAFKA_PORT"
     return 0
   fi
-  install_tansu
   mkdir -p "$STACK_DIR"
   say "starting Tansu on $BROKERS"
   # setsid: the broker outlives the shell that started it (make, CI steps).

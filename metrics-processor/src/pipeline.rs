@@ -274,13 +274,11 @@ impl Shared {
         let epochs = lock(&self.epochs).clone();
         let result = self.runtime.block_on(self.store.commit(flush, &epochs, id));
         match result {
-            Ok(()) => {
+            Ok(windows) => {
                 self.metrics
                     .commit_duration
                     .observe(started.elapsed().as_secs_f64());
-                self.metrics
-                    .windows_written
-                    .inc_by(flush.windows().len() as u64);
+                self.metrics.windows_written.inc_by(windows as u64);
                 lock(&self.engine).committed(flush);
                 *pending = None;
                 drop(pending);

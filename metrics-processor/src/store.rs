@@ -156,12 +156,14 @@ impl Store {
     /// Writes one flush atomically: merged window rows, decisions, positions. Fails without
     /// writing anything if any partition's epoch moved on. `id` names this flush: a retry of
     /// one whose commit went through unanswered finds it written and writes nothing more.
+    /// Returns how many window rows the flush holds.
     pub async fn commit(
         &self,
         flush: &Flush,
         epochs: &HashMap<(Input, i32), i64>,
         id: &str,
-    ) -> Result<(), StoreError> {
+    ) -> Result<usize, StoreError> {
+        let windows = flush.windows();
         let mut tx = self.pool.begin().await?;
         let written: Option<i32> = sqlx::query_scalar(
             "SELECT 1 FROM processor_positions WHERE consumer_group = $1 AND last_flush = $2 LIMIT 1",
@@ -172,7 +174,7 @@ impl Store {
         .await?;
         if written.is_some() {
             tx.rollback().await?;
-            return Ok(());
+            return Ok(windows.len());
         }
         for p in &flush.positions {
             let epoch = epochs.get(&(p.input, p.partition)).copied().unwrap_or(-1);
@@ -245,11 +247,11 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        for (key, partial) in &flush.windows() {
+        for (key, partial) in &windows {
             merge_window(&mut tx, key, partial).await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(windows.len())
     }
 
     /// Rows whose latest content has not gone to `llm.metrics` yet.

@@ -1,9 +1,10 @@
 //! Pairs each request with its response by `request_id`, whichever arrives first.
 //!
 //! A half waits until the watermark passes its timestamp plus the TTL: a request then counts
-//! as a timeout, a response as an orphan. Once a request id is finished (paired, timed out or
-//! orphaned) it is remembered for another TTL, so a second delivery of either half is known as
-//! a duplicate and counted nowhere. Deadlines are event times, never the clock.
+//! as a timeout, a response as an orphan. Once a request id is finished it is remembered, so a
+//! second delivery of either half is known as a duplicate and counted nowhere: a pair for a
+//! TTL after its later half, a timeout or an orphan for two TTLs after its latest half (a TTL
+//! after it was given up on). Deadlines are event times, never the clock.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -328,20 +329,33 @@ impl Joiner {
         requests.chain(responses).collect()
     }
 
-    /// Another half of a finished id: it is remembered, with its record, for a TTL after
-    /// this half too. (After a restart this is how a replayed partner keeps the id and both
-    /// records as long as the first run kept them.)
+    /// Another half of a finished id: it is remembered, with its record, as long after this
+    /// half as after the first (see [`Joiner::memory`]). (After a restart this is how a
+    /// replayed partner keeps the id and both records as long as the first run kept them.)
     fn remember(&mut self, id: &Arc<str>, source: Source, at: DateTime<Utc>) {
-        let Some(finished) = self.finished.get_mut(id) else {
+        let Some(finished) = self.finished.get(id) else {
             return;
         };
+        let forget_at = at + self.memory(finished.ended);
+        let finished = self.finished.get_mut(id).expect("looked up above");
         finished.push(source);
         self.needed.hold(source);
-        let forget_at = at + self.ttl;
         if forget_at > finished.forget_at {
             finished.forget_at = forget_at;
             self.deadlines
                 .push(Reverse((forget_at, Half::Finished, Arc::clone(id))));
+        }
+    }
+
+    /// How long after its latest half a finished id is remembered: a TTL for a pair; two for
+    /// a timeout or an orphan, which are settled only a TTL after their half. The rule depends
+    /// on the halves' event times alone, never on the order in which they were read, so that a
+    /// replay in another order after a restart remembers an id exactly as long as the first
+    /// run did, and a retry of a timed-out request is a duplicate in both.
+    fn memory(&self, ended: Ended) -> TimeDelta {
+        match ended {
+            Ended::Paired => self.ttl,
+            Ended::TimedOut | Ended::Orphaned => self.ttl + self.ttl,
         }
     }
 
@@ -367,7 +381,8 @@ impl Joiner {
         for s in &sources {
             self.needed.hold(*s);
         }
-        let forget_at = last + self.ttl;
+        let ended = self.finished.get(&id).map_or(ended, |f| f.ended);
+        let forget_at = last + self.memory(ended);
         match self.finished.get_mut(&id) {
             Some(f) => {
                 for s in sources {
@@ -395,23 +410,22 @@ impl Joiner {
                 [Some(request.source), Some(response.source)],
                 request.value.timestamp.max(response.value.timestamp),
             ),
-            // Given up on at their deadline; remembered from then on.
             Outcome::TimedOut(request) => (
                 Ended::TimedOut,
                 [Some(request.source), None],
-                request.value.timestamp + self.ttl,
+                request.value.timestamp,
             ),
             Outcome::Orphaned { response, .. } => (
                 Ended::Orphaned,
                 [Some(response.source), None],
-                response.value.timestamp + self.ttl,
+                response.value.timestamp,
             ),
             Outcome::Duplicate(_) => return,
         };
         for source in sources.iter().flatten() {
             self.needed.hold(*source);
         }
-        let forget_at = last + self.ttl;
+        let forget_at = last + self.memory(ended);
         self.deadlines
             .push(Reverse((forget_at, Half::Finished, Arc::clone(&id))));
         let finished = Finished {

@@ -844,3 +844,4 @@ proptest! {
 }
 
 mod live;
+mod restore;

@@ -63,44 +63,47 @@ impl Default for Aggregate {
 
 impl Aggregate {
     pub fn record_paired(&mut self, prompt_tokens: u64, response: &ResponseEvent, cost: Cost) {
-        self.requests += 1;
-        self.completed += 1;
-        self.errors += u64::from(response.is_error());
-        self.latency_sum_ms += response.latency_ms;
+        add(&mut self.requests, 1);
+        add(&mut self.completed, 1);
+        add(&mut self.errors, u64::from(response.is_error()));
+        add(&mut self.latency_sum_ms, response.latency_ms);
         histogram::record(&mut self.latency, response.latency_ms);
         if let Some(ttft) = response.time_to_first_token_ms {
-            self.ttft_sum_ms += ttft;
-            self.ttft_count += 1;
+            add(&mut self.ttft_sum_ms, ttft);
+            add(&mut self.ttft_count, 1);
             histogram::record(&mut self.ttft, ttft);
         }
-        self.prompt_tokens += prompt_tokens;
-        self.completion_tokens += response.completion_tokens;
-        self.cached_prompt_tokens += response
-            .cached_prompt_tokens
-            .unwrap_or(0)
-            .min(prompt_tokens);
-        self.cost_nanos += cost.nanos;
-        self.unpriced += u64::from(!cost.priced);
+        add(&mut self.prompt_tokens, prompt_tokens);
+        add(&mut self.completion_tokens, response.completion_tokens);
+        add(
+            &mut self.cached_prompt_tokens,
+            response
+                .cached_prompt_tokens
+                .unwrap_or(0)
+                .min(prompt_tokens),
+        );
+        add(&mut self.cost_nanos, cost.nanos);
+        add(&mut self.unpriced, u64::from(!cost.priced));
     }
 
     pub fn record_timeout(&mut self) {
-        self.requests += 1;
-        self.timeouts += 1;
+        add(&mut self.requests, 1);
+        add(&mut self.timeouts, 1);
     }
 
     pub fn merge(&mut self, other: &Aggregate) {
-        self.requests += other.requests;
-        self.errors += other.errors;
-        self.timeouts += other.timeouts;
-        self.completed += other.completed;
-        self.latency_sum_ms += other.latency_sum_ms;
-        self.ttft_sum_ms += other.ttft_sum_ms;
-        self.ttft_count += other.ttft_count;
-        self.prompt_tokens += other.prompt_tokens;
-        self.completion_tokens += other.completion_tokens;
-        self.cached_prompt_tokens += other.cached_prompt_tokens;
-        self.cost_nanos += other.cost_nanos;
-        self.unpriced += other.unpriced;
+        add(&mut self.requests, other.requests);
+        add(&mut self.errors, other.errors);
+        add(&mut self.timeouts, other.timeouts);
+        add(&mut self.completed, other.completed);
+        add(&mut self.latency_sum_ms, other.latency_sum_ms);
+        add(&mut self.ttft_sum_ms, other.ttft_sum_ms);
+        add(&mut self.ttft_count, other.ttft_count);
+        add(&mut self.prompt_tokens, other.prompt_tokens);
+        add(&mut self.completion_tokens, other.completion_tokens);
+        add(&mut self.cached_prompt_tokens, other.cached_prompt_tokens);
+        add(&mut self.cost_nanos, other.cost_nanos);
+        add(&mut self.unpriced, other.unpriced);
         // Same configuration everywhere, so adding cannot fail.
         let _ = self.latency.add(&other.latency);
         let _ = self.ttft.add(&other.ttft);
@@ -148,6 +151,11 @@ pub enum RowError {
     Histogram(#[from] HistogramError),
 }
 
+/// Sums saturate: a window's counters never wrap around or panic, whatever a producer wrote.
+fn add(sum: &mut u64, value: u64) {
+    *sum = sum.saturating_add(value);
+}
+
 fn count(row: &PgRow, name: &str) -> Result<u64, sqlx::Error> {
     let v: i64 = row.try_get(name)?;
     Ok(u64::try_from(v).unwrap_or(0))
@@ -169,18 +177,24 @@ impl Aggregate {
     /// Adds a row selected with [`Aggregate::COLUMNS`], histograms added straight from their
     /// encoding.
     pub fn merge_row(&mut self, row: &PgRow) -> Result<(), RowError> {
-        self.requests += count(row, "requests")?;
-        self.errors += count(row, "errors")?;
-        self.timeouts += count(row, "timeouts")?;
-        self.completed += count(row, "completed")?;
-        self.latency_sum_ms += count(row, "latency_sum_ms")?;
-        self.ttft_sum_ms += count(row, "ttft_sum_ms")?;
-        self.ttft_count += count(row, "ttft_count")?;
-        self.prompt_tokens += count(row, "prompt_tokens")?;
-        self.completion_tokens += count(row, "completion_tokens")?;
-        self.cached_prompt_tokens += count(row, "cached_prompt_tokens")?;
-        self.cost_nanos += count(row, "cost_nanos")?;
-        self.unpriced += count(row, "unpriced")?;
+        add(&mut self.requests, count(row, "requests")?);
+        add(&mut self.errors, count(row, "errors")?);
+        add(&mut self.timeouts, count(row, "timeouts")?);
+        add(&mut self.completed, count(row, "completed")?);
+        add(&mut self.latency_sum_ms, count(row, "latency_sum_ms")?);
+        add(&mut self.ttft_sum_ms, count(row, "ttft_sum_ms")?);
+        add(&mut self.ttft_count, count(row, "ttft_count")?);
+        add(&mut self.prompt_tokens, count(row, "prompt_tokens")?);
+        add(
+            &mut self.completion_tokens,
+            count(row, "completion_tokens")?,
+        );
+        add(
+            &mut self.cached_prompt_tokens,
+            count(row, "cached_prompt_tokens")?,
+        );
+        add(&mut self.cost_nanos, count(row, "cost_nanos")?);
+        add(&mut self.unpriced, count(row, "unpriced")?);
         for (name, h) in [
             ("latency_histogram", &mut self.latency),
             ("ttft_histogram", &mut self.ttft),

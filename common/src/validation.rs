@@ -27,6 +27,9 @@ pub const MAX_METADATA_BYTES: usize = 4096;
 pub const MAX_REQUEST_ID_CHARS: usize = 128;
 /// Largest tenant, route or model name, in characters.
 pub const MAX_IDENTIFIER_CHARS: usize = 255;
+/// Most tokens of one kind in one call: far above any model's context, far below what could
+/// overflow a window's sums.
+pub const MAX_TOKENS: u64 = 100_000_000;
 
 /// Bounds that operators configure.
 #[derive(Debug, Clone, Copy)]
@@ -93,6 +96,7 @@ fn check_request(
 ) -> Result<RequestEvent, Vec<FieldError>> {
     f.add_validator(event.validate());
     f.check_timestamp("timestamp", event.timestamp, now, limits);
+    f.check_tokens("prompt_tokens", Some(event.prompt_tokens));
     f.finish(event)
 }
 
@@ -125,6 +129,8 @@ fn check_response(
 ) -> Result<ResponseEvent, Vec<FieldError>> {
     f.add_validator(event.validate());
     f.check_timestamp("timestamp", event.timestamp, now, limits);
+    f.check_tokens("completion_tokens", Some(event.completion_tokens));
+    f.check_tokens("cached_prompt_tokens", event.cached_prompt_tokens);
     let ceiling = limits.max_latency_ms;
     if event.latency_ms > ceiling {
         f.fail("latency_ms", format!("must be at most {ceiling}"));
@@ -433,6 +439,12 @@ impl<'a> Fields<'a> {
                 self.fail(field, "must be a string");
                 None
             }
+        }
+    }
+
+    fn check_tokens(&mut self, field: &str, value: Option<u64>) {
+        if value.is_some_and(|n| n > MAX_TOKENS) {
+            self.fail(field, format!("must be at most {MAX_TOKENS}"));
         }
     }
 

@@ -133,13 +133,13 @@ impl KafkaSettings {
     }
 
     /// Creates missing topics with `self.partitions` partitions, then checks that all of
-    /// `co_partitioned` have the same partition count.
+    /// `co_partitioned` have the same partition count, which it returns (0 for none).
     pub async fn ensure_topics(
         &self,
         topics: &[&str],
         co_partitioned: &[&str],
         timeout: Duration,
-    ) -> Result<(), TopicError> {
+    ) -> Result<usize, TopicError> {
         let admin = self.admin()?;
         let new: Vec<_> = topics
             .iter()
@@ -171,7 +171,7 @@ impl KafkaSettings {
         if counts.windows(2).any(|w| w[0].1 != w[1].1) {
             return Err(TopicError::NotCoPartitioned(counts));
         }
-        Ok(())
+        Ok(counts.first().map_or(0, |c| c.1))
     }
 }
 

@@ -9,6 +9,7 @@
 //!   No I/O and no clock: time is always a parameter.
 //! - [`pipeline`]: the consumer loop and rebalance callbacks around the core.
 //! - [`store`]: Postgres: merged window rows, positions, decisions, in one transaction.
+//! - [`watchdog`]: unread input partitions, a stuck pipeline, a changed input layout.
 //! - [`output`]: the `llm.metrics` record.
 //! - [`settings`], [`startup`], [`telemetry`]: configuration, wiring, Prometheus metrics.
 
@@ -19,3 +20,4 @@ pub mod settings;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod watchdog;

@@ -11,11 +11,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use chrono::{TimeDelta, Utc};
-use common::events::Event;
 use common::kafka::Topics;
-use common::validation::{self, FieldError, Limits};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaResult;
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::statistics::Statistics;
@@ -24,6 +23,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 
 use crate::domain::engine::{Effect, Engine, Flush};
+use crate::domain::intake;
 
 /// The header in which the ingestion API carries the HTTP request id.
 const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -31,6 +31,7 @@ use crate::domain::offsets::{Input, Source};
 use crate::settings::StartFrom;
 use crate::store::{Store, StoreError};
 use crate::telemetry::{Metrics, PartitionLabels, ReasonLabels, TopicLabels};
+use crate::watchdog::Health;
 
 /// Everything the loop and the rebalance callback share.
 pub struct Shared {
@@ -44,8 +45,11 @@ pub struct Shared {
     pub producer: ThreadedProducer<DefaultProducerContext>,
     pub topics: Topics,
     pub start_from: StartFrom,
-    /// False until the first assignment, and while Postgres refuses commits.
+    /// How long windows are kept: older records go to the dead-letter topic.
+    pub retention: TimeDelta,
+    /// False while Postgres refuses commits.
     pub healthy: AtomicBool,
+    pub health: Health,
 }
 
 impl std::fmt::Debug for Shared {
@@ -56,7 +60,7 @@ impl std::fmt::Debug for Shared {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -65,10 +69,10 @@ impl Shared {
         engine: Engine,
         store: Store,
         runtime: Handle,
-        metrics: Arc<Metrics>,
         producer: ThreadedProducer<DefaultProducerContext>,
         topics: Topics,
         start_from: StartFrom,
+        retention: TimeDelta,
     ) -> Self {
         Self {
             engine: Mutex::new(engine),
@@ -76,11 +80,13 @@ impl Shared {
             pending: Mutex::new(None),
             store,
             runtime,
-            metrics,
+            metrics: Arc::new(Metrics::default()),
             producer,
             topics,
             start_from,
+            retention,
             healthy: AtomicBool::new(true),
+            health: Health::default(),
         }
     }
 
@@ -94,7 +100,7 @@ impl Shared {
         }
     }
 
-    fn topic(&self, input: Input) -> &str {
+    pub fn topic(&self, input: Input) -> &str {
         match input {
             Input::Requests => &self.topics.requests,
             Input::Responses => &self.topics.responses,
@@ -118,22 +124,8 @@ impl Shared {
             })
             .inc();
         let payload = message.payload().unwrap_or_default();
-        // Validated at ingestion already; here only what makes a record unusable is refused,
-        // whatever its age, so a replay of old data reads the same.
-        let limits = Limits {
-            max_future_skew: TimeDelta::days(365),
-            max_age: TimeDelta::days(365 * 100),
-            max_latency_ms: u64::MAX,
-        };
         let now = Utc::now();
-        let parsed = match input {
-            Input::Requests => {
-                validation::parse_request_bytes(payload, now, &limits).map(Event::Request)
-            }
-            Input::Responses => {
-                validation::parse_response_bytes(payload, now, &limits).map(Event::Response)
-            }
-        };
+        let parsed = intake::parse(input, payload, now, self.retention);
         let mut engine = lock(&self.engine);
         match parsed {
             Ok(event) => {
@@ -141,7 +133,7 @@ impl Shared {
                 drop(engine);
                 self.act(effects);
             }
-            Err(fields) => {
+            Err(refused) => {
                 engine.skip(source);
                 drop(engine);
                 // The id the ingestion API answered the client with, so the record can be
@@ -152,20 +144,21 @@ impl Shared {
                         .and_then(|h| h.value)
                         .map(|v| String::from_utf8_lossy(v).into_owned())
                 });
-                let reason = describe(&fields);
+                let reason = refused.reason(self.retention);
                 tracing::warn!(
                     topic = message.topic(),
                     partition = source.partition,
                     offset = source.offset,
                     request_id = request_id.as_deref().unwrap_or("-"),
+                    kind = refused.kind(),
                     %reason,
-                    "invalid record sent to the dead-letter topic"
+                    "record sent to the dead-letter topic"
                 );
                 self.dead_letter(
                     message.key(),
                     payload,
                     source,
-                    "invalid",
+                    refused.kind(),
                     &reason,
                     request_id.as_deref(),
                 );
@@ -348,6 +341,8 @@ impl Shared {
                 Ok(claimed) => break claimed,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read stored positions; retrying");
+                    // Waiting for Postgres is progress as far as the watchdog goes.
+                    self.health.beat();
                     std::thread::sleep(delay);
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
@@ -456,24 +451,6 @@ impl Shared {
     }
 }
 
-fn describe(fields: &[FieldError]) -> String {
-    fields
-        .iter()
-        .map(|f| {
-            format!(
-                "{}: {}",
-                if f.field.is_empty() {
-                    "record"
-                } else {
-                    &f.field
-                },
-                f.reason
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
 /// The consumer's context: rebalances go through [`Shared`].
 #[derive(Debug)]
 pub struct Context {
@@ -508,20 +485,52 @@ impl ConsumerContext for Context {
     }
 }
 
-/// Polls until `stop` is set, then writes a last flush and leaves the group.
+/// The pipeline's clocks.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// How often closed windows and positions are written.
+    pub commit_interval: Duration,
+    pub retention: TimeDelta,
+    /// How long a rejoin waits between leaving the group and joining it again.
+    pub rejoin_after: Duration,
+}
+
+/// Polls until `stop` is set (or the processor fails, see [`Health::fail`]), then writes a
+/// last flush and leaves the group. `join` makes a consumer subscribed to the input topics;
+/// it is called again, for a new member of the group, when the watchdog asks for a rejoin.
 pub fn run(
-    consumer: BaseConsumer<Context>,
+    join: impl Fn() -> KafkaResult<BaseConsumer<Context>>,
     shared: Arc<Shared>,
-    commit_interval: Duration,
-    retention: TimeDelta,
+    timing: Timing,
     stop: Arc<AtomicBool>,
 ) {
+    let Timing {
+        commit_interval,
+        retention,
+        rejoin_after,
+    } = timing;
+    let mut consumer = loop {
+        match join() {
+            Ok(consumer) => break consumer,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot join the consumer group; retrying");
+                shared.health.beat();
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    };
     let mut last_commit = Instant::now();
     let mut last_prune: Option<Instant> = None;
     let mut retry_delay = commit_interval;
     let mut paused = false;
     let mut last_poll = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.load(Ordering::Relaxed) && shared.health.failure().is_none() {
+        shared.health.beat();
+        if shared.health.rejoin_asked() {
+            consumer = rejoin(consumer, &join, &shared, rejoin_after);
+            shared.health.rejoined();
+            paused = false;
+        }
         let started = Instant::now();
         let polled = consumer.poll(Duration::from_millis(50));
         // A stall (the process stopped and continued, a slow commit): statistics served in
@@ -577,7 +586,51 @@ pub fn run(
         }
         std::thread::sleep(Duration::from_secs(1));
     }
-    consumer.unsubscribe();
-    let _ = consumer.poll(Duration::from_millis(500));
+    leave(&consumer);
     tracing::info!("left the consumer group");
+}
+
+/// Unsubscribes and serves the revocation, which writes what can be written.
+fn leave(consumer: &BaseConsumer<Context>) {
+    consumer.unsubscribe();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let _ = consumer.poll(Duration::from_millis(100));
+        if consumer.assignment().map_or(true, |a| a.count() == 0) {
+            break;
+        }
+    }
+}
+
+/// Leaves the group and joins it again under a new member id, so the coordinator hands out
+/// every partition anew (see [`crate::watchdog`]). Between the two it waits `after`, longer
+/// than a session: a coordinator that still counts a dead member (Tansu 0.6 does) would give
+/// it partitions again in the new generation, and by then its session has expired.
+fn rejoin(
+    consumer: BaseConsumer<Context>,
+    join: &impl Fn() -> KafkaResult<BaseConsumer<Context>>,
+    shared: &Shared,
+    after: Duration,
+) -> BaseConsumer<Context> {
+    tracing::warn!(
+        wait_ms = after.as_millis() as u64,
+        "leaving the consumer group to join it again as a new member"
+    );
+    leave(&consumer);
+    drop(consumer);
+    let back = Instant::now() + after;
+    while Instant::now() < back {
+        shared.health.beat();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    loop {
+        match join() {
+            Ok(consumer) => return consumer,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot join the consumer group; retrying");
+                shared.health.beat();
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
 }

@@ -33,12 +33,31 @@ pub struct Settings {
     /// Static group membership (KIP-345): a restarted instance with the same id takes its
     /// place in the group at once, without waiting for the session timeout.
     pub instance_id: Option<String>,
+    /// How long an input partition may wait behind a stored position that stands still
+    /// before the instance rejoins the group (see `watchdog`).
+    pub unread_after: TimeDelta,
+    /// How often the group's positions and the topics' ends are read.
+    pub watch_interval: Duration,
     pub pricing_file: Option<String>,
     pub retention: TimeDelta,
     pub host: IpAddr,
     /// Health, readiness and Prometheus metrics.
     pub port: u16,
     pub log_json: bool,
+}
+
+/// `@hostname` stands for the host's name: a container's or pod's, stable across restarts of
+/// the same container, distinct between replicas.
+fn instance_id(value: &str) -> String {
+    if value != "@hostname" {
+        return value.to_owned();
+    }
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| value.to_owned())
 }
 
 impl Settings {
@@ -72,7 +91,11 @@ impl Settings {
             max_poll_interval: Duration::from_millis(
                 e.parse(&["KAFKA_MAX_POLL_INTERVAL_MS"], 60_000),
             ),
-            instance_id: e.raw(&["KAFKA_GROUP_INSTANCE_ID"]).map(|(_, v)| v),
+            instance_id: e
+                .raw(&["KAFKA_GROUP_INSTANCE_ID"])
+                .map(|(_, v)| instance_id(&v)),
+            unread_after: secs(e.parse(&["UNREAD_PARTITION_SECS"], 30)),
+            watch_interval: Duration::from_millis(e.parse(&["WATCH_INTERVAL_MS"], 5000)),
             pricing_file: e.raw(&["PRICING_FILE"]).map(|(_, v)| v),
             retention: TimeDelta::days(e.parse(&["RETENTION_DAYS"], 30)),
             host: e.parse(&["HTTP_HOST"], IpAddr::from([0, 0, 0, 0])),
@@ -89,6 +112,15 @@ impl Settings {
             "tenant" | "request_id"
         ) {
             e.invalid("JOIN_SCOPE must be \"tenant\" or \"request_id\"");
+        }
+        if settings.unread_after.to_std().unwrap_or_default() <= settings.session_timeout {
+            e.invalid(
+                "UNREAD_PARTITION_SECS must be longer than KAFKA_SESSION_TIMEOUT_MS: until a \
+                 dead member's session expires its partitions wait for it by design",
+            );
+        }
+        if settings.watch_interval.is_zero() {
+            e.invalid("WATCH_INTERVAL_MS must be positive");
         }
         if settings.commit_interval.is_zero() {
             e.invalid("COMMIT_INTERVAL_MS must be positive");

@@ -12,22 +12,26 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use common::error::ErrorBody;
+use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaResult;
 use rdkafka::producer::{DefaultProducerContext, ThreadedProducer};
 use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::domain::engine::Engine;
 use crate::domain::pricing::PricingTable;
-use crate::pipeline::{self, Context, Shared};
+use crate::pipeline::{self, Context, Shared, Timing};
 use crate::settings::Settings;
 use crate::store::Store;
-use crate::telemetry::Metrics;
+use crate::watchdog::{self, WatchSettings};
 
 pub struct Application {
     settings: Settings,
     shared: Arc<Shared>,
-    consumer: BaseConsumer<Context>,
+    /// The consumer's configuration: each (re)join of the group creates a consumer from it.
+    config: ClientConfig,
+    partitions: i32,
     listener: TcpListener,
 }
 
@@ -56,7 +60,7 @@ impl Application {
             &topics.metrics,
             &topics.dlq,
         ];
-        settings
+        let partitions = settings
             .kafka
             .ensure_topics(&all, &topics.inputs(), Duration::from_secs(10))
             .await
@@ -80,14 +84,22 @@ impl Application {
             .create()
             .context("cannot create the Kafka producer")?;
         let store = Store::new(pool, &settings.group, &topics.requests, &topics.responses);
+        let partitions = i32::try_from(partitions).context("partition count")?;
+        if let Some(was) = store
+            .check_layout(partitions)
+            .await
+            .context("cannot read the input layout from Postgres")?
+        {
+            anyhow::bail!(watchdog::layout_changed(&topics.requests, was, partitions));
+        }
         let shared = Arc::new(Shared::new(
             Engine::new(settings.engine, pricing),
             store,
             tokio::runtime::Handle::current(),
-            Arc::new(Metrics::default()),
             producer,
             topics.clone(),
             settings.start_from,
+            settings.retention,
         ));
         let mut config = settings
             .kafka
@@ -95,7 +107,7 @@ impl Application {
         if let Some(id) = &settings.instance_id {
             config.set("group.instance.id", id);
         }
-        let consumer: BaseConsumer<Context> = config
+        config
             .set("group.id", &settings.group)
             // Range keeps partition i of both topics on one instance; positions live in
             // Postgres, so nothing is committed to Kafka.
@@ -119,21 +131,15 @@ impl Application {
             .set(
                 "max.poll.interval.ms",
                 settings.max_poll_interval.as_millis().to_string(),
-            )
-            .create_with_context(Context {
-                shared: Arc::clone(&shared),
-            })
-            .context("cannot create the Kafka consumer")?;
-        consumer
-            .subscribe(&topics.inputs())
-            .context("cannot subscribe to the input topics")?;
+            );
         let listener = TcpListener::bind((settings.host, settings.port))
             .await
             .with_context(|| format!("cannot listen on port {}", settings.port))?;
         Ok(Self {
             settings,
             shared,
-            consumer,
+            config,
+            partitions,
             listener,
         })
     }
@@ -151,29 +157,62 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let stop = Arc::new(AtomicBool::new(false));
-        let (shared, interval) = (Arc::clone(&self.shared), self.settings.commit_interval);
-        let retention = self.settings.retention;
-        let consumer = self.consumer;
+        let shared = Arc::clone(&self.shared);
+        let timing = Timing {
+            commit_interval: self.settings.commit_interval,
+            retention: self.settings.retention,
+            rejoin_after: self.settings.session_timeout + Duration::from_secs(3),
+        };
+        let (config, inputs) = (self.config, self.settings.topics.clone());
+        let context = Arc::clone(&self.shared);
+        let join = move || -> KafkaResult<BaseConsumer<Context>> {
+            let consumer: BaseConsumer<Context> = config.create_with_context(Context {
+                shared: Arc::clone(&context),
+            })?;
+            consumer.subscribe(&inputs.inputs())?;
+            Ok(consumer)
+        };
         let worker_stop = Arc::clone(&stop);
         let worker = std::thread::Builder::new()
             .name("pipeline".into())
-            .spawn(move || pipeline::run(consumer, shared, interval, retention, worker_stop))
+            .spawn(move || pipeline::run(join, shared, timing, worker_stop))
             .context("cannot start the pipeline thread")?;
+        let watch = WatchSettings {
+            every: self.settings.watch_interval,
+            unread_after: self.settings.unread_after,
+            stall: self.settings.max_poll_interval,
+        };
+        let (watched, watch_stop) = (Arc::clone(&self.shared), Arc::clone(&stop));
+        let partitions = self.partitions;
+        let watcher = std::thread::Builder::new()
+            .name("watchdog".into())
+            .spawn(move || watchdog::run(watched, watch, partitions, watch_stop))
+            .context("cannot start the watchdog thread")?;
         let app = router(Arc::clone(&self.shared));
         tracing::info!(address = %self.listener.local_addr()?, group = %self.settings.group, "metrics processor running");
         let serve_stop = Arc::clone(&stop);
+        let failing = Arc::clone(&self.shared);
         axum::serve(self.listener, app)
             .with_graceful_shutdown(async move {
-                shutdown.await;
+                tokio::select! {
+                    () = shutdown => {}
+                    () = failing.health.failed.notified() => {}
+                }
                 serve_stop.store(true, Ordering::Relaxed);
             })
             .await
             .context("HTTP server failed")?;
         stop.store(true, Ordering::Relaxed);
-        tokio::task::spawn_blocking(move || worker.join())
+        tokio::task::spawn_blocking(move || (worker.join(), watcher.join()))
             .await
-            .context("pipeline thread")?
-            .map_err(|_| anyhow::anyhow!("the pipeline thread panicked"))?;
+            .context("pipeline thread")
+            .and_then(|(worker, watcher)| {
+                worker.map_err(|_| anyhow::anyhow!("the pipeline thread panicked"))?;
+                watcher.map_err(|_| anyhow::anyhow!("the watchdog thread panicked"))
+            })?;
+        if let Some(reason) = self.shared.health.failure() {
+            anyhow::bail!(reason);
+        }
         tracing::info!("metrics processor stopped");
         Ok(())
     }
@@ -188,11 +227,12 @@ fn router(shared: Arc<Shared>) -> Router {
 }
 
 async fn ready(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    let database = sqlx::query("SELECT 1").execute(shared.store.pool()).await;
-    match (database, shared.healthy.load(Ordering::Relaxed)) {
-        (Ok(_), true) => (StatusCode::OK, Json(json!({"status": "ready"}))).into_response(),
-        (Err(e), _) => unavailable(format!("database unreachable: {e}")),
-        (_, false) => unavailable("Postgres refused the last commit; retrying".into()),
+    if let Err(e) = sqlx::query("SELECT 1").execute(shared.store.pool()).await {
+        return unavailable(format!("database unreachable: {e}"));
+    }
+    match watchdog::readiness(&shared) {
+        Ok(()) => (StatusCode::OK, Json(json!({"status": "ready"}))).into_response(),
+        Err(reason) => unavailable(reason),
     }
 }
 

@@ -12,6 +12,9 @@ use crate::domain::offsets::{Input, Source};
 use crate::domain::window::{Aggregate, WindowKey, WINDOW};
 use crate::output::MetricRow;
 
+mod group;
+pub use group::StoredPosition;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database: {0}")]
@@ -165,14 +168,31 @@ impl Store {
     ) -> Result<usize, StoreError> {
         let windows = flush.windows();
         let mut tx = self.pool.begin().await?;
-        let written: Option<i32> = sqlx::query_scalar(
-            "SELECT 1 FROM processor_positions WHERE consumer_group = $1 AND last_flush = $2 LIMIT 1",
+        // Lock the flush's positions before looking at them: when the answer to this flush's
+        // first COMMIT was lost, that transaction may still be committing, and a plain read
+        // would miss it and write everything a second time. FOR UPDATE waits for it and then
+        // sees what it wrote. In the order of the updates below.
+        let (topics, partitions): (Vec<&str>, Vec<i32>) = flush
+            .positions
+            .iter()
+            .map(|p| (self.topic(p.input), p.partition))
+            .unzip();
+        let written: bool = sqlx::query_scalar(
+            "SELECT COALESCE(bool_or(last_flush = $2), false) FROM (
+                 SELECT last_flush FROM processor_positions
+                 WHERE consumer_group = $1
+                   AND (topic, partition) IN (SELECT * FROM unnest($3::text[], $4::int[]))
+                 ORDER BY partition, topic
+                 FOR UPDATE
+             ) AS locked",
         )
         .bind(&self.group)
         .bind(id)
-        .fetch_optional(&mut *tx)
+        .bind(&topics)
+        .bind(&partitions)
+        .fetch_one(&mut *tx)
         .await?;
-        if written.is_some() {
+        if written {
             tx.rollback().await?;
             return Ok(windows.len());
         }

@@ -38,6 +38,8 @@ pub struct Metrics {
     pub commit_failures: Counter,
     pub consumer_lag: Family<PartitionLabels, Gauge>,
     pub published: Counter,
+    pub unread_partitions: Family<PartitionLabels, Gauge>,
+    pub rejoins: Counter,
 }
 
 impl Default for Metrics {
@@ -56,6 +58,8 @@ impl Default for Metrics {
             commit_failures: Counter::default(),
             consumer_lag: Family::default(),
             published: Counter::default(),
+            unread_partitions: Family::default(),
+            rejoins: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("records", "Input records consumed", m.records.clone());
@@ -113,6 +117,17 @@ impl Default for Metrics {
             "metrics_published",
             "Window rows produced to llm.metrics",
             m.published.clone(),
+        );
+        registry.register(
+            "unread_partitions",
+            "1 while an input partition has records waiting and a stored position that stands \
+             still: no instance of the group reads it",
+            m.unread_partitions.clone(),
+        );
+        registry.register(
+            "group_rejoins",
+            "Times this instance left and rejoined the group because partitions were unread",
+            m.rejoins.clone(),
         );
         Self { registry, ..m }
     }

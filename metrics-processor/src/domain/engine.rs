@@ -292,6 +292,25 @@ impl Engine {
         self.partitions.contains_key(&partition)
     }
 
+    /// The partition pairs owned, in order.
+    pub fn owned(&self) -> Vec<i32> {
+        let mut owned: Vec<i32> = self.partitions.keys().copied().collect();
+        owned.sort_unstable();
+        owned
+    }
+
+    /// Owned partition pairs not yet read up to their stored positions.
+    pub fn replaying(&self) -> Vec<i32> {
+        let mut replaying: Vec<i32> = self
+            .partitions
+            .iter()
+            .filter(|(_, state)| state.replaying())
+            .map(|(&p, _)| p)
+            .collect();
+        replaying.sort_unstable();
+        replaying
+    }
+
     pub fn pending_halves(&self) -> usize {
         self.partitions
             .values()

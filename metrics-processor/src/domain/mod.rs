@@ -7,9 +7,13 @@
 //! - [`pricing`]: the per-model price table and exact integer cost.
 //! - [`watermark`]: event-time progress per partition, the minimum across partitions.
 //! - [`engine`]: the state of the owned partitions and the exactly-once rules of a replay.
+//! - [`coverage`]: which input partitions nobody in the group reads.
+//! - [`intake`]: what is taken from the raw topics and what goes to the dead-letter topic.
 //! - [`offsets`]: which input offsets are still needed, i.e. where a restart must resume.
 
+pub mod coverage;
 pub mod engine;
+pub mod intake;
 pub use common::histogram;
 pub mod join;
 pub mod offsets;

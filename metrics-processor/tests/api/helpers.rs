@@ -107,6 +107,9 @@ impl World {
                 SESSION_TIMEOUT.as_millis().to_string(),
             ),
             ("KAFKA_MAX_POLL_INTERVAL_MS", "10000".into()),
+            // Longer than the session timeout, as the processor insists.
+            ("UNREAD_PARTITION_SECS", "8".into()),
+            ("WATCH_INTERVAL_MS", "1000".into()),
             (
                 "RUST_LOG",
                 std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -291,10 +294,16 @@ impl World {
 /// The processor binary as a child process.
 pub struct Processor {
     child: Child,
+    pub port: u16,
 }
 
 impl Processor {
     pub fn start(world: &World) -> Self {
+        Self::start_with(world, &[])
+    }
+
+    /// Starts with settings of its own on top of the world's.
+    pub fn start_with(world: &World, settings: &[(&str, &str)]) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -309,11 +318,41 @@ impl Processor {
         };
         let child = Command::new(env!("CARGO_BIN_EXE_metrics-processor"))
             .envs(world.env(port))
+            .envs(settings.iter().copied())
             .stdout(logs())
             .stderr(logs())
             .spawn()
             .expect("the processor starts");
-        Self { child }
+        Self { child, port }
+    }
+
+    /// The status code of a GET on the processor's HTTP port, with the body; `None` while
+    /// nothing answers.
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).ok()?;
+        let status = answer.split_whitespace().nth(1)?.parse().ok()?;
+        let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        Some((status, body.to_owned()))
+    }
+
+    /// Waits until `/health` answers, as a supervisor's liveness probe would see it.
+    pub async fn wait_healthy(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.get("/health").is_none_or(|(status, _)| status != 200) {
+            assert!(Instant::now() < deadline, "the processor did not come up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// kill -9 and nothing else: what a crash is, with a supervisor free to restart at once.
+    pub fn crash(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// kill -9: no flush, no goodbye to the group. Returns once the broker has expelled the dead

@@ -2,4 +2,5 @@
 
 mod helpers;
 mod processing;
+mod restarts;
 mod store;

@@ -103,3 +103,59 @@ async fn a_retried_commit_that_had_gone_through_adds_nothing() {
         "a flush of another id is written"
     );
 }
+
+/// The connection dropped after COMMIT was sent: the first transaction may still be
+/// committing when the retry starts. The retry must wait for it and then find it written,
+/// not read the positions from before it and write the windows a second time.
+#[tokio::test]
+async fn a_retry_racing_the_commit_it_repeats_adds_nothing() {
+    let world = World::new().await;
+    let group = unique("store-");
+    let requests = unique("req-");
+    let store = Store::new(world.pool.clone(), &group, &requests, &unique("resp-"));
+    let (claims, _, _) = store.claim(&[0]).await.expect("claim");
+    let epochs = claims
+        .iter()
+        .map(|c| ((c.input, c.partition), c.epoch))
+        .collect();
+    let flush = one_call(&world.tenant);
+    let (key, _) = flush.windows().remove(0);
+    // The first attempt, still in flight: it holds its positions and wrote its window.
+    let mut first = world.pool.begin().await.expect("begin");
+    sqlx::query(
+        "UPDATE processor_positions SET last_flush = 'flush-1', position = 1
+         WHERE consumer_group = $1",
+    )
+    .bind(&group)
+    .execute(&mut *first)
+    .await
+    .expect("positions");
+    sqlx::query(
+        "INSERT INTO llm_metrics (tenant_id, route, model, window_start, window_end, requests, completed)
+         VALUES ($1, $2, $3, $4, $5, 1, 1)",
+    )
+    .bind(&*key.tenant)
+    .bind(&*key.route)
+    .bind(&*key.model)
+    .bind(key.start)
+    .bind(key.end())
+    .execute(&mut *first)
+    .await
+    .expect("window");
+    let retry = {
+        let (store, flush) = (store.clone(), flush.clone());
+        tokio::spawn(async move { store.commit(&flush, &epochs, "flush-1").await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        !retry.is_finished(),
+        "the retry waits for the first attempt"
+    );
+    first.commit().await.expect("the first attempt commits");
+    retry.await.expect("task").expect("the retry succeeds");
+    assert_eq!(
+        world.total_requests().await,
+        1,
+        "the retry found its flush written"
+    );
+}

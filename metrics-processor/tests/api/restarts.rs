@@ -1,0 +1,137 @@
+//! Restarts the way supervisors make them: a crash, an immediate restart, another crash soon
+//! after. Whatever the timing, the group ends up reading every partition again by itself and
+//! counts exactly what a clean run counts.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+
+use crate::helpers::{minute, Processor, World};
+
+// (requests, errors, timeouts, completed) by (model, window start), as `World::windows`.
+
+/// A small deterministic generator, so that a failing timing can be run again from its seed.
+struct Dice(u64);
+
+impl Dice {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Milliseconds in `from..=to`.
+    fn ms(&mut self, from: u64, to: u64) -> Duration {
+        Duration::from_millis(from + self.next() % (to - from + 1))
+    }
+}
+
+type Windows = HashMap<(String, DateTime<Utc>), (i64, i64, i64, i64)>;
+
+/// Pairs `from..to`, every 40th without its response (a timeout), every 11th failed, and the
+/// windows a clean run stores for them.
+fn traffic(world: &World, from: i64, to: i64, expected: &mut Windows) -> Vec<serde_json::Value> {
+    let mut events = Vec::new();
+    for n in from..to {
+        let id = format!("{}-{n}", world.tenant);
+        let at = minute(6, 0) + TimeDelta::milliseconds(n * 60);
+        let model = if n % 3 == 0 { "gpt-4o" } else { "gpt-4o-mini" };
+        let window = at.duration_trunc(TimeDelta::minutes(1)).unwrap();
+        let row = expected.entry((model.to_owned(), window)).or_default();
+        row.0 += 1;
+        events.push(world.request(&id, at, model));
+        if n % 40 == 0 {
+            row.2 += 1;
+            continue;
+        }
+        row.3 += 1;
+        if n % 11 == 0 {
+            row.1 += 1;
+        }
+        events.push(world.response(
+            &id,
+            at + TimeDelta::seconds(1),
+            40 + (n as u64 % 700),
+            n % 11 == 0,
+        ));
+    }
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_loop_counts_exactly_what_a_clean_run_counts_whatever_the_timing() {
+    let runs: u64 = std::env::var("TEST_CRASH_LOOP_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let seed: u64 = std::env::var("TEST_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| Utc::now().timestamp_micros() as u64);
+    let mut dice = Dice(seed);
+    for run in 0..runs {
+        let world = World::new().await;
+        let mut expected = Windows::new();
+        world
+            .produce(&traffic(&world, 0, 2500, &mut expected))
+            .await;
+        let (first_kill, first_restart) = (dice.ms(300, 4000), dice.ms(0, 1500));
+        let (second_kill, second_restart) = (dice.ms(0, 5000), dice.ms(0, 5000));
+        let timing = format!(
+            "seed {seed} run {run}: kill {first_kill:?} after start, restart {first_restart:?} \
+             later, kill {second_kill:?} after it is healthy, restart {second_restart:?} later"
+        );
+        eprintln!("{timing}");
+        let first = Processor::start(&world);
+        tokio::time::sleep(first_kill).await;
+        first.crash();
+        tokio::time::sleep(first_restart).await;
+        let second = Processor::start(&world);
+        second.wait_healthy(Duration::from_secs(30)).await;
+        tokio::time::sleep(second_kill).await;
+        second.crash();
+        tokio::time::sleep(second_restart).await;
+        let last = Processor::start(&world);
+        // More input while the group settles: an unread partition's end keeps moving.
+        world
+            .produce(&traffic(&world, 2500, 5000, &mut expected))
+            .await;
+        let started = Instant::now();
+        loop {
+            let stored = world.windows().await;
+            if stored == expected {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(120) {
+                let mut wrong: Vec<_> = expected
+                    .iter()
+                    .filter(|(k, v)| stored.get(*k) != Some(*v))
+                    .map(|(k, v)| (k, v, stored.get(k)))
+                    .collect();
+                wrong.sort();
+                panic!("not exact 120 s after the last restart ({timing}): (window, expected, stored) {wrong:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let recovered = started.elapsed();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while last.get("/ready").is_none_or(|(status, _)| status != 200) {
+            assert!(
+                Instant::now() < deadline,
+                "not ready after counting everything ({timing})"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // Nothing more arrives later: counted once, not once and then again.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(world.windows().await, expected, "{timing}");
+        eprintln!(
+            "exact {:.1} s after the last restart",
+            recovered.as_secs_f64()
+        );
+        last.stop();
+    }
+}

@@ -19,10 +19,9 @@ PG_PORT=${STACK_PG_PORT:-5432}
 KAFKA_PORT=${STACK_KAFKA_PORT:-9092}
 TOOLS=${STREAMLENS_TOOLS:-$HOME/.cache/streamlens}
 TANSU_VERSION=0.6.0
-# Memory storage for the stack; SQLite and PostgreSQL storage (state that survives a broker
-# restart) for the broker faults of scripts/chaos.sh.
-TANSU_FEATURES=dynostore,libsql,postgres
-TANSU_BIN=$TOOLS/tansu-$TANSU_VERSION-pg/bin/tansu
+# Memory storage for the stack; SQLite storage (a file that survives a restart) for the
+# broker faults of scripts/chaos.sh.
+TANSU_BIN=$TOOLS/tansu-$TANSU_VERSION-lite/bin/tansu
 PG_DATA=${STACK_PG_DATA:-/var/tmp/streamlens/postgres-$PG_PORT}
 PG_SOCKET=$PG_DATA.run
 DSN="postgres://streamlens:streamlens@127.0.0.1:$PG_PORT/streamlens"
@@ -97,8 +96,8 @@ install_tansu() {
   [ -x "$TANSU_BIN" ] && return 0
   command -v cargo >/dev/null || die "cargo is needed to install the Tansu broker"
   say "installing the Tansu $TANSU_VERSION broker from crates.io (once; a few minutes)"
-  cargo install --locked --quiet tansu --version "$TANSU_VERSION" --features "$TANSU_FEATURES" \
-    --root "$TOOLS/tansu-$TANSU_VERSION-pg" >&2 || die "could not build Tansu $TANSU_VERSION"
+  cargo install --locked --quiet tansu --version "$TANSU_VERSION" --features dynostore,libsql \
+    --root "$TOOLS/tansu-$TANSU_VERSION-lite" >&2 || die "could not build Tansu $TANSU_VERSION"
 }
 
 start_broker() {

@@ -32,6 +32,9 @@ pub struct MetricRow {
     pub cost_nanos: i64,
     pub unpriced: i64,
     pub updated_at: DateTime<Utc>,
+    /// Grows with every change of the row: the record with the highest revision of a
+    /// (key, window_start) is its newest content, and is published last.
+    pub revision: i64,
 }
 
 impl MetricRow {
@@ -63,6 +66,7 @@ impl MetricRow {
             cost_nanos: row.try_get("cost_nanos")?,
             unpriced: row.try_get("unpriced")?,
             updated_at: row.try_get("updated_at")?,
+            revision: row.try_get("revision")?,
         })
     }
 

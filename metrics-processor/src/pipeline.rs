@@ -24,6 +24,7 @@ use tokio::runtime::Handle;
 
 use crate::domain::engine::{Effect, Engine, Flush};
 use crate::domain::intake;
+use crate::output::MetricRow;
 
 /// The header in which the ingestion API carries the HTTP request id.
 const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -302,28 +303,27 @@ impl Shared {
 
     /// Sends window rows whose latest content `llm.metrics` has not seen.
     fn publish(&self) {
-        let rows = match self.runtime.block_on(self.store.unpublished(1000)) {
-            Ok(rows) if rows.is_empty() => return,
-            Ok(rows) => rows,
-            Err(e) => return tracing::warn!(error = %e, "cannot read rows to publish"),
-        };
-        for row in &rows {
-            let value = serde_json::to_vec(row).unwrap_or_default();
-            let key = row.key();
-            if let Err((e, _)) = self.producer.send(
-                BaseRecord::to(&self.topics.metrics)
-                    .key(&key)
-                    .payload(&value),
-            ) {
-                return tracing::warn!(error = %e, "cannot queue llm.metrics records");
+        let send = |rows: &[MetricRow]| {
+            for row in rows {
+                let value = serde_json::to_vec(row).unwrap_or_default();
+                let key = row.key();
+                self.producer
+                    .send(
+                        BaseRecord::to(&self.topics.metrics)
+                            .key(&key)
+                            .payload(&value),
+                    )
+                    .map_err(|(e, _)| e.to_string())?;
             }
-        }
-        if let Err(e) = self.producer.flush(Duration::from_secs(10)) {
-            return tracing::warn!(error = %e, "llm.metrics records not delivered; will send again");
-        }
-        self.metrics.published.inc_by(rows.len() as u64);
-        if let Err(e) = self.runtime.block_on(self.store.mark_published(&rows)) {
-            tracing::warn!(error = %e, "cannot mark rows published; they will be sent again");
+            self.producer
+                .flush(Duration::from_secs(10))
+                .map_err(|e| e.to_string())
+        };
+        match self.runtime.block_on(self.store.publish(1000, send)) {
+            Ok(published) => {
+                self.metrics.published.inc_by(published as u64);
+            }
+            Err(e) => tracing::warn!(error = %e, "window rows not published; will send again"),
         }
     }
 

@@ -10,9 +10,9 @@ use crate::domain::histogram;
 use crate::domain::join::Ended;
 use crate::domain::offsets::{Input, Source};
 use crate::domain::window::{Aggregate, WindowKey, WINDOW};
-use crate::output::MetricRow;
 
 mod group;
+mod publish;
 pub use group::StoredPosition;
 
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +24,9 @@ pub enum StoreError {
     Fenced { topic: String, partition: i32 },
     #[error(transparent)]
     Row(#[from] common::aggregate::RowError),
+    /// The rows could not be delivered to `llm.metrics`; they stay unpublished.
+    #[error("llm.metrics: {0}")]
+    Publish(String),
 }
 
 /// What the store holds for one input partition when it is claimed.
@@ -274,38 +277,6 @@ impl Store {
         Ok(windows.len())
     }
 
-    /// Rows whose latest content has not gone to `llm.metrics` yet.
-    pub async fn unpublished(&self, limit: i64) -> Result<Vec<MetricRow>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM llm_metrics
-             WHERE published_at IS DISTINCT FROM updated_at ORDER BY updated_at LIMIT $1"
-        ))
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(MetricRow::from_row)
-            .collect::<Result<_, _>>()
-            .map_err(Into::into)
-    }
-
-    pub async fn mark_published(&self, rows: &[MetricRow]) -> Result<(), StoreError> {
-        for row in rows {
-            sqlx::query(
-                "UPDATE llm_metrics SET published_at = updated_at
-                 WHERE tenant_id = $1 AND route = $2 AND model = $3 AND window_start = $4 AND updated_at = $5",
-            )
-            .bind(&row.tenant_id)
-            .bind(&row.route)
-            .bind(&row.model)
-            .bind(row.window_start)
-            .bind(row.updated_at)
-            .execute(&self.pool)
-            .await?;
-        }
-        Ok(())
-    }
-
     /// Deletes windows older than `retention`.
     pub async fn prune(&self, now: DateTime<Utc>, retention: TimeDelta) -> Result<u64, StoreError> {
         let done = sqlx::query("DELETE FROM llm_metrics WHERE window_start < $1")
@@ -321,7 +292,8 @@ pub const COLUMNS: &str =
     completed, latency_sum_ms, ttft_sum_ms, ttft_count, prompt_tokens, completion_tokens,
     cached_prompt_tokens, cost_nanos, unpriced, latency_histogram, ttft_histogram,
     avg_latency_ms, p50_latency_ms, p95_latency_ms, p99_latency_ms, max_latency_ms, avg_ttft_ms,
-    avg_prompt_tokens, avg_completion_tokens, estimated_cost_usd, created_at, updated_at";
+    avg_prompt_tokens, avg_completion_tokens, estimated_cost_usd, created_at, updated_at,
+    revision";
 
 fn i64_of(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -367,7 +339,8 @@ async fn merge_window(
             latency_histogram = $17, ttft_histogram = $18,
             avg_latency_ms = $19, p50_latency_ms = $20, p95_latency_ms = $21, p99_latency_ms = $22,
             max_latency_ms = $23, avg_ttft_ms = $24, avg_prompt_tokens = $25,
-            avg_completion_tokens = $26, estimated_cost_usd = $27, updated_at = clock_timestamp()
+            avg_completion_tokens = $26, estimated_cost_usd = $27, updated_at = clock_timestamp(),
+            revision = revision + 1
          WHERE tenant_id = $1 AND route = $2 AND model = $3 AND window_start = $4",
     )
     .bind(&*key.tenant)

@@ -5,9 +5,13 @@ use common::events::{Event, RequestEvent, ResponseEvent};
 use metrics_processor::domain::engine::{Engine, EngineConfig, Flush};
 use metrics_processor::domain::offsets::{Input, Source};
 use metrics_processor::domain::pricing::PricingTable;
+use metrics_processor::output::MetricRow;
 use metrics_processor::store::Store;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::runtime::Handle;
 
-use crate::helpers::{unique, World};
+use crate::helpers::{unique, OwnPostgres, World};
 
 /// A flush holding one closed window with one completed call of `tenant`.
 fn one_call(tenant: &str) -> Flush {
@@ -146,7 +150,7 @@ async fn a_retry_racing_the_commit_it_repeats_adds_nothing() {
         let (store, flush) = (store.clone(), flush.clone());
         tokio::spawn(async move { store.commit(&flush, &epochs, "flush-1").await })
     };
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
         !retry.is_finished(),
         "the retry waits for the first attempt"
@@ -158,4 +162,68 @@ async fn a_retry_racing_the_commit_it_repeats_adds_nothing() {
         1,
         "the retry found its flush written"
     );
+}
+
+/// A handover: one instance publishes a row while another changes it and publishes too. The
+/// records must reach `llm.metrics` in revision order, so that a consumer keeping the last
+/// record per key ends with the newest content.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_changed_while_it_is_published_goes_out_after_it_newest_last() {
+    // A server of its own: publishing takes every unpublished row of the database.
+    let postgres = OwnPostgres::start();
+    let world = World::with_database(postgres.dsn()).await;
+    let group = unique("store-");
+    let store = Store::new(
+        world.pool.clone(),
+        &group,
+        &unique("req-"),
+        &unique("resp-"),
+    );
+    let (claims, _, _) = store.claim(&[0]).await.expect("claim");
+    let epochs: std::collections::HashMap<_, _> = claims
+        .iter()
+        .map(|c| ((c.input, c.partition), c.epoch))
+        .collect();
+    let flush = one_call(&world.tenant);
+    store
+        .commit(&flush, &epochs, "flush-1")
+        .await
+        .expect("commit");
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let record = |sent: &Arc<Mutex<Vec<i64>>>| {
+        let sent = Arc::clone(sent);
+        move |rows: &[MetricRow]| {
+            sent.lock().unwrap().extend(rows.iter().map(|r| r.revision));
+            Ok::<(), String>(())
+        }
+    };
+    // The first instance publishes revision 1, slowly: its records reach the topic only
+    // when the broker acknowledges them, 800 ms later.
+    let slow = {
+        let (store, sent, handle) = (store.clone(), Arc::clone(&sent), Handle::current());
+        tokio::task::spawn_blocking(move || {
+            handle.block_on(store.publish(1000, |rows: &[MetricRow]| {
+                std::thread::sleep(Duration::from_millis(800));
+                sent.lock().unwrap().extend(rows.iter().map(|r| r.revision));
+                Ok(())
+            }))
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Meanwhile the other instance merges into the same row and publishes what it finds.
+    let change = {
+        let (store, flush, epochs) = (store.clone(), flush.clone(), epochs.clone());
+        tokio::spawn(async move { store.commit(&flush, &epochs, "flush-2").await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    store.publish(1000, record(&sent)).await.expect("publish");
+    slow.await.expect("task").expect("slow publish");
+    change.await.expect("task").expect("commit");
+    store.publish(1000, record(&sent)).await.expect("publish");
+    assert_eq!(
+        *sent.lock().unwrap(),
+        vec![1, 2],
+        "revisions in order, newest last"
+    );
+    assert_eq!(world.total_requests().await, 2);
 }

@@ -126,7 +126,12 @@ impl Shared {
             .inc();
         let payload = message.payload().unwrap_or_default();
         let now = Utc::now();
-        let parsed = intake::parse(input, payload, now, self.retention);
+        let written = message
+            .timestamp()
+            .to_millis()
+            .and_then(chrono::DateTime::from_timestamp_millis)
+            .unwrap_or(now);
+        let parsed = intake::parse(input, payload, written, now, self.retention);
         let mut engine = lock(&self.engine);
         match parsed {
             Ok(event) => {

@@ -3,8 +3,11 @@
 //! The ingestion API validated its own records already, but other producers write to these
 //! topics too, and a replay must read an old record the way it was read the first time. So
 //! only what makes a record unusable is refused, whatever its age: it cannot be parsed, a
-//! number is out of the range window sums are built for, or its window is older than the
-//! retention (it would bring back a row the retention already dropped).
+//! number is out of the range window sums are built for, it is stamped far ahead of the time
+//! it was written to the topic (such a half would wait that long for its partner and hold
+//! the resume position back all the while), or its window is older than the retention (it
+//! would bring back a row the retention already dropped). The future is measured from the
+//! record's own Kafka timestamp, not the clock, so a replay decides as the first read did.
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use common::events::Event;
@@ -14,6 +17,9 @@ use super::offsets::Input;
 
 /// The largest `latency_ms` or `time_to_first_token_ms` taken from a raw topic: a day.
 pub const MAX_LATENCY_MS: u64 = 86_400_000;
+
+/// How far ahead of its record's Kafka timestamp an event may be stamped.
+pub const MAX_FUTURE: TimeDelta = TimeDelta::hours(1);
 
 /// Why a record goes to the dead-letter topic instead of the join.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,24 +64,26 @@ impl Refused {
     }
 }
 
-/// Parses one record of `input`, read at `now` with windows kept for `retention`.
+/// Parses one record of `input`, written to its topic at `written` (its Kafka timestamp;
+/// the clock when it has none) and read at `now`, with windows kept for `retention`.
 pub fn parse(
     input: Input,
     payload: &[u8],
+    written: DateTime<Utc>,
     now: DateTime<Utc>,
     retention: TimeDelta,
 ) -> Result<Event, Refused> {
     let limits = Limits {
-        max_future_skew: TimeDelta::days(365),
+        max_future_skew: MAX_FUTURE,
         max_age: TimeDelta::days(365 * 100),
         max_latency_ms: MAX_LATENCY_MS,
     };
     let event = match input {
         Input::Requests => {
-            validation::parse_request_bytes(payload, now, &limits).map(Event::Request)
+            validation::parse_request_bytes(payload, written, &limits).map(Event::Request)
         }
         Input::Responses => {
-            validation::parse_response_bytes(payload, now, &limits).map(Event::Response)
+            validation::parse_response_bytes(payload, written, &limits).map(Event::Response)
         }
     }
     .map_err(Refused::Invalid)?;
@@ -115,6 +123,7 @@ mod tests {
             Input::Responses,
             &response("18446744073709551615", "2026-05-01T12:00:00Z"),
             now(),
+            now(),
             TimeDelta::days(30),
         )
         .unwrap_err();
@@ -128,6 +137,7 @@ mod tests {
             Input::Responses,
             &response("86400000", "2026-05-01T12:00:00Z"),
             now(),
+            now(),
             TimeDelta::days(30)
         )
         .is_ok());
@@ -136,7 +146,8 @@ mod tests {
     #[test]
     fn token_counts_beyond_the_bound_are_refused() {
         let request = br#"{"request_id":"r1","tenant_id":"t","route":"/","model":"m","timestamp":"2026-05-01T12:00:00Z","prompt_tokens":18446744073709551615}"#;
-        let refused = parse(Input::Requests, request, now(), TimeDelta::days(30)).unwrap_err();
+        let refused =
+            parse(Input::Requests, request, now(), now(), TimeDelta::days(30)).unwrap_err();
         assert!(refused
             .reason(TimeDelta::days(30))
             .contains("prompt_tokens"));
@@ -148,12 +159,42 @@ mod tests {
         // The horizon is 12:00:30 the day before: retention drops the 12:00 window (it starts
         // before the horizon) and keeps 12:01.
         let kept = response("10", "2026-04-30T12:01:05Z");
-        assert!(parse(Input::Responses, &kept, now(), retention).is_ok());
+        assert!(parse(Input::Responses, &kept, now(), now(), retention).is_ok());
         let dropped = response("10", "2026-04-30T12:00:40Z");
-        let refused = parse(Input::Responses, &dropped, now(), retention).unwrap_err();
+        let refused = parse(Input::Responses, &dropped, now(), now(), retention).unwrap_err();
         assert_eq!(refused.kind(), "beyond_retention");
         assert!(refused
             .reason(retention)
             .contains("older than the retention of 1 days"));
+    }
+
+    #[test]
+    fn the_future_is_measured_from_the_records_kafka_timestamp_not_the_clock() {
+        let stamped = response("10", "2026-05-01T14:00:00Z");
+        let written = now();
+        let refused = parse(
+            Input::Responses,
+            &stamped,
+            written,
+            now(),
+            TimeDelta::days(30),
+        )
+        .unwrap_err();
+        assert!(
+            refused.reason(TimeDelta::days(30)).starts_with("timestamp"),
+            "{refused:?}"
+        );
+        // Read again two hours later, in a replay: still refused, as at the first read.
+        let later = now() + TimeDelta::hours(2);
+        assert!(parse(
+            Input::Responses,
+            &stamped,
+            written,
+            later,
+            TimeDelta::days(30)
+        )
+        .is_err());
+        let soon = response("10", "2026-05-01T12:50:00Z");
+        assert!(parse(Input::Responses, &soon, written, now(), TimeDelta::days(30)).is_ok());
     }
 }

@@ -128,7 +128,7 @@ async fn ensure_topics(settings: &Settings) -> anyhow::Result<()> {
             .ensure_topics(&all, &topics.inputs(), Duration::from_secs(5))
             .await
         {
-            Ok(()) => return Ok(()),
+            Ok(_) => return Ok(()),
             Err(e @ common::kafka::TopicError::NotCoPartitioned(_)) => return Err(e.into()),
             Err(e) if Instant::now() >= deadline => {
                 return Err(anyhow::Error::new(e).context(format!(

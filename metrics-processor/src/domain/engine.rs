@@ -424,13 +424,10 @@ impl Engine {
                 None
             }
             Event::Response(response) if settled => {
-                state.joiner.restore(
-                    &response.request_id,
-                    Ended::Paired,
+                state.joiner.restore_settled_response(Sourced {
                     source,
-                    response.timestamp,
-                );
-                None
+                    value: response,
+                })
             }
             Event::Request(request) => state.joiner.on_request(Sourced {
                 source,

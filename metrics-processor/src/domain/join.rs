@@ -111,6 +111,9 @@ struct Finished {
     /// The records it holds: one or two nearly always, so no allocation for those.
     first: [Option<Source>; 2],
     more: Vec<Source>,
+    /// A replayed response taken for settled by its own deadline alone (see
+    /// [`Joiner::restore_settled_response`]), kept until its request is replayed.
+    kept: Option<Box<Sourced<ResponseEvent>>>,
 }
 
 impl Finished {
@@ -120,6 +123,7 @@ impl Finished {
             forget_at,
             first: [None, None],
             more: Vec::new(),
+            kept: None,
         };
         for s in sources {
             f.push(*s);
@@ -239,6 +243,14 @@ impl Joiner {
         if self.finished.contains_key(&id) {
             self.remember(&id, request.source, request.value.timestamp);
             let finished = self.finished.get_mut(&id)?;
+            if let Some(response) = finished.kept.take() {
+                // Paired before the restart; whether that pair was written is the window's
+                // question (the request's timestamp decides it), not this one's.
+                return Some(Outcome::Paired {
+                    request,
+                    response: *response,
+                });
+            }
             return match finished.ended {
                 // The response was given up on; this request got no answer in time.
                 Ended::Orphaned => {
@@ -403,6 +415,47 @@ impl Joiner {
         }
     }
 
+    /// [`Joiner::restore`] for a replayed response whose own deadline the last commit's
+    /// watermark had passed. It was paired before the restart (an orphan is a stored
+    /// decision), but its request may be stamped later than it (hosts' clocks differ) and lie
+    /// in a window that commit had not written yet: the response is kept, so that the
+    /// replayed request forms the pair again and its window decides whether it is counted.
+    /// A request of it already replayed and waiting is paired with it now, for the same
+    /// reason.
+    pub fn restore_settled_response(
+        &mut self,
+        response: Sourced<ResponseEvent>,
+    ) -> Option<Outcome> {
+        let id = self.id(&response.value.request_id);
+        if !self.finished.contains_key(&id) {
+            if let Some((key, waiting)) = self.requests.remove_entry(&id) {
+                let request = waiting.into_request(key);
+                self.needed.release(request.source);
+                let outcome = Outcome::Paired { request, response };
+                self.finish(id, &outcome);
+                return Some(outcome);
+            }
+        }
+        self.restore(
+            &id,
+            Ended::Paired,
+            response.source,
+            response.value.timestamp,
+        );
+        if let Some(finished) = self.finished.get_mut(&id) {
+            if finished.ended == Ended::Paired
+                && !finished
+                    .first
+                    .iter()
+                    .flatten()
+                    .any(|s| s.input != response.source.input)
+            {
+                finished.kept = Some(Box::new(response));
+            }
+        }
+        None
+    }
+
     fn finish(&mut self, id: Arc<str>, outcome: &Outcome) {
         let (ended, sources, last) = match outcome {
             Outcome::Paired { request, response } => (
@@ -433,6 +486,7 @@ impl Joiner {
             forget_at,
             first: sources,
             more: Vec::new(),
+            kept: None,
         };
         self.finished.insert(id, finished);
     }

@@ -65,3 +65,49 @@ fn a_retried_request_after_its_timeout_is_a_duplicate_after_a_restart_too() {
     );
     every_restart_agrees(&topics);
 }
+
+/// Hosts' clocks differ: a request stamped a minute after its own response. A clean run
+/// pairs them; so must a restored one, whatever point the restart comes at.
+#[test]
+fn a_request_stamped_after_its_response_is_paired_after_a_restart_too() {
+    let mut topics = Topics::new(1);
+    for i in 0..6 {
+        let id = format!("p{i}");
+        topics.produce(request(&id, 5 + i * 10, "gpt-4o"));
+        topics.produce(response(&id, 6 + i * 10, 90, false));
+    }
+    topics.produce(response("skewed", 60, 120, false));
+    topics.produce(request("skewed", 125, "gpt-4o"));
+    for i in 6..30 {
+        let id = format!("p{i}");
+        topics.produce(request(&id, 5 + i * 10, "gpt-4o"));
+        topics.produce(response(&id, 6 + i * 10, 90, false));
+    }
+    let clean = run(&topics, None);
+    assert_eq!(sum(&clean), (31, 0), "paired in a clean run");
+    every_restart_agrees(&topics);
+}
+
+/// The same, with the request read first in the replay: a response stamped later than the
+/// skewed one stands before it in its partition.
+#[test]
+fn a_request_stamped_after_its_response_and_read_first_is_paired_after_a_restart_too() {
+    let mut topics = Topics::new(1);
+    for i in 0..6 {
+        let id = format!("p{i}");
+        topics.produce(request(&id, 5 + i * 10, "gpt-4o"));
+        topics.produce(response(&id, 6 + i * 10, 90, false));
+    }
+    topics.produce(request("early", 130, "gpt-4o"));
+    topics.produce(response("early", 140, 120, false));
+    topics.produce(request("skewed", 125, "gpt-4o"));
+    topics.produce(response("skewed", 60, 120, false));
+    for i in 6..30 {
+        let id = format!("p{i}");
+        topics.produce(request(&id, 100 + i * 10, "gpt-4o"));
+        topics.produce(response(&id, 101 + i * 10, 90, false));
+    }
+    let clean = run(&topics, None);
+    assert_eq!(sum(&clean), (32, 0), "paired in a clean run");
+    every_restart_agrees(&topics);
+}

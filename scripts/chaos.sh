@@ -3,7 +3,7 @@
 # injected, then every stored window and the last llm.metrics record of every window compared
 # with the oracle (scripts/chaos_check.py). Each scenario runs on topics, a consumer group and
 # a database of its own, on the local stack.
-#   scripts/chaos.sh [kill|scale|stale|postgres|broker|all|ci ...]
+#   scripts/chaos.sh [kill|crashloop|scale|stale|postgres|broker|all|ci ...]
 #     (default: each fault alone, then all)
 #   CHAOS_SECONDS (180) load per scenario   CHAOS_RATE calls/s (100)   CHAOS_PROFILE (release)
 #   CHAOS_PG_DOWN_SECS (60): how long Postgres stays down
@@ -46,8 +46,11 @@ start_processor() {
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   HTTP_PORT=$port RUST_LOG=info "$BIN/metrics-processor" >>"$OUT/$scenario.$1.log" 2>&1 &
   PROC[$1]=$!
+  PORT[$1]=$port
   pids+=($!)
 }
+declare -A PORT
+random() { python3 -c "import random; print(round(random.uniform($1, $2), 1))"; }
 # Waits until every input partition is owned and committing again (all 2 x 6 positions
 # written in the last 3 s), and notes how long that took: the next fault starts from a
 # recovered system.
@@ -82,6 +85,25 @@ kill_at_random() { # N: kill -9 at random points, each followed by a restart
     recovered
   done
   echo "$1 kill -9 of the processor at random points" >>"$OUT/$scenario.faults"
+}
+# What a supervisor does to a crash loop, N times: kill -9, restart 0-1.5 s later, kill -9
+# again 0-5 s after the new instance answers, restart 0-5 s later. The second instance dies
+# inside the first one's session, often before its first assignment.
+crash_loop() {
+  local i
+  for i in $(seq 1 "$1"); do
+    sleep "$(random 1 4)"
+    kill -KILL "${PROC[a]}"; wait "${PROC[a]}" 2>/dev/null || true
+    sleep "$(random 0 1.5)"
+    start_processor a
+    wait_for "port_open ${PORT[a]}"
+    sleep "$(random 0 5)"
+    kill -KILL "${PROC[a]}"; wait "${PROC[a]}" 2>/dev/null || true
+    sleep "$(random 0 5)"
+    start_processor a
+    recovered
+  done
+  echo "$1 crash loops (kill -9, quick restart, kill -9 soon after, quick restart)" >>"$OUT/$scenario.faults"
 }
 freeze() { # an instance frozen past its session; its partitions move; it wakes up stale
   kill -STOP "${PROC[$1]}"
@@ -129,6 +151,7 @@ inject() {
   local third=$(( LOAD / 3 ))
   case $scenario in
     kill) kill_at_random $(( (LOAD - 20) / (SESSION_MS / 1000 + 6) )) ;;
+    crashloop) crash_loop $(( (LOAD - 20) / 45 )) ;;
     scale)
       sleep $third; start_processor b
       echo "scaled 1 -> 2 instances" >>"$OUT/$scenario.faults"; recovered
@@ -138,7 +161,7 @@ inject() {
     postgres) sleep $third; postgres_down "$PG_DOWN" ;;
     broker) sleep $(( LOAD / 4 )); broker_crash 5; sleep $(( LOAD / 6 )); broker_stopped "$BROKER_DOWN" ;;
     # The short run: one instance, so no group churn (see README on Tansu), every other fault.
-    ci) kill_at_random 3; postgres_down "$PG_DOWN"; broker_crash 5 ;;
+    ci) crash_loop 1; kill_at_random 1; postgres_down "$PG_DOWN"; broker_crash 5 ;;
     all)
       sleep 5; start_processor b
       echo "scaled 1 -> 2 instances" >>"$OUT/$scenario.faults"; recovered
@@ -170,7 +193,7 @@ run_scenario() {
   export POSTGRES_DSN=${BASE_DSN%/*}/$db HTTP_HOST=127.0.0.1 RUST_LOG=warn AUTH_MODE=disabled \
     TOPIC_REQUESTS=$tag.requests TOPIC_RESPONSES=$tag.responses TOPIC_METRICS=$tag.metrics \
     TOPIC_DLQ=$tag.dlq TOPIC_PARTITIONS=6 CONSUMER_GROUP=$tag KAFKA_SESSION_TIMEOUT_MS=$SESSION_MS \
-    JOIN_TTL_SECS=$JOIN_TTL
+    JOIN_TTL_SECS=$JOIN_TTL UNREAD_PARTITION_SECS=10 WATCH_INTERVAL_MS=1000
   "$BIN/streamlens-admin" migrate 2>/dev/null
   "$BIN/streamlens-admin" topics 2>/dev/null
   local api_port
@@ -215,7 +238,7 @@ PY
 }
 
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(kill scale stale postgres broker all)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(kill crashloop scale stale postgres broker all)
 failed=0
 for s in "${scenarios[@]}"; do
   run_scenario "$s" || failed=1

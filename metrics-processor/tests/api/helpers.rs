@@ -326,6 +326,37 @@ impl Processor {
         Self { child, port }
     }
 
+    /// Runs the processor until it exits by itself (within `limit`): its exit status and
+    /// what it logged.
+    pub fn run_to_exit(world: &World, limit: Duration) -> (std::process::ExitStatus, String) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_metrics-processor"))
+            .envs(world.env(port))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the processor starts");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                let output = child.wait_with_output().expect("output");
+                let mut log = String::from_utf8_lossy(&output.stdout).into_owned();
+                log.push_str(&String::from_utf8_lossy(&output.stderr));
+                return (status, log);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the processor did not exit within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// The status code of a GET on the processor's HTTP port, with the body; `None` while
     /// nothing answers.
     pub fn get(&self, path: &str) -> Option<(u16, String)> {

@@ -135,3 +135,28 @@ async fn a_crash_loop_counts_exactly_what_a_clean_run_counts_whatever_the_timing
         last.stop();
     }
 }
+
+/// Partitions added to the input topics move keys to other partitions: the processor must
+/// stop with an error that says what to do, not join halves wrongly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_input_layout_stops_the_processor_with_what_to_do() {
+    let world = World::new().await;
+    // The group's state was built on 2 partitions; the topics now have 3.
+    for topic in [world.topic("requests"), world.topic("responses")] {
+        sqlx::query(
+            "INSERT INTO processor_layout (consumer_group, topic, partitions) VALUES ($1, $2, 2)",
+        )
+        .bind(format!("group-{}", world.suffix))
+        .bind(topic)
+        .execute(&world.pool)
+        .await
+        .expect("layout");
+    }
+    let (status, log) = Processor::run_to_exit(&world, Duration::from_secs(60));
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains("has 3 partitions but this consumer group's state was built on 2")
+            && log.contains("CONSUMER_GROUP"),
+        "{log}"
+    );
+}

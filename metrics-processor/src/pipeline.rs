@@ -514,16 +514,7 @@ pub fn run(
         retention,
         rejoin_after,
     } = timing;
-    let mut consumer = loop {
-        match join() {
-            Ok(consumer) => break consumer,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot join the consumer group; retrying");
-                shared.health.beat();
-                std::thread::sleep(Duration::from_secs(1));
-            }
-        }
-    };
+    let mut consumer = join_retrying(&join, &shared);
     let mut last_commit = Instant::now();
     let mut last_prune: Option<Instant> = None;
     let mut retry_delay = commit_interval;
@@ -628,6 +619,14 @@ fn rejoin(
         shared.health.beat();
         std::thread::sleep(Duration::from_millis(100));
     }
+    join_retrying(join, shared)
+}
+
+/// A consumer in the group, however long the broker takes to accept one.
+fn join_retrying(
+    join: &impl Fn() -> KafkaResult<BaseConsumer<Context>>,
+    shared: &Shared,
+) -> BaseConsumer<Context> {
     loop {
         match join() {
             Ok(consumer) => return consumer,

@@ -300,12 +300,8 @@ impl Joiner {
         if self.responses.contains_key(&id) {
             return Some(Outcome::Duplicate(response.source));
         }
-        if let Some((key, waiting)) = self.requests.remove_entry(&id) {
-            let request = waiting.into_request(key);
-            self.needed.release(request.source);
-            let outcome = Outcome::Paired { request, response };
-            self.finish(id, &outcome);
-            return Some(outcome);
+        if self.requests.contains_key(&id) {
+            return Some(self.pair_with_waiting_request(&id, response));
         }
         self.needed.hold(response.source);
         self.deadlines.push(Reverse((
@@ -427,14 +423,8 @@ impl Joiner {
         response: Sourced<ResponseEvent>,
     ) -> Option<Outcome> {
         let id = self.id(&response.value.request_id);
-        if !self.finished.contains_key(&id) {
-            if let Some((key, waiting)) = self.requests.remove_entry(&id) {
-                let request = waiting.into_request(key);
-                self.needed.release(request.source);
-                let outcome = Outcome::Paired { request, response };
-                self.finish(id, &outcome);
-                return Some(outcome);
-            }
+        if !self.finished.contains_key(&id) && self.requests.contains_key(&id) {
+            return Some(self.pair_with_waiting_request(&id, response));
         }
         self.restore(
             &id,
@@ -454,6 +444,23 @@ impl Joiner {
             }
         }
         None
+    }
+
+    /// Pairs `response` with the request waiting under `id`, if there is one.
+    fn pair_with_waiting_request(
+        &mut self,
+        id: &Arc<str>,
+        response: Sourced<ResponseEvent>,
+    ) -> Outcome {
+        let (key, waiting) = self
+            .requests
+            .remove_entry(id)
+            .expect("called for a waiting request");
+        let request = waiting.into_request(key);
+        self.needed.release(request.source);
+        let outcome = Outcome::Paired { request, response };
+        self.finish(Arc::clone(id), &outcome);
+        outcome
     }
 
     fn finish(&mut self, id: Arc<str>, outcome: &Outcome) {

@@ -7,11 +7,21 @@ use metrics_processor::domain::offsets::{Input, Source};
 use metrics_processor::domain::pricing::PricingTable;
 use metrics_processor::output::MetricRow;
 use metrics_processor::store::Store;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::runtime::Handle;
 
 use crate::helpers::{unique, OwnPostgres, World};
+
+/// Takes partition 0 of both inputs, as an assignment does: the epochs a commit must match.
+async fn claim_partition_zero(store: &Store) -> HashMap<(Input, i32), i64> {
+    let (claims, _, _) = store.claim(&[0]).await.expect("claim");
+    claims
+        .iter()
+        .map(|c| ((c.input, c.partition), c.epoch))
+        .collect()
+}
 
 /// A flush holding one closed window with one completed call of `tenant`.
 fn one_call(tenant: &str) -> Flush {
@@ -77,11 +87,7 @@ async fn a_retried_commit_that_had_gone_through_adds_nothing() {
         &unique("req-"),
         &unique("resp-"),
     );
-    let (claims, _, _) = store.claim(&[0]).await.expect("claim");
-    let epochs = claims
-        .iter()
-        .map(|c| ((c.input, c.partition), c.epoch))
-        .collect();
+    let epochs = claim_partition_zero(&store).await;
     let flush = one_call(&world.tenant);
     store
         .commit(&flush, &epochs, "flush-1")
@@ -117,11 +123,7 @@ async fn a_retry_racing_the_commit_it_repeats_adds_nothing() {
     let group = unique("store-");
     let requests = unique("req-");
     let store = Store::new(world.pool.clone(), &group, &requests, &unique("resp-"));
-    let (claims, _, _) = store.claim(&[0]).await.expect("claim");
-    let epochs = claims
-        .iter()
-        .map(|c| ((c.input, c.partition), c.epoch))
-        .collect();
+    let epochs = claim_partition_zero(&store).await;
     let flush = one_call(&world.tenant);
     let (key, _) = flush.windows().remove(0);
     // The first attempt, still in flight: it holds its positions and wrote its window.
@@ -179,11 +181,7 @@ async fn a_row_changed_while_it_is_published_goes_out_after_it_newest_last() {
         &unique("req-"),
         &unique("resp-"),
     );
-    let (claims, _, _) = store.claim(&[0]).await.expect("claim");
-    let epochs: std::collections::HashMap<_, _> = claims
-        .iter()
-        .map(|c| ((c.input, c.partition), c.epoch))
-        .collect();
+    let epochs = claim_partition_zero(&store).await;
     let flush = one_call(&world.tenant);
     store
         .commit(&flush, &epochs, "flush-1")

@@ -22,6 +22,15 @@ fn run(topics: &Topics, crash_at: Option<usize>) -> Store {
     store
 }
 
+/// Pairs `p{i}` for `ids`, the request at `first + i * step` s, answered a second later.
+fn pairs(topics: &mut Topics, ids: std::ops::Range<i64>, first: i64, step: i64) {
+    for i in ids {
+        let id = format!("p{i}");
+        topics.produce(request(&id, first + i * step, "gpt-4o"));
+        topics.produce(response(&id, first + 1 + i * step, 90, false));
+    }
+}
+
 /// Every restart point gives the rows of the run without one.
 fn every_restart_agrees(topics: &Topics) {
     let clean = run(topics, None);
@@ -45,18 +54,10 @@ fn every_restart_agrees(topics: &Topics) {
 fn a_retried_request_after_its_timeout_is_a_duplicate_after_a_restart_too() {
     let mut topics = Topics::new(1);
     topics.produce(request("a", 0, "gpt-4o"));
-    for i in 0..14 {
-        let id = format!("p{i}");
-        topics.produce(request(&id, 5 + i * 8, "gpt-4o"));
-        topics.produce(response(&id, 6 + i * 8, 90, false));
-    }
+    pairs(&mut topics, 0..14, 5, 8);
     // Read when the watermark is past the timeout (70 s) but within two TTLs (140 s).
     topics.produce(request("a", 0, "gpt-4o"));
-    for i in 14..20 {
-        let id = format!("p{i}");
-        topics.produce(request(&id, 5 + i * 8, "gpt-4o"));
-        topics.produce(response(&id, 6 + i * 8, 90, false));
-    }
+    pairs(&mut topics, 14..20, 5, 8);
     let clean = run(&topics, None);
     assert_eq!(
         sum(&clean),
@@ -71,18 +72,10 @@ fn a_retried_request_after_its_timeout_is_a_duplicate_after_a_restart_too() {
 #[test]
 fn a_request_stamped_after_its_response_is_paired_after_a_restart_too() {
     let mut topics = Topics::new(1);
-    for i in 0..6 {
-        let id = format!("p{i}");
-        topics.produce(request(&id, 5 + i * 10, "gpt-4o"));
-        topics.produce(response(&id, 6 + i * 10, 90, false));
-    }
+    pairs(&mut topics, 0..6, 5, 10);
     topics.produce(response("skewed", 60, 120, false));
     topics.produce(request("skewed", 125, "gpt-4o"));
-    for i in 6..30 {
-        let id = format!("p{i}");
-        topics.produce(request(&id, 5 + i * 10, "gpt-4o"));
-        topics.produce(response(&id, 6 + i * 10, 90, false));
-    }
+    pairs(&mut topics, 6..30, 5, 10);
     let clean = run(&topics, None);
     assert_eq!(sum(&clean), (31, 0), "paired in a clean run");
     every_restart_agrees(&topics);
@@ -93,20 +86,12 @@ fn a_request_stamped_after_its_response_is_paired_after_a_restart_too() {
 #[test]
 fn a_request_stamped_after_its_response_and_read_first_is_paired_after_a_restart_too() {
     let mut topics = Topics::new(1);
-    for i in 0..6 {
-        let id = format!("p{i}");
-        topics.produce(request(&id, 5 + i * 10, "gpt-4o"));
-        topics.produce(response(&id, 6 + i * 10, 90, false));
-    }
+    pairs(&mut topics, 0..6, 5, 10);
     topics.produce(request("early", 130, "gpt-4o"));
     topics.produce(response("early", 140, 120, false));
     topics.produce(request("skewed", 125, "gpt-4o"));
     topics.produce(response("skewed", 60, 120, false));
-    for i in 6..30 {
-        let id = format!("p{i}");
-        topics.produce(request(&id, 100 + i * 10, "gpt-4o"));
-        topics.produce(response(&id, 101 + i * 10, 90, false));
-    }
+    pairs(&mut topics, 6..30, 100, 10);
     let clean = run(&topics, None);
     assert_eq!(sum(&clean), (32, 0), "paired in a clean run");
     every_restart_agrees(&topics);

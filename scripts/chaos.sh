@@ -8,6 +8,7 @@
 #   CHAOS_SECONDS (180) load per scenario   CHAOS_RATE calls/s (100)   CHAOS_PROFILE (release)
 #   CHAOS_PG_DOWN_SECS (60): how long Postgres stays down
 #   CHAOS_BROKER_DOWN_SECS (30): how long the broker stays stopped under load
+#   CHAOS_RESTART_MAX_SECS (20): a killed processor is restarted 0 to this many seconds later
 # Scenarios with broker faults (broker, all, ci) run a broker of their own that keeps its log
 # in a SQLite file, so what it acknowledged survives a restart.
 set -euo pipefail
@@ -17,6 +18,7 @@ LOAD=${CHAOS_SECONDS:-180}
 RATE=${CHAOS_RATE:-100}
 PG_DOWN=${CHAOS_PG_DOWN_SECS:-60}
 BROKER_DOWN=${CHAOS_BROKER_DOWN_SECS:-30}
+RESTART_MAX=${CHAOS_RESTART_MAX_SECS:-20}
 BASE_BROKERS=$KAFKA_BROKERS
 SESSION_MS=6000
 JOIN_TTL=90
@@ -68,23 +70,20 @@ recovered() {
   echo "  NOT recovered within 60 s: some partitions have no owner" >>"$OUT/$scenario.faults"
   say "$scenario: the group did not recover within 60 s; going on, the check will tell what it cost"
 }
-# Waits out the session of an instance that died without leaving the group: Tansu 0.6 can
-# leave the group with no owners when a replacement joins before that (see README).
-after_session() { sleep $(( SESSION_MS / 1000 + 2 )); }
 
 # The faults run in this shell while the stream is posted in the background, so they can
 # replace the instances they kill. Each returns before the load ends.
-kill_at_random() { # N: kill -9 at random points, each followed by a restart
+kill_at_random() { # N: kill -9 at random points, each followed by a restart 0-CHAOS_RESTART_MAX_SECS s later
   local i
   for i in $(seq 1 "$1"); do
-    sleep "$(python3 -c 'import random; print(round(random.uniform(2, 6), 1))')"
+    sleep "$(random 2 6)"
     kill -KILL "${PROC[a]}"
     wait "${PROC[a]}" 2>/dev/null || true
-    after_session
+    sleep "$(random 0 "$RESTART_MAX")"
     start_processor a
     recovered
   done
-  echo "$1 kill -9 of the processor at random points" >>"$OUT/$scenario.faults"
+  echo "$1 kill -9 of the processor at random points, each restarted 0-$RESTART_MAX s later" >>"$OUT/$scenario.faults"
 }
 # What a supervisor does to a crash loop, N times: kill -9, restart 0-1.5 s later, kill -9
 # again 0-5 s after the new instance answers, restart 0-5 s later. The second instance dies
@@ -150,7 +149,7 @@ broker_stopped() { # away under load for $1 s: the ingestion API must answer 503
 inject() {
   local third=$(( LOAD / 3 ))
   case $scenario in
-    kill) kill_at_random $(( (LOAD - 20) / (SESSION_MS / 1000 + 6) )) ;;
+    kill) kill_at_random $(( (LOAD - 20) / 25 )) ;;
     crashloop) crash_loop $(( (LOAD - 20) / 45 )) ;;
     scale)
       sleep $third; start_processor b

@@ -166,7 +166,10 @@ impl KafkaSettings {
         }
         let mut counts = Vec::new();
         for topic in co_partitioned {
-            counts.push((topic.to_string(), partition_count(&admin, topic, timeout)?));
+            counts.push((
+                topic.to_string(),
+                partition_count(admin.inner(), topic, timeout)?,
+            ));
         }
         if counts.windows(2).any(|w| w[0].1 != w[1].1) {
             return Err(TopicError::NotCoPartitioned(counts));
@@ -175,14 +178,13 @@ impl KafkaSettings {
     }
 }
 
-/// Partitions of `topic` as the broker reports them.
-fn partition_count(
-    admin: &AdminClient<DefaultClientContext>,
+/// Partitions of `topic` as the broker reports them, through any client.
+pub fn partition_count<C: rdkafka::client::ClientContext>(
+    client: &rdkafka::client::Client<C>,
     topic: &str,
     timeout: Duration,
 ) -> Result<usize, TopicError> {
-    let metadata = admin
-        .inner()
+    let metadata = client
         .fetch_metadata(Some(topic), timeout)
         .map_err(|e| TopicError::Broker(e.to_string()))?;
     match metadata.topics().iter().find(|t| t.name() == topic) {

@@ -495,7 +495,6 @@ impl ConsumerContext for Context {
 pub struct Timing {
     /// How often closed windows and positions are written.
     pub commit_interval: Duration,
-    pub retention: TimeDelta,
     /// How long a rejoin waits between leaving the group and joining it again.
     pub rejoin_after: Duration,
 }
@@ -511,7 +510,6 @@ pub fn run(
 ) {
     let Timing {
         commit_interval,
-        retention,
         rejoin_after,
     } = timing;
     let mut consumer = join_retrying(&join, &shared);
@@ -520,7 +518,7 @@ pub fn run(
     let mut retry_delay = commit_interval;
     let mut paused = false;
     let mut last_poll = Instant::now();
-    while !stop.load(Ordering::Relaxed) && shared.health.failure().is_none() {
+    while !stop.load(Ordering::Relaxed) && !shared.health.failed() {
         shared.health.beat();
         if shared.health.rejoin_asked() {
             consumer = rejoin(consumer, &join, &shared, rejoin_after);
@@ -567,7 +565,7 @@ pub fn run(
             last_prune = Some(Instant::now());
             match shared
                 .runtime
-                .block_on(shared.store.prune(Utc::now(), retention))
+                .block_on(shared.store.prune(Utc::now(), shared.retention))
             {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(windows = n, "pruned windows older than the retention"),

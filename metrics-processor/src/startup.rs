@@ -160,7 +160,6 @@ impl Application {
         let shared = Arc::clone(&self.shared);
         let timing = Timing {
             commit_interval: self.settings.commit_interval,
-            retention: self.settings.retention,
             rejoin_after: self.settings.session_timeout + Duration::from_secs(3),
         };
         let (config, inputs) = (self.config, self.settings.topics.clone());

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{TimeDelta, Utc};
+use common::kafka::partition_count;
 use rdkafka::producer::Producer;
 
 use crate::domain::coverage::{Coverage, Reading};
@@ -36,6 +37,8 @@ pub struct Health {
     stalled: AtomicBool,
     rejoin: AtomicBool,
     unread: Mutex<BTreeSet<i32>>,
+    /// Set with `fatal`, so the pipeline's loop checks an atomic, not a lock, per record.
+    failing: AtomicBool,
     fatal: Mutex<Option<String>>,
     /// Woken when the processor must stop by itself (see [`Health::fail`]).
     pub failed: tokio::sync::Notify,
@@ -49,6 +52,7 @@ impl Default for Health {
             stalled: AtomicBool::new(false),
             rejoin: AtomicBool::new(false),
             unread: Mutex::new(BTreeSet::new()),
+            failing: AtomicBool::new(false),
             fatal: Mutex::new(None),
             failed: tokio::sync::Notify::new(),
         }
@@ -82,7 +86,13 @@ impl Health {
     pub fn fail(&self, reason: String) {
         tracing::error!(%reason, "stopping the processor");
         *lock(&self.fatal) = Some(reason);
+        self.failing.store(true, Ordering::Relaxed);
         self.failed.notify_one();
+    }
+
+    /// Whether [`Health::fail`] was called.
+    pub fn failed(&self) -> bool {
+        self.failing.load(Ordering::Relaxed)
     }
 
     pub fn failure(&self) -> Option<String> {
@@ -225,18 +235,15 @@ fn check_stall(health: &Health, stall: Duration) {
 }
 
 fn check_layout(shared: &Shared, partitions: i32) -> Result<(), String> {
-    let client = shared.producer.client();
     for input in [Input::Requests, Input::Responses] {
         let topic = shared.topic(input);
-        let Ok(metadata) = client.fetch_metadata(Some(topic), Duration::from_secs(5)) else {
+        // A broker that does not answer now says nothing about the layout.
+        let Ok(now) = partition_count(shared.producer.client(), topic, Duration::from_secs(5))
+        else {
             continue;
         };
-        let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
-            continue;
-        };
-        let now = found.partitions().len() as i32;
-        if now != partitions && now > 0 {
-            return Err(layout_changed(topic, partitions, now));
+        if now as i32 != partitions {
+            return Err(layout_changed(topic, partitions, now as i32));
         }
     }
     Ok(())

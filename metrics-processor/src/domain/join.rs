@@ -433,20 +433,16 @@ impl Joiner {
             response.value.timestamp,
         );
         if let Some(finished) = self.finished.get_mut(&id) {
-            if finished.ended == Ended::Paired
-                && !finished
-                    .first
-                    .iter()
-                    .flatten()
-                    .any(|s| s.input != response.source.input)
-            {
+            // Kept only while no request of the id has been seen.
+            let alone = finished.sources().all(|s| s.input == response.source.input);
+            if finished.ended == Ended::Paired && alone {
                 finished.kept = Some(Box::new(response));
             }
         }
         None
     }
 
-    /// Pairs `response` with the request waiting under `id`, if there is one.
+    /// Pairs `response` with the request waiting under `id` (the caller checked there is one).
     fn pair_with_waiting_request(
         &mut self,
         id: &Arc<str>,

@@ -14,13 +14,22 @@ use tokio::runtime::Handle;
 
 use crate::helpers::{unique, OwnPostgres, World};
 
-/// Takes partition 0 of both inputs, as an assignment does: the epochs a commit must match.
-async fn claim_partition_zero(store: &Store) -> HashMap<(Input, i32), i64> {
+/// A store of a group and topics of its own that has taken partition 0 of both inputs, as an
+/// assignment does, with the group's name and the epochs a commit must match.
+async fn claimed_store(world: &World) -> (Store, String, HashMap<(Input, i32), i64>) {
+    let group = unique("store-");
+    let store = Store::new(
+        world.pool.clone(),
+        &group,
+        &unique("req-"),
+        &unique("resp-"),
+    );
     let (claims, _, _) = store.claim(&[0]).await.expect("claim");
-    claims
+    let epochs = claims
         .iter()
         .map(|c| ((c.input, c.partition), c.epoch))
-        .collect()
+        .collect();
+    (store, group, epochs)
 }
 
 /// A flush holding one closed window with one completed call of `tenant`.
@@ -80,14 +89,7 @@ fn one_call(tenant: &str) -> Flush {
 #[tokio::test]
 async fn a_retried_commit_that_had_gone_through_adds_nothing() {
     let world = World::new().await;
-    let group = unique("store-");
-    let store = Store::new(
-        world.pool.clone(),
-        &group,
-        &unique("req-"),
-        &unique("resp-"),
-    );
-    let epochs = claim_partition_zero(&store).await;
+    let (store, _, epochs) = claimed_store(&world).await;
     let flush = one_call(&world.tenant);
     store
         .commit(&flush, &epochs, "flush-1")
@@ -120,10 +122,7 @@ async fn a_retried_commit_that_had_gone_through_adds_nothing() {
 #[tokio::test]
 async fn a_retry_racing_the_commit_it_repeats_adds_nothing() {
     let world = World::new().await;
-    let group = unique("store-");
-    let requests = unique("req-");
-    let store = Store::new(world.pool.clone(), &group, &requests, &unique("resp-"));
-    let epochs = claim_partition_zero(&store).await;
+    let (store, group, epochs) = claimed_store(&world).await;
     let flush = one_call(&world.tenant);
     let (key, _) = flush.windows().remove(0);
     // The first attempt, still in flight: it holds its positions and wrote its window.
@@ -174,14 +173,7 @@ async fn a_row_changed_while_it_is_published_goes_out_after_it_newest_last() {
     // A server of its own: publishing takes every unpublished row of the database.
     let postgres = OwnPostgres::start();
     let world = World::with_database(postgres.dsn()).await;
-    let group = unique("store-");
-    let store = Store::new(
-        world.pool.clone(),
-        &group,
-        &unique("req-"),
-        &unique("resp-"),
-    );
-    let epochs = claim_partition_zero(&store).await;
+    let (store, _, epochs) = claimed_store(&world).await;
     let flush = one_call(&world.tenant);
     store
         .commit(&flush, &epochs, "flush-1")

@@ -7,13 +7,16 @@
 //! - [`domain`]: the pure core. Joining, event-time windows with watermarks, per-window
 //!   aggregates with mergeable histograms, pricing, and the exactly-once rules of a replay.
 //!   No I/O and no clock: time is always a parameter.
-//! - [`pipeline`]: the consumer loop and rebalance callbacks around the core.
+//! - [`driver`]: the commit protocol, once: claims, records, flushes, revocations, over any
+//!   [`driver::PositionStore`]. The binary runs it on Postgres, the simulations in memory.
+//! - [`pipeline`]: wires the driver to the rdkafka consumer loop and rebalance callbacks.
 //! - [`store`]: Postgres: merged window rows, positions, decisions, in one transaction.
 //! - [`watchdog`]: unread input partitions, a stuck pipeline, a changed input layout.
 //! - [`output`]: the `llm.metrics` record.
 //! - [`settings`], [`startup`], [`telemetry`]: configuration, wiring, Prometheus metrics.
 
 pub mod domain;
+pub mod driver;
 pub mod output;
 pub mod pipeline;
 pub mod settings;

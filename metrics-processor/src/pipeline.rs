@@ -1,11 +1,13 @@
-//! The processing loop: one thread polls the consumer, feeds the engine and writes flushes.
+//! The processing loop: one thread polls the consumer and runs the [`Driver`], which holds
+//! the commit protocol; this module only wires it to rdkafka and Postgres.
 //!
-//! Rebalance callbacks run inside `poll` on this same thread, so the engine is never touched
-//! by two threads at once; the mutex only satisfies librdkafka's `Sync` bound. Postgres and
+//! Rebalance callbacks run inside `poll` on this same thread, so the driver is never used by
+//! two threads at once; the mutex only satisfies librdkafka's `Sync` bound. Postgres and
 //! `llm.metrics` calls block on the tokio runtime from here (this thread is not one of its
-//! workers).
+//! workers). Readiness and the watchdog read a snapshot of what is owned ([`Ownership`]), so
+//! they never wait for a commit.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -22,24 +24,31 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 
-use crate::domain::engine::{Effect, Engine, Flush};
+use crate::domain::engine::{Effect, Engine};
 use crate::domain::intake;
-use crate::output::MetricRow;
-
-/// The header in which the ingestion API carries the HTTP request id.
-const REQUEST_ID_HEADER: &str = "x-request-id";
 use crate::domain::offsets::{Input, Source};
+use crate::driver::{CommitError, Driver, Outputs};
+use crate::output::MetricRow;
 use crate::settings::StartFrom;
-use crate::store::{Store, StoreError};
+use crate::store::{Blocking, Store};
 use crate::telemetry::{Metrics, PartitionLabels, ReasonLabels, TopicLabels};
 use crate::watchdog::Health;
 
+/// The header in which the ingestion API carries the HTTP request id.
+const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The partition pairs this instance owns and those it is still replaying, as of the last
+/// assignment, revocation or commit.
+#[derive(Debug, Clone, Default)]
+pub struct Ownership {
+    pub owned: Vec<i32>,
+    pub replaying: Vec<i32>,
+}
+
 /// Everything the loop and the rebalance callback share.
 pub struct Shared {
-    pub engine: Mutex<Engine>,
-    epochs: Mutex<HashMap<(Input, i32), i64>>,
-    /// A flush Postgres has not accepted yet, with its id; retried as it is until it is.
-    pending: Mutex<Option<(String, Flush)>>,
+    driver: Mutex<Driver<Blocking>>,
+    ownership: Mutex<Ownership>,
     pub store: Store,
     pub runtime: Handle,
     pub metrics: Arc<Metrics>,
@@ -65,6 +74,22 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Dead letters through the producer, counters into the metrics.
+struct Out<'a>(&'a Shared);
+
+impl Outputs for Out<'_> {
+    fn act(&mut self, effects: Vec<Effect>) {
+        self.0.act(effects);
+    }
+
+    fn delivered(&mut self) -> Result<(), String> {
+        self.0
+            .producer
+            .flush(Duration::from_secs(10))
+            .map_err(|e| e.to_string())
+    }
+}
+
 impl Shared {
     pub fn new(
         engine: Engine,
@@ -75,10 +100,13 @@ impl Shared {
         start_from: StartFrom,
         retention: TimeDelta,
     ) -> Self {
+        let blocking = Blocking {
+            store: store.clone(),
+            runtime: runtime.clone(),
+        };
         Self {
-            engine: Mutex::new(engine),
-            epochs: Mutex::new(HashMap::new()),
-            pending: Mutex::new(None),
+            driver: Mutex::new(Driver::new(engine, blocking)),
+            ownership: Mutex::new(Ownership::default()),
             store,
             runtime,
             metrics: Arc::new(Metrics::default()),
@@ -89,6 +117,18 @@ impl Shared {
             healthy: AtomicBool::new(true),
             health: Health::default(),
         }
+    }
+
+    /// What this instance owns and replays (see [`Ownership`]).
+    pub fn ownership(&self) -> Ownership {
+        lock(&self.ownership).clone()
+    }
+
+    fn note_ownership(&self, driver: &Driver<Blocking>) {
+        *lock(&self.ownership) = Ownership {
+            owned: driver.engine().owned(),
+            replaying: driver.engine().replaying(),
+        };
     }
 
     fn input(&self, topic: &str) -> Option<Input> {
@@ -132,16 +172,16 @@ impl Shared {
             .and_then(chrono::DateTime::from_timestamp_millis)
             .unwrap_or(now);
         let parsed = intake::parse(input, payload, written, now, self.retention);
-        let mut engine = lock(&self.engine);
+        let mut driver = lock(&self.driver);
         match parsed {
             Ok(event) => {
-                let effects = engine.apply(source, event, now);
-                drop(engine);
+                let effects = driver.apply(source, event, now);
+                drop(driver);
                 self.act(effects);
             }
             Err(refused) => {
-                engine.skip(source);
-                drop(engine);
+                driver.skip(source);
+                drop(driver);
                 // The id the ingestion API answered the client with, so the record can be
                 // traced from the client's request to here.
                 let request_id = message.headers().and_then(|h| {
@@ -253,51 +293,30 @@ impl Shared {
     }
 
     /// Writes what the engine can flush now, or retries the flush Postgres refused last time.
-    /// Returns false while Postgres refuses.
+    /// Returns false while it is refused.
     pub fn commit(&self) -> bool {
-        let mut pending = lock(&self.pending);
-        if pending.is_none() {
-            let (flush, effects) = lock(&self.engine).flush(Utc::now());
-            self.act(effects);
-            *pending = Some((uuid::Uuid::new_v4().to_string(), flush));
-        }
-        let Some((id, flush)) = pending.as_ref() else {
-            return true;
-        };
-        // Dead letters first: positions must not move past a record whose letter is lost.
-        if let Err(e) = self.producer.flush(Duration::from_secs(10)) {
-            tracing::warn!(error = %e, "dead letters not yet delivered; commit postponed");
-            return false;
-        }
         let started = Instant::now();
-        let epochs = lock(&self.epochs).clone();
-        let result = self.runtime.block_on(self.store.commit(flush, &epochs, id));
+        let result = {
+            let mut driver = lock(&self.driver);
+            let result = driver.commit(Utc::now(), &mut Out(self));
+            self.note_ownership(&driver);
+            result
+        };
         match result {
-            Ok(windows) => {
+            Ok(written) => {
                 self.metrics
                     .commit_duration
                     .observe(started.elapsed().as_secs_f64());
-                self.metrics.windows_written.inc_by(windows as u64);
-                lock(&self.engine).committed(flush);
-                *pending = None;
-                drop(pending);
+                self.metrics.windows_written.inc_by(written.windows as u64);
                 self.healthy.store(true, Ordering::Relaxed);
                 self.publish();
                 true
             }
-            Err(StoreError::Fenced { topic, partition }) => {
-                tracing::warn!(%topic, partition, "partition taken over by another instance; dropping it");
-                lock(&self.engine).revoke(partition);
-                lock(&self.epochs).retain(|(_, p), _| *p != partition);
-                // The other partitions' windows were closed for this flush and are nowhere
-                // else: write them without the lost partition.
-                if let Some((_, flush)) = pending.as_mut() {
-                    flush.drop_partition(partition);
-                }
-                drop(pending);
-                self.commit()
+            Err(CommitError::Undelivered(e)) => {
+                tracing::warn!(error = %e, "dead letters not yet delivered; commit postponed");
+                false
             }
-            Err(e) => {
+            Err(CommitError::Store(e)) => {
                 self.metrics.commit_failures.inc();
                 self.healthy.store(false, Ordering::Relaxed);
                 tracing::error!(error = %e, "cannot write to Postgres; pausing and retrying");
@@ -341,9 +360,15 @@ impl Shared {
             .into_iter()
             .collect();
         let mut delay = Duration::from_millis(200);
-        let (claims, decisions, waiting) = loop {
-            match self.runtime.block_on(self.store.claim(&partitions)) {
-                Ok(claimed) => break claimed,
+        let starts = loop {
+            let result = {
+                let mut driver = lock(&self.driver);
+                let result = driver.assign(&partitions, Utc::now(), &mut Out(self));
+                self.note_ownership(&driver);
+                result
+            };
+            match result {
+                Ok(starts) => break starts,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read stored positions; retrying");
                     // Waiting for Postgres is progress as far as the watchdog goes.
@@ -353,60 +378,52 @@ impl Shared {
                 }
             }
         };
-        let now = Utc::now();
-        let mut engine = lock(&self.engine);
-        let mut epochs = lock(&self.epochs);
-        for &partition in &partitions {
-            let mine = |input| {
-                claims
-                    .iter()
-                    .find(|c| c.partition == partition && c.input == input)
-            };
-            let stored = [Input::Requests, Input::Responses]
-                .map(|input| (input, mine(input).and_then(|c| c.stored)));
-            let own = decisions
-                .iter()
-                .filter(|d| d.source.partition == partition)
-                .cloned()
-                .collect();
-            engine.assign(partition, stored, own, now);
-            engine.still_waiting(
-                partition,
-                waiting.iter().filter(|s| s.partition == partition).copied(),
-            );
-        }
-        for claim in &claims {
-            epochs.insert((claim.input, claim.partition), claim.epoch);
-            let offset = match (claim.stored, self.start_from) {
-                (Some((_, resume)), _) => Offset::Offset(resume),
+        let resumes: Vec<String> = starts
+            .iter()
+            .map(|s| {
+                let at = s
+                    .offset
+                    .map_or("start policy".to_owned(), |o| o.to_string());
+                format!("{}/{}@{at}", self.topic(s.input), s.partition)
+            })
+            .collect();
+        for start in starts {
+            let offset = match (start.offset, self.start_from) {
+                (Some(resume), _) => Offset::Offset(resume),
                 (None, StartFrom::Earliest) => Offset::Beginning,
                 (None, StartFrom::Latest) => Offset::End,
             };
-            let topic = self.topic(claim.input).to_owned();
-            if let Err(e) = tpl.set_partition_offset(&topic, claim.partition, offset) {
-                tracing::error!(error = %e, %topic, partition = claim.partition, "cannot set the start offset");
+            let topic = self.topic(start.input).to_owned();
+            if let Err(e) = tpl.set_partition_offset(&topic, start.partition, offset) {
+                tracing::error!(error = %e, %topic, partition = start.partition, "cannot set the start offset");
             }
         }
-        drop((engine, epochs));
-        tracing::info!(?partitions, "partitions assigned");
+        tracing::info!(?partitions, resume = %resumes.join(" "), "partitions assigned");
         if let Err(e) = consumer.assign(tpl) {
             tracing::error!(error = %e, "assign failed");
         }
     }
 
     fn revoke(&self, consumer: &BaseConsumer<Context>, tpl: &TopicPartitionList) {
-        // Write what can be written before letting go; the next owner replays the rest.
-        if !self.commit() {
-            *lock(&self.pending) = None;
-        }
-        let partitions: BTreeSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-        let mut engine = lock(&self.engine);
-        for &partition in &partitions {
-            engine.revoke(partition);
-        }
-        lock(&self.epochs).retain(|(_, p), _| !partitions.contains(p));
-        drop(engine);
+        let partitions: Vec<i32> = tpl
+            .elements()
+            .iter()
+            .map(|e| e.partition())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let also = {
+            let mut driver = lock(&self.driver);
+            let also = driver.revoke(&partitions, Utc::now(), &mut Out(self));
+            self.note_ownership(&driver);
+            also
+        };
         tracing::info!(?partitions, "partitions revoked");
+        if !also.is_empty() {
+            // Still assigned here but no longer owned: only a new assignment brings them back.
+            tracing::error!(partitions = ?also, "partitions given up with a flush that could not be written; rejoining the group");
+            self.health.ask_rejoin();
+        }
         if let Err(e) = consumer.unassign() {
             tracing::error!(error = %e, "unassign failed");
         }
@@ -416,7 +433,7 @@ impl Shared {
     /// lag per input partition, and which input partitions are read to their end. The high
     /// watermark there comes from the fetches themselves.
     fn on_statistics(&self, statistics: &Statistics) {
-        let mut engine = lock(&self.engine);
+        let mut driver = lock(&self.driver);
         for (topic, t) in &statistics.topics {
             let Some(input) = self.input(topic) else {
                 continue;
@@ -424,13 +441,14 @@ impl Shared {
             for (&partition, p) in &t.partitions {
                 // Only partitions being fetched, whose end is known.
                 if partition < 0
-                    || !engine.owns(partition)
+                    || !driver.engine().owns(partition)
                     || p.fetch_state != "active"
                     || p.hi_offset < 0
                 {
                     continue;
                 }
-                let consumed = engine
+                let consumed = driver
+                    .engine()
                     .consumed(input, partition)
                     .unwrap_or(p.lo_offset.max(0));
                 let lag = (p.hi_offset - consumed).max(0);
@@ -441,14 +459,20 @@ impl Shared {
                 self.metrics.consumer_lag.get_or_create(&labels).set(lag);
                 // The fetcher is at the end and everything fetched has been applied.
                 if lag == 0 && p.next_offset >= p.hi_offset {
-                    engine.reached_end(input, partition);
+                    driver.reached_end(input, partition);
                 }
             }
         }
     }
 
+    /// Reading resumes after a pause or a stall (see [`Engine::resumed`]).
+    fn resumed(&self) {
+        lock(&self.driver).resumed(Utc::now());
+    }
+
     pub fn update_gauges(&self) {
-        let engine = lock(&self.engine);
+        let driver = lock(&self.driver);
+        let engine = driver.engine();
         self.metrics
             .pending_halves
             .set(engine.pending_halves() as i64);
@@ -531,7 +555,7 @@ pub fn run(
         // this poll may describe the time before it, so silence must be observed afresh.
         let stall = Duration::from_secs(1);
         if started.elapsed() >= stall || started.duration_since(last_poll) >= stall {
-            lock(&shared.engine).resumed(Utc::now());
+            shared.resumed();
         }
         last_poll = Instant::now();
         if let Some(result) = polled {
@@ -550,7 +574,7 @@ pub fn run(
                 } else if ok && paused {
                     paused = consumer.resume(&assignment).is_err();
                     if !paused {
-                        lock(&shared.engine).resumed(Utc::now());
+                        shared.resumed();
                     }
                 }
             }

@@ -1,7 +1,5 @@
 //! Postgres: window rows, positions and decisions, written together.
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, TimeDelta, Utc};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
@@ -10,6 +8,7 @@ use crate::domain::histogram;
 use crate::domain::join::Ended;
 use crate::domain::offsets::{Input, Source};
 use crate::domain::window::{Aggregate, WindowKey, WINDOW};
+use crate::driver::{Claimed, Epochs, PositionStore};
 
 mod group;
 mod publish;
@@ -27,6 +26,9 @@ pub enum StoreError {
     /// The rows could not be delivered to `llm.metrics`; they stay unpublished.
     #[error("llm.metrics: {0}")]
     Publish(String),
+    /// The store could not be reached (the in-memory store's injected faults).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// What the store holds for one input partition when it is claimed.
@@ -79,10 +81,7 @@ impl Store {
     /// Takes ownership of partition pairs: raises their epoch, so a commit of the previous
     /// owner fails from now on, and returns what they hold.
     /// The third list: records stored as still waiting behind the watermark.
-    pub async fn claim(
-        &self,
-        partitions: &[i32],
-    ) -> Result<(Vec<Claim>, Vec<Decision>, Vec<Source>), StoreError> {
+    pub async fn claim(&self, partitions: &[i32]) -> Result<Claimed, StoreError> {
         let mut tx = self.pool.begin().await?;
         let mut claims = Vec::new();
         for &partition in partitions {
@@ -156,7 +155,11 @@ impl Store {
             });
         }
         tx.commit().await?;
-        Ok((claims, decisions, waiting))
+        Ok(Claimed {
+            claims,
+            decisions,
+            waiting,
+        })
     }
 
     /// Writes one flush atomically: merged window rows, decisions, positions. Fails without
@@ -166,7 +169,7 @@ impl Store {
     pub async fn commit(
         &self,
         flush: &Flush,
-        epochs: &HashMap<(Input, i32), i64>,
+        epochs: &Epochs,
         id: &str,
     ) -> Result<usize, StoreError> {
         let windows = flush.windows();
@@ -284,6 +287,24 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected())
+    }
+}
+
+/// The store as the synchronous driver uses it, from the pipeline's thread (not one of the
+/// runtime's workers).
+#[derive(Debug, Clone)]
+pub struct Blocking {
+    pub store: Store,
+    pub runtime: tokio::runtime::Handle,
+}
+
+impl PositionStore for Blocking {
+    fn claim(&mut self, partitions: &[i32]) -> Result<Claimed, StoreError> {
+        self.runtime.block_on(self.store.claim(partitions))
+    }
+
+    fn commit(&mut self, flush: &Flush, epochs: &Epochs, id: &str) -> Result<usize, StoreError> {
+        self.runtime.block_on(self.store.commit(flush, epochs, id))
     }
 }
 

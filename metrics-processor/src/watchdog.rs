@@ -76,6 +76,11 @@ impl Health {
         self.rejoin.load(Ordering::Relaxed)
     }
 
+    /// Asks the pipeline to leave the group and join it again as a new member.
+    pub fn ask_rejoin(&self) {
+        self.rejoin.store(true, Ordering::Relaxed);
+    }
+
     /// The pipeline is back in the group as a new member.
     pub fn rejoined(&self) {
         self.rejoin.store(false, Ordering::Relaxed);
@@ -122,11 +127,11 @@ pub fn readiness(shared: &Shared) -> Result<(), String> {
             "input partitions {unread:?} are read by no instance of the group; rejoining"
         ));
     }
-    let engine = lock(&shared.engine);
-    if engine.owned().is_empty() {
+    let ownership = shared.ownership();
+    if ownership.owned.is_empty() {
         return Err("this instance owns no input partition".into());
     }
-    let replaying = engine.replaying();
+    let replaying = ownership.replaying;
     if !replaying.is_empty() {
         return Err(format!(
             "replaying partitions {replaying:?} after taking them over"
@@ -176,7 +181,7 @@ pub fn run(shared: Arc<Shared>, settings: WatchSettings, partitions: i32, stop: 
             continue;
         };
         // A partition this instance is replaying is being read, though its position waits.
-        let replaying = lock(&shared.engine).replaying();
+        let replaying = shared.ownership().replaying;
         readings.retain(|r| !replaying.contains(&r.partition));
         let verdict = coverage.observe(&readings, Utc::now());
         for r in &readings {
@@ -204,13 +209,13 @@ pub fn run(shared: Arc<Shared>, settings: WatchSettings, partitions: i32, stop: 
                 .collect();
             tracing::error!(
                 partitions = ?verdict.partitions,
-                owned_here = ?lock(&shared.engine).owned(),
+                owned_here = ?shared.ownership().owned,
                 detail = %detail.join(", "),
                 unread_secs = settings.unread_after.num_seconds(),
                 "input partitions are read by no instance of the group: their stored positions \
                  stand still while records wait; leaving and rejoining the group"
             );
-            shared.health.rejoin.store(true, Ordering::Relaxed);
+            shared.health.ask_rejoin();
             // The rejoin hands out partitions anew: give the new owners the full limit.
             coverage.restart();
         }

@@ -629,4 +629,4 @@ impl Partition {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

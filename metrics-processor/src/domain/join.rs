@@ -97,7 +97,7 @@ impl OrphanReason {
 }
 
 /// How a finished request id ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Ended {
     Paired,
     TimedOut,

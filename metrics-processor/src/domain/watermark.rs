@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 
 use super::offsets::Input;
 
@@ -100,12 +100,13 @@ impl Watermarks {
     }
 
     /// The watermark at processing time `now`, or `None` before any progress. It never goes
-    /// back: windows it closed stay closed.
+    /// back: windows it closed stay closed. It is kept to the microsecond, as Postgres stores
+    /// it, so that what a restart reads back is exactly what the running instance used.
     pub fn current(&mut self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
         if self.partitions.is_empty() {
             return self.current; // nothing assigned: no progress to speak of
         }
-        if let Some(c) = self.progress(now) {
+        if let Some(c) = self.progress(now).map(|c| c.trunc_subsecs(6)) {
             self.current = Some(self.current.map_or(c, |w| w.max(c)));
         }
         self.current

@@ -1,9 +1,10 @@
-//! The engine in real time: records become readable when they are produced, the clock runs
+//! The driver in real time: records become readable when they are produced, the clock runs
 //! on while an instance is down or Postgres refuses commits, and the consumer statistics say
 //! when a partition has been read to its end. The faults of `make chaos` (kill -9 and restart,
 //! Postgres stopped) at random moments must not change a single number.
 
 use super::*;
+use crate::driver::memory::Fault as StoreFault;
 
 const MS: fn(i64) -> TimeDelta = TimeDelta::milliseconds;
 
@@ -135,36 +136,60 @@ enum Fault {
 }
 
 struct Live {
-    engine: Engine,
+    driver: Driver<MemoryStore>,
     next: HashMap<(Input, i32), i64>,
     /// The end of each input partition as the last fetch response told it: the statistics
     /// know no better while reading is paused or the process is frozen.
     fetched_end: HashMap<(Input, i32), i64>,
-    pending: Option<Flush>,
     paused: bool,
     /// After a pause, the first fetch takes a moment to come back.
     fetching_from: DateTime<Utc>,
 }
 
 impl Live {
-    fn start(log: &Log, store: &Store, now: DateTime<Utc>) -> Self {
+    fn start(log: &Log, store: &mut Store, now: DateTime<Utc>) -> Self {
         Self::start_on(store, now, 0..log.partitions)
     }
 
     fn start_on(
-        store: &Store,
+        store: &mut Store,
         now: DateTime<Utc>,
         partitions: impl IntoIterator<Item = i32>,
     ) -> Self {
-        let (engine, next) = store.engine_on(live_config(), partitions, now);
-        Self {
-            engine,
-            fetched_end: next.clone(),
-            next,
-            pending: None,
+        let engine = Engine::new(live_config(), PricingTable::default());
+        let mut live = Self {
+            driver: Driver::new(engine, store.db.clone()),
+            fetched_end: HashMap::new(),
+            next: HashMap::new(),
             paused: false,
             fetching_from: now,
+        };
+        live.assign(store, now, partitions, true);
+        live
+    }
+
+    /// A new assignment, the whole of it: what is held is let go first (committing, unless
+    /// Postgres is down), then the new partitions are read from where the claim says.
+    fn assign(
+        &mut self,
+        store: &mut Store,
+        now: DateTime<Utc>,
+        partitions: impl IntoIterator<Item = i32>,
+        postgres_up: bool,
+    ) {
+        if !postgres_up && !self.driver.engine().owned().is_empty() {
+            store.db.inject(StoreFault::Refuse);
         }
+        let partitions: Vec<i32> = partitions.into_iter().collect();
+        let starts = self
+            .driver
+            .assign(&partitions, now, &mut Letters(&mut store.dead_letters))
+            .expect("claim");
+        self.next = starts
+            .into_iter()
+            .map(|s| ((s.input, s.partition), s.offset.unwrap_or(0)))
+            .collect();
+        self.fetched_end = self.next.clone();
     }
 
     /// One fetch: a run of up to 40 records from one input partition that has some, as the
@@ -197,12 +222,8 @@ impl Live {
                 partition: key.1,
                 offset,
             };
-            let effects = self.engine.apply(source, event, now);
-            for effect in effects {
-                if let Effect::DeadLetter { key, .. } = effect {
-                    store.dead_letters.insert(key);
-                }
-            }
+            let effects = self.driver.apply(source, event, now);
+            Letters(&mut store.dead_letters).act(effects);
         }
         true
     }
@@ -233,33 +254,26 @@ impl Live {
     fn statistics(&mut self) {
         for (&key, &offset) in &self.next {
             if offset >= self.fetched_end[&key] {
-                self.engine.reached_end(key.0, key.1);
+                self.driver.reached_end(key.0, key.1);
             }
         }
     }
 
-    /// The commit step of the poll loop: a new flush unless one is waiting, written unless
+    /// The commit step of the poll loop: a new flush unless one is kept, written unless
     /// Postgres is down; while it is, reading pauses.
     fn commit(&mut self, store: &mut Store, now: DateTime<Utc>, postgres_up: bool) {
-        if self.pending.is_none() {
-            let (flush, effects) = self.engine.flush(now);
-            for effect in effects {
-                if let Effect::DeadLetter { key, .. } = effect {
-                    store.dead_letters.insert(key);
-                }
-            }
-            self.pending = Some(flush);
+        if !postgres_up {
+            store.db.inject(StoreFault::Refuse);
         }
-        if postgres_up {
-            let flush = self.pending.take().expect("a flush");
-            store.commit(&flush);
-            self.engine.committed(&flush);
-            if self.paused {
-                self.paused = false;
-                self.engine.resumed(now);
-                self.fetching_from = now + TimeDelta::seconds(2);
-            }
-        } else {
+        let written = self
+            .driver
+            .commit(now, &mut Letters(&mut store.dead_letters))
+            .is_ok();
+        if written && self.paused {
+            self.paused = false;
+            self.driver.resumed(now);
+            self.fetching_from = now + TimeDelta::seconds(2);
+        } else if !written {
             self.paused = true;
         }
     }
@@ -277,7 +291,7 @@ fn run_live(log: &Log, seed: u64, faults: &[Fault]) -> Store {
         .unwrap_or(t(0))
         + TimeDelta::minutes(5);
     let mut now = t(0);
-    let mut instance = Some(Live::start(log, &store, now));
+    let mut instance = Some(Live::start(log, &mut store, now));
     let mut restart_at = None;
     let mut frozen_until: Option<DateTime<Utc>> = None;
     let mut joined: Option<Live> = None;
@@ -306,19 +320,26 @@ fn run_live(log: &Log, seed: u64, faults: &[Fault]) -> Store {
                         if *at == second && frozen_until.is_none() && joined.is_none() =>
                     {
                         if let Some(live) = instance.as_mut() {
-                            live.commit(&mut store, now, postgres_up);
-                            instance = Some(Live::start_on(&store, now, [0]));
-                            joined = Some(Live::start_on(&store, now, 1..log.partitions));
+                            live.assign(&mut store, now, [0], postgres_up);
+                            joined = Some(Live::start_on(&mut store, now, 1..log.partitions));
                         }
                     }
                     Fault::Scale { at, secs }
                         if at + secs == second && frozen_until.is_none() && joined.is_some() =>
                     {
-                        if let (Some(first), Some(other)) = (instance.as_mut(), joined.as_mut()) {
-                            first.commit(&mut store, now, postgres_up);
-                            other.commit(&mut store, now, postgres_up);
-                            instance = Some(Live::start(log, &store, now));
-                            joined = None;
+                        if let (Some(first), Some(mut other)) = (instance.as_mut(), joined.take()) {
+                            // The second one leaves: it lets its partitions go, then the
+                            // first is assigned everything.
+                            let theirs: Vec<i32> = other.driver.engine().owned();
+                            if !postgres_up {
+                                store.db.inject(StoreFault::Refuse);
+                            }
+                            other.driver.revoke(
+                                &theirs,
+                                now,
+                                &mut Letters(&mut store.dead_letters),
+                            );
+                            first.assign(&mut store, now, 0..log.partitions, postgres_up);
                         }
                     }
                     _ => {}
@@ -329,8 +350,8 @@ fn run_live(log: &Log, seed: u64, faults: &[Fault]) -> Store {
             restart_at = None;
             // It gets back its own share: the other instance keeps what it has.
             instance = Some(match joined {
-                Some(_) => Live::start_on(&store, now, [0]),
-                None => Live::start(log, &store, now),
+                Some(_) => Live::start_on(&mut store, now, [0]),
+                None => Live::start(log, &mut store, now),
             });
         }
         let Some(live) = instance.as_mut() else {
@@ -342,7 +363,7 @@ fn run_live(log: &Log, seed: u64, faults: &[Fault]) -> Store {
                 // Woken up: the first poll serves the statistics and the commit falls due
                 // before any fetch has come back.
                 frozen_until = None;
-                live.engine.resumed(now);
+                live.driver.resumed(now);
                 live.fetching_from = now + TimeDelta::seconds(1);
                 live.statistics();
                 live.commit(&mut store, now, postgres_up);

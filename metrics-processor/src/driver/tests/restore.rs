@@ -8,14 +8,14 @@ use super::*;
 fn run(topics: &Topics, crash_at: Option<usize>) -> Store {
     let mut store = Store::default();
     let mut seed = 11;
-    let mut instance = Instance::start(topics, &store);
+    let mut instance = Instance::start(topics, &mut store);
     let mut steps = 0;
     while instance.step(topics, &mut store, next(&mut seed)) {
         instance.commit(&mut store);
         steps += 1;
         if crash_at == Some(steps) {
             // kill -9: whatever was not committed is gone.
-            instance = Instance::start(topics, &store);
+            instance = Instance::start(topics, &mut store);
         }
     }
     instance.finish(topics, &mut store, &mut seed);

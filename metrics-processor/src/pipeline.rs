@@ -352,13 +352,7 @@ impl Shared {
     }
 
     fn assign(&self, consumer: &BaseConsumer<Context>, tpl: &mut TopicPartitionList) {
-        let partitions: Vec<i32> = tpl
-            .elements()
-            .iter()
-            .map(|e| e.partition())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
+        let partitions = partition_pairs(tpl);
         let mut delay = Duration::from_millis(200);
         let starts = loop {
             let result = {
@@ -405,13 +399,7 @@ impl Shared {
     }
 
     fn revoke(&self, consumer: &BaseConsumer<Context>, tpl: &TopicPartitionList) {
-        let partitions: Vec<i32> = tpl
-            .elements()
-            .iter()
-            .map(|e| e.partition())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
+        let partitions = partition_pairs(tpl);
         let also = {
             let mut driver = lock(&self.driver);
             let also = driver.revoke(&partitions, Utc::now(), &mut Out(self));
@@ -478,6 +466,16 @@ impl Shared {
             .set(engine.pending_halves() as i64);
         self.metrics.open_windows.set(engine.open_windows() as i64);
     }
+}
+
+/// The partition pairs a rebalance names (each for both input topics), in order.
+fn partition_pairs(tpl: &TopicPartitionList) -> Vec<i32> {
+    tpl.elements()
+        .iter()
+        .map(|e| e.partition())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
 }
 
 /// The consumer's context: rebalances go through [`Shared`].

@@ -49,6 +49,40 @@ pub fn latest(args: &Args) -> anyhow::Result<serde_json::Value> {
     Ok(serde_json::Value::Array(last.into_values().collect()))
 }
 
+/// `dump --brokers B --topics T1,T2`: every record of the topics, one JSON line each (topic,
+/// partition, offset, key, broker timestamp, the payload as JSON or text), for tracing what a
+/// fault run's check found back to the records. Returns how many were written.
+pub fn dump(args: &Args) -> anyhow::Result<serde_json::Value> {
+    use std::io::Write;
+    let topics: Vec<String> = args
+        .text("topics", "llm.requests,llm.responses")
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut records = 0u64;
+    let mut failed = None;
+    read_to_end(&args.text("brokers", "127.0.0.1:9092"), &topics, |m| {
+        let payload = m.payload().unwrap_or_default();
+        let payload = serde_json::from_slice::<serde_json::Value>(payload)
+            .unwrap_or_else(|_| String::from_utf8_lossy(payload).into());
+        let line = json!({
+            "topic": m.topic(), "partition": m.partition(), "offset": m.offset(),
+            "key": m.key().map(String::from_utf8_lossy),
+            "timestamp_ms": m.timestamp().to_millis(), "payload": payload,
+        });
+        records += 1;
+        if let Err(e) = writeln!(out, "{line}") {
+            failed.get_or_insert(e);
+        }
+    })?;
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    out.flush()?;
+    Ok(json!({"mode": "dump", "records": records}))
+}
+
 /// Reads every partition of `topics` from the start to its end, handing each record to `f`.
 fn read_to_end(
     brokers: &str,

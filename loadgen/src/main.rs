@@ -90,7 +90,7 @@ fn histogram(args: &Args) -> anyhow::Result<serde_json::Value> {
 async fn main() -> anyhow::Result<()> {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let Some((mode, rest)) = argv.split_first() else {
-        bail!("usage: streamlens-loadgen raw|batch|single|consume|query|demo|oracle|latest|poison --flag value ...");
+        bail!("usage: streamlens-loadgen raw|batch|single|consume|query|demo|oracle|latest|dump|poison --flag value ...");
     };
     let args = Args::parse(rest)?;
     let report = match mode.as_str() {
@@ -102,10 +102,11 @@ async fn main() -> anyhow::Result<()> {
         "demo" => demo::run(&args).await?,
         "oracle" => oracle::run(&args).await?,
         "latest" => consume::latest(&args)?,
+        "dump" => consume::dump(&args)?,
         "poison" => poison::run(&args).await?,
         "histogram" => histogram(&args)?,
         other => bail!(
-            "unknown mode {other}: raw, batch, single, consume, query, demo, oracle, latest or poison"
+            "unknown mode {other}: raw, batch, single, consume, query, demo, oracle, latest, dump or poison"
         ),
     };
     println!("{report}");

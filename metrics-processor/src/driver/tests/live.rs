@@ -40,7 +40,7 @@ impl Log {
             let r = next(&mut s);
             let model = models[(r % 2) as usize];
             let latency = 20 + (r >> 8) % 6_000;
-            let late = (r >> 24) % 100 < 5 && now > t(90);
+            let late = (r >> 24) % 100 < 5;
             let at = if late {
                 now - TimeDelta::seconds(66 + ((r >> 32) % 15) as i64)
             } else {
@@ -133,6 +133,11 @@ enum Fault {
     /// A second instance joins at this second and takes partition 1 on; `secs` seconds later
     /// the first leaves and the second takes everything.
     Scale { at: i64, secs: i64 },
+    /// kill -9 at this second, restarted `down` seconds later; the coordinator still counts
+    /// the dead member and hands the new one partition 0 only (Tansu 0.6 does). `unread`
+    /// seconds later the watchdog sees partition 1 unread: the instance leaves the group,
+    /// waits out a session, and is then assigned everything.
+    Ghost { at: i64, down: i64, unread: i64 },
 }
 
 struct Live {
@@ -295,6 +300,10 @@ fn run_live(log: &Log, seed: u64, faults: &[Fault]) -> Store {
     let mut restart_at = None;
     let mut frozen_until: Option<DateTime<Utc>> = None;
     let mut joined: Option<Live> = None;
+    // A dead member the coordinator still counts: the seconds until the watchdog rejoins.
+    let mut ghost: Option<i64> = None;
+    // When the rejoin leaves the group (false) or joins it again (true).
+    let mut rejoin: Option<(DateTime<Utc>, bool)> = None;
     let mut step = 0u64;
     while now < end {
         now += MS(100);
@@ -310,6 +319,13 @@ fn run_live(log: &Log, seed: u64, faults: &[Fault]) -> Store {
                     Fault::Kill { at, down } if *at == second && instance.is_some() => {
                         instance = None;
                         restart_at = Some(now + TimeDelta::seconds(*down));
+                    }
+                    Fault::Ghost { at, down, unread }
+                        if *at == second && instance.is_some() && joined.is_none() =>
+                    {
+                        instance = None;
+                        restart_at = Some(now + TimeDelta::seconds(*down));
+                        ghost = Some(*unread);
                     }
                     Fault::Freeze { at, secs } if *at == second && frozen_until.is_none() => {
                         frozen_until = Some(now + TimeDelta::seconds(*secs));
@@ -348,11 +364,35 @@ fn run_live(log: &Log, seed: u64, faults: &[Fault]) -> Store {
         }
         if restart_at.is_some_and(|r| now >= r) {
             restart_at = None;
-            // It gets back its own share: the other instance keeps what it has.
-            instance = Some(match joined {
-                Some(_) => Live::start_on(&mut store, now, [0]),
-                None => Live::start(log, &mut store, now),
+            // It gets back its own share: the other instance keeps what it has, and so does
+            // a dead member the coordinator still counts.
+            instance = Some(match (joined.is_some(), ghost) {
+                (true, _) | (false, Some(_)) => Live::start_on(&mut store, now, [0]),
+                (false, None) => Live::start(log, &mut store, now),
             });
+            if let Some(unread) = ghost.take() {
+                rejoin = Some((now + TimeDelta::seconds(unread), false));
+            }
+        }
+        // The watchdog's rejoin: leave (the revocation writes what it can), wait out a
+        // session, join again and be assigned everything.
+        match (rejoin, instance.as_mut()) {
+            (Some((when, false)), Some(live)) if now >= when => {
+                let owned = live.driver.engine().owned();
+                if !postgres_up {
+                    store.db.inject(StoreFault::Refuse);
+                }
+                live.driver
+                    .revoke(&owned, now, &mut Letters(&mut store.dead_letters));
+                live.next.clear();
+                rejoin = Some((now + TimeDelta::seconds(9), true));
+            }
+            (Some((when, true)), Some(live)) if now >= when => {
+                rejoin = None;
+                live.assign(&mut store, now, 0..log.partitions, postgres_up);
+            }
+            (Some(_), None) => rejoin = None,
+            _ => {}
         }
         let Some(live) = instance.as_mut() else {
             continue;
@@ -392,12 +432,14 @@ fn a_live_stream_without_faults_counts_every_call_once() {
 }
 
 fn faults() -> impl Strategy<Value = Vec<Fault>> {
-    let kill = (20i64..420, 7i64..16).prop_map(|(at, down)| Fault::Kill { at, down });
+    let kill = (1i64..420, 0i64..21).prop_map(|(at, down)| Fault::Kill { at, down });
+    let ghost = (1i64..420, 0i64..21, 10i64..30)
+        .prop_map(|(at, down, unread)| Fault::Ghost { at, down, unread });
     let postgres = (20i64..420, 5i64..70).prop_map(|(at, secs)| Fault::Postgres { at, secs });
     let freeze = (20i64..420, 4i64..30).prop_map(|(at, secs)| Fault::Freeze { at, secs });
     let scale = (20i64..400, 5i64..120).prop_map(|(at, secs)| Fault::Scale { at, secs });
     prop::collection::vec(
-        prop_oneof![3 => kill, 1 => postgres, 1 => freeze, 2 => scale],
+        prop_oneof![3 => kill, 2 => ghost, 1 => postgres, 1 => freeze, 2 => scale],
         1..6,
     )
 }

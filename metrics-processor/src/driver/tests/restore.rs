@@ -99,8 +99,8 @@ fn a_request_stamped_after_its_response_and_read_first_is_paired_after_a_restart
 
 /// Ten minutes of traffic with what makes a restore differ from a clean run: timed-out
 /// requests retried within two TTLs, paired requests retried, requests stamped up to a
-/// minute after their responses, responses produced long before their requests, and
-/// duplicates, on top of the usual pairs, timeouts and orphans.
+/// minute after their responses, responses produced long before their requests, late calls
+/// posted whole, and duplicates, on top of the usual pairs, timeouts and orphans.
 fn hostile(seed: u64, partitions: i32) -> Topics {
     let mut s = seed;
     let mut produced: Vec<(i64, Event)> = Vec::new();
@@ -141,6 +141,24 @@ fn hostile(seed: u64, partitions: i32) -> Topics {
                 produced.push((at + 20, request(&id, at, "gpt-4o")));
             }
             4 => produced.push((at, response(&id, back, latency, false))), // an orphan
+            6 | 7 => {
+                // a late call, posted whole when it is already past its window and the
+                // grace but within the TTL (a client flushing a buffer); now and then
+                // never answered, or with the response first
+                let stamped = at - 50 - (r >> 8) as i64 % 15;
+                let back = stamped + (latency / 1000) as i64;
+                match (r >> 16) % 4 {
+                    0 => produced.push((at, request(&id, stamped, "gpt-4o"))),
+                    1 => {
+                        produced.push((at, response(&id, back, latency, false)));
+                        produced.push((at, request(&id, stamped, "gpt-4o")));
+                    }
+                    _ => {
+                        produced.push((at, request(&id, stamped, "gpt-4o")));
+                        produced.push((at, response(&id, back, latency, false)));
+                    }
+                }
+            }
             5 => {
                 produced.push((at, request(&id, at, "gpt-4o")));
                 produced.push((back, response(&id, back, latency, false)));

@@ -10,6 +10,8 @@
 //! - [`driver`]: the commit protocol, once: claims, records, flushes, revocations, over any
 //!   [`driver::PositionStore`]. The binary runs it on Postgres, the simulations in memory.
 //! - [`pipeline`]: wires the driver to the rdkafka consumer loop and rebalance callbacks.
+//! - [`reads`]: each input partition read without gaps from where it started, whatever the
+//!   broker's fetches skip.
 //! - [`store`]: Postgres: merged window rows, positions, decisions, in one transaction.
 //! - [`watchdog`]: unread input partitions, a stuck pipeline, a changed input layout.
 //! - [`output`]: the `llm.metrics` record.
@@ -19,6 +21,7 @@ pub mod domain;
 pub mod driver;
 pub mod output;
 pub mod pipeline;
+pub mod reads;
 pub mod settings;
 pub mod startup;
 pub mod store;

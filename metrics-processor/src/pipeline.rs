@@ -29,6 +29,7 @@ use crate::domain::intake;
 use crate::domain::offsets::{Input, Source};
 use crate::driver::{CommitError, Driver, Outputs};
 use crate::output::MetricRow;
+use crate::reads::{Reads, Take};
 use crate::settings::StartFrom;
 use crate::store::{Blocking, Store};
 use crate::telemetry::{Metrics, PartitionLabels, ReasonLabels, TopicLabels};
@@ -49,6 +50,11 @@ pub struct Ownership {
 pub struct Shared {
     driver: Mutex<Driver<Blocking>>,
     ownership: Mutex<Ownership>,
+    /// The offsets the consumer hands over, checked for records the broker skipped.
+    reads: Mutex<Reads>,
+    /// Input partitions to read again from an offset, found by the statistics (which cannot
+    /// seek): topic, partition, offset.
+    refetch_due: Mutex<Vec<(String, i32, i64)>>,
     pub store: Store,
     pub runtime: Handle,
     pub metrics: Arc<Metrics>,
@@ -107,6 +113,8 @@ impl Shared {
         Self {
             driver: Mutex::new(Driver::new(engine, blocking)),
             ownership: Mutex::new(Ownership::default()),
+            reads: Mutex::new(Reads::default()),
+            refetch_due: Mutex::new(Vec::new()),
             store,
             runtime,
             metrics: Arc::new(Metrics::default()),
@@ -145,6 +153,58 @@ impl Shared {
         match input {
             Input::Requests => &self.topics.requests,
             Input::Responses => &self.topics.responses,
+        }
+    }
+
+    /// Whether a record is the next one of its input partition. If the broker skipped
+    /// records (see [`crate::reads`]), the partition is read again from further back.
+    pub fn take(&self, consumer: &BaseConsumer<Context>, message: &BorrowedMessage<'_>) -> bool {
+        let Some(input) = self.input(message.topic()) else {
+            return false;
+        };
+        let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
+        let floor = || {
+            consumer
+                .fetch_watermarks(topic, partition, Duration::from_secs(5))
+                .map_or(0, |(low, _)| low)
+        };
+        match lock(&self.reads).record(input, partition, offset, floor) {
+            Take::Apply => true,
+            Take::Drop => false,
+            Take::Refetch(from) => {
+                tracing::warn!(
+                    topic,
+                    partition,
+                    offset,
+                    from,
+                    "the broker skipped records before this one; reading the partition again from further back"
+                );
+                self.refetch(consumer, topic, partition, from);
+                false
+            }
+        }
+    }
+
+    fn refetch(&self, consumer: &BaseConsumer<Context>, topic: &str, partition: i32, from: i64) {
+        self.metrics.refetches.inc();
+        let at = Offset::Offset(from);
+        if let Err(e) = consumer.seek(topic, partition, at, Duration::from_secs(5)) {
+            tracing::error!(error = %e, topic, partition, "cannot seek back; trying again later");
+        }
+    }
+
+    /// Reads again what the statistics found skipped (see [`Reads::fetcher`]).
+    pub fn refetch_due(&self, consumer: &BaseConsumer<Context>) {
+        let due = std::mem::take(&mut *lock(&self.refetch_due));
+        for (topic, partition, from) in due {
+            tracing::warn!(
+                %topic,
+                partition,
+                from,
+                "the fetcher stands short of the partition's end without records: the broker \
+                 skipped a batch; reading the partition again from further back"
+            );
+            self.refetch(consumer, &topic, partition, from);
         }
     }
 
@@ -381,7 +441,11 @@ impl Shared {
                 format!("{}/{}@{at}", self.topic(s.input), s.partition)
             })
             .collect();
+        // The whole new assignment: nothing read before it counts.
+        let mut reads = lock(&self.reads);
+        *reads = Reads::default();
         for start in starts {
+            reads.started(start.input, start.partition, start.offset);
             let offset = match (start.offset, self.start_from) {
                 (Some(resume), _) => Offset::Offset(resume),
                 (None, StartFrom::Earliest) => Offset::Beginning,
@@ -392,6 +456,7 @@ impl Shared {
                 tracing::error!(error = %e, %topic, partition = start.partition, "cannot set the start offset");
             }
         }
+        drop(reads);
         tracing::info!(?partitions, resume = %resumes.join(" "), "partitions assigned");
         if let Err(e) = consumer.assign(tpl) {
             tracing::error!(error = %e, "assign failed");
@@ -406,6 +471,11 @@ impl Shared {
             self.note_ownership(&driver);
             also
         };
+        let mut reads = lock(&self.reads);
+        for &partition in partitions.iter().chain(&also) {
+            reads.stopped(partition);
+        }
+        drop(reads);
         tracing::info!(?partitions, "partitions revoked");
         if !also.is_empty() {
             // Still assigned here but no longer owned: only a new assignment brings them back.
@@ -448,6 +518,12 @@ impl Shared {
                 // The fetcher is at the end and everything fetched has been applied.
                 if lag == 0 && p.next_offset >= p.hi_offset {
                     driver.reached_end(input, partition);
+                }
+                let floor = p.lo_offset.max(0);
+                let fetcher =
+                    lock(&self.reads).fetcher(input, partition, p.next_offset, p.hi_offset, floor);
+                if let Some(from) = fetcher {
+                    lock(&self.refetch_due).push((topic.clone(), partition, from));
                 }
             }
         }
@@ -556,9 +632,14 @@ pub fn run(
             shared.resumed();
         }
         last_poll = Instant::now();
+        shared.refetch_due(&consumer);
         if let Some(result) = polled {
             match result {
-                Ok(message) => shared.apply(&message),
+                Ok(message) => {
+                    if shared.take(&consumer, &message) {
+                        shared.apply(&message);
+                    }
+                }
                 Err(e) => tracing::warn!(error = %e, "consumer error"),
             }
         }

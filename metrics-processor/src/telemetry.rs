@@ -40,6 +40,7 @@ pub struct Metrics {
     pub published: Counter,
     pub unread_partitions: Family<PartitionLabels, Gauge>,
     pub rejoins: Counter,
+    pub refetches: Counter,
 }
 
 impl Default for Metrics {
@@ -60,6 +61,7 @@ impl Default for Metrics {
             published: Counter::default(),
             unread_partitions: Family::default(),
             rejoins: Counter::default(),
+            refetches: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("records", "Input records consumed", m.records.clone());
@@ -128,6 +130,12 @@ impl Default for Metrics {
             "group_rejoins",
             "Times this instance left and rejoined the group because partitions were unread",
             m.rejoins.clone(),
+        );
+        registry.register(
+            "input_refetches",
+            "Times a fetch began past the offset asked for (the broker skipped records) and the \
+             input partition was read again from further back",
+            m.refetches.clone(),
         );
         Self { registry, ..m }
     }

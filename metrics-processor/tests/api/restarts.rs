@@ -160,3 +160,100 @@ async fn a_changed_input_layout_stops_the_processor_with_what_to_do() {
         "{log}"
     );
 }
+
+/// A restart resumes at the oldest record still needed, which often lies inside a record
+/// batch. Tansu 0.6 answers a fetch from inside a batch with the next batch: without reading
+/// again from further back, the waiting requests from the resume offset to the batch's end
+/// were never read, and their responses became orphans (the first minute of the fault runs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_resuming_inside_a_record_batch_reads_the_whole_batch() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let world = World::new().await;
+    let partitions = 3;
+    // One batch per partition: a poison record first, then requests that wait for their
+    // responses. The poison is passed by, so each partition's resume offset is 1.
+    let producer: FutureProducer = common::kafka::KafkaSettings::new(&world.brokers, partitions)
+        .producer_config("batch-test", Duration::from_secs(10))
+        .set("linger.ms", "500")
+        .create()
+        .expect("producer");
+    let now = Utc::now();
+    let ids: Vec<String> = (0..60).map(|n| format!("{}-{n}", world.tenant)).collect();
+    let requests = world.topic("requests");
+    let mut records: Vec<(i32, String, Vec<u8>)> = (0..partitions)
+        .map(|p| (p, format!("poison-{p}"), b"not json".to_vec()))
+        .collect();
+    for id in &ids {
+        let partition = common::kafka::partition_for(id.as_bytes(), partitions);
+        let request = world.request(id, now, "gpt-4o");
+        records.push((partition, id.clone(), serde_json::to_vec(&request).unwrap()));
+    }
+    // Queued all at once (`send` would wait for each), so that they leave together.
+    let sends: Vec<_> = records
+        .iter()
+        .map(|(partition, key, payload)| {
+            producer
+                .send_result(
+                    FutureRecord::to(&requests)
+                        .partition(*partition)
+                        .key(key)
+                        .payload(payload),
+                )
+                .map_err(|(e, _)| e)
+                .expect("queued")
+        })
+        .collect();
+    for send in sends {
+        send.await
+            .expect("delivered")
+            .expect("the broker acknowledges");
+    }
+
+    let first = Processor::start(&world);
+    first.wait_healthy(Duration::from_secs(30)).await;
+    // Every request read and waiting; the poison passed by: each partition resumes at 1.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let resumes: Vec<i64> = sqlx::query_scalar(
+            "SELECT resume FROM processor_positions WHERE consumer_group = $1 AND topic = $2",
+        )
+        .bind(format!("group-{}", world.suffix))
+        .bind(&requests)
+        .fetch_all(&world.pool)
+        .await
+        .expect("query");
+        if resumes.len() == partitions as usize && resumes.iter().all(|&r| r == 1) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the first instance did not commit resume offset 1 everywhere: {resumes:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    first.crash();
+
+    let responses: Vec<_> = ids
+        .iter()
+        .map(|id| world.response(id, now + TimeDelta::seconds(1), 300, false))
+        .collect();
+    world.produce(&responses).await;
+    let _second = Processor::start(&world);
+    let window = now.duration_trunc(TimeDelta::minutes(1)).unwrap();
+    // The window closes a grace after the minute ends (the input falls idle at once).
+    world
+        .wait_for(
+            "every call of the batch counted",
+            Duration::from_secs(100),
+            |w| w.get(&("gpt-4o".to_owned(), window)) == Some(&(60, 0, 0, 60)),
+        )
+        .await;
+    let letters = world.read("dlq");
+    assert_eq!(
+        letters.len(),
+        partitions as usize,
+        "only the poison is dead-lettered, no response as an orphan: {:?}",
+        letters.iter().map(|l| &l.0).collect::<Vec<_>>()
+    );
+}

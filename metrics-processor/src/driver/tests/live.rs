@@ -433,8 +433,11 @@ fn a_live_stream_without_faults_counts_every_call_once() {
 
 fn faults() -> impl Strategy<Value = Vec<Fault>> {
     let kill = (1i64..420, 0i64..21).prop_map(|(at, down)| Fault::Kill { at, down });
-    let ghost = (1i64..420, 0i64..21, 10i64..30)
-        .prop_map(|(at, down, unread)| Fault::Ghost { at, down, unread });
+    let ghost = (1i64..420, 0i64..21, 10i64..30).prop_map(|(at, down, unread)| Fault::Ghost {
+        at,
+        down,
+        unread,
+    });
     let postgres = (20i64..420, 5i64..70).prop_map(|(at, secs)| Fault::Postgres { at, secs });
     let freeze = (20i64..420, 4i64..30).prop_map(|(at, secs)| Fault::Freeze { at, secs });
     let scale = (20i64..400, 5i64..120).prop_map(|(at, secs)| Fault::Scale { at, secs });

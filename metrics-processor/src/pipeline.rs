@@ -65,6 +65,8 @@ pub struct Shared {
     pub retention: TimeDelta,
     /// False while Postgres refuses commits.
     pub healthy: AtomicBool,
+    /// True while reading is paused (back-pressure while commits fail).
+    paused: AtomicBool,
     pub health: Health,
 }
 
@@ -123,6 +125,7 @@ impl Shared {
             start_from,
             retention,
             healthy: AtomicBool::new(true),
+            paused: AtomicBool::new(false),
             health: Health::default(),
         }
     }
@@ -519,6 +522,9 @@ impl Shared {
                 if lag == 0 && p.next_offset >= p.hi_offset {
                     driver.reached_end(input, partition);
                 }
+                if self.paused.load(Ordering::Relaxed) {
+                    continue;
+                }
                 let floor = p.lo_offset.max(0);
                 let fetcher =
                     lock(&self.reads).fetcher(input, partition, p.next_offset, p.hi_offset, floor);
@@ -622,6 +628,7 @@ pub fn run(
             consumer = rejoin(consumer, &join, &shared, rejoin_after);
             shared.health.rejoined();
             paused = false;
+            shared.paused.store(false, Ordering::Relaxed);
         }
         let started = Instant::now();
         let polled = consumer.poll(Duration::from_millis(50));
@@ -656,6 +663,7 @@ pub fn run(
                         shared.resumed();
                     }
                 }
+                shared.paused.store(paused, Ordering::Relaxed);
             }
             retry_delay = if ok {
                 commit_interval

@@ -46,6 +46,11 @@ struct Read {
 /// How far back the first read again goes when no later record tells how long the batch is.
 const FIRST_STEP_BACK: i64 = 16;
 
+/// How far back the statistics alone send a read again, at most: further than any batch a
+/// producer sends, and a bound on what a fetcher that is only slow (a broker that is down)
+/// costs, since standing still is weaker evidence than a record past the expected offset.
+const MOST_STEP_BACK: i64 = 1 << 16;
+
 #[derive(Debug, Default)]
 pub struct Reads {
     partitions: HashMap<Key, Read>,
@@ -127,7 +132,8 @@ impl Reads {
     /// From the consumer's statistics (about once a second): its fetcher is at `fetching` and
     /// the partition ends at `end`. Returns where to read again from when the fetcher has
     /// stood at the expected offset, short of the end, in two statistics running: the broker
-    /// answered a fetch from inside a batch with nothing, as no later batch exists yet.
+    /// answered a fetch from inside a batch with nothing, as no later batch exists yet. Not
+    /// to be asked while reading is paused: a paused fetcher stands still by design.
     pub fn fetcher(
         &mut self,
         input: Input,
@@ -147,11 +153,11 @@ impl Reads {
             return None;
         }
         read.stalls = 0;
-        let from = match read.refetch {
-            Some((from, _)) => expected - 2 * (expected - from),
-            None => expected - FIRST_STEP_BACK,
-        }
-        .max(floor);
+        let step = match read.refetch {
+            Some((from, _)) => (2 * (expected - from)).min(MOST_STEP_BACK),
+            None => FIRST_STEP_BACK,
+        };
+        let from = (expected - step).max(floor);
         if from >= expected {
             return None; // nothing before it: the fetch is only slow
         }
@@ -260,6 +266,20 @@ mod tests {
         let log = log(&[8], &[], true);
         assert_eq!(log.fetch(1).next(), None, "nothing after the batch");
         assert_eq!(read(&log, 1), (1..8).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_fetcher_that_only_stands_still_is_sent_back_a_bounded_way() {
+        let mut reads = Reads::default();
+        reads.started(R, 0, Some(1_000_000));
+        let mut froms = Vec::new();
+        for _ in 0..40 {
+            froms.extend(reads.fetcher(R, 0, 1_000_000, 1_000_100, 0));
+        }
+        assert_eq!(froms.len(), 20, "every second statistics");
+        assert_eq!(froms[0], 1_000_000 - FIRST_STEP_BACK);
+        assert!(froms.windows(2).all(|w| w[1] <= w[0]));
+        assert_eq!(*froms.last().unwrap(), 1_000_000 - MOST_STEP_BACK);
     }
 
     #[test]

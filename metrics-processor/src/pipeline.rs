@@ -166,12 +166,7 @@ impl Shared {
             return false;
         };
         let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
-        let floor = || {
-            consumer
-                .fetch_watermarks(topic, partition, Duration::from_secs(5))
-                .map_or(0, |(low, _)| low)
-        };
-        match lock(&self.reads).record(input, partition, offset, floor) {
+        match lock(&self.reads).record(input, partition, offset) {
             Take::Apply => true,
             Take::Drop => false,
             Take::Refetch(from) => {
@@ -620,14 +615,12 @@ pub fn run(
     let mut last_commit = Instant::now();
     let mut last_prune: Option<Instant> = None;
     let mut retry_delay = commit_interval;
-    let mut paused = false;
     let mut last_poll = Instant::now();
     while !stop.load(Ordering::Relaxed) && !shared.health.failed() {
         shared.health.beat();
         if shared.health.rejoin_asked() {
             consumer = rejoin(consumer, &join, &shared, rejoin_after);
             shared.health.rejoined();
-            paused = false;
             shared.paused.store(false, Ordering::Relaxed);
         }
         let started = Instant::now();
@@ -655,6 +648,7 @@ pub fn run(
             let ok = shared.commit();
             // Back-pressure: while Postgres refuses, stop reading so memory stays bounded.
             if let Ok(assignment) = consumer.assignment() {
+                let mut paused = shared.paused.load(Ordering::Relaxed);
                 if !ok && !paused {
                     paused = consumer.pause(&assignment).is_ok();
                 } else if ok && paused {

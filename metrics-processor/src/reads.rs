@@ -41,6 +41,26 @@ struct Read {
     refetch: Option<(i64, bool)>,
     /// Statistics in a row that saw the fetcher stand at the expected offset, short of the end.
     stalls: u8,
+    /// The partition's first offset, as the last statistics said: nothing before it is read.
+    floor: i64,
+}
+
+impl Read {
+    /// Where to read again from, `first` back from the expected offset, or twice as far as
+    /// the read under way went (at most `most`), not below the first offset; `None` when
+    /// there is nothing further back to read.
+    fn back(&mut self, expected: i64, first: i64, most: i64) -> Option<i64> {
+        let step = match self.refetch {
+            Some((from, _)) => (2 * (expected - from)).min(most),
+            None => first,
+        };
+        let from = (expected - step).max(self.floor);
+        if from >= expected || self.refetch.is_some_and(|(went, _)| went <= self.floor) {
+            return None;
+        }
+        self.refetch = Some((from, false));
+        Some(from)
+    }
 }
 
 /// How far back the first read again goes when no later record tells how long the batch is.
@@ -65,6 +85,7 @@ impl Reads {
                 expected: offset,
                 refetch: None,
                 stalls: 0,
+                floor: 0,
             },
         );
     }
@@ -74,15 +95,8 @@ impl Reads {
         self.partitions.retain(|(_, p), _| *p != partition);
     }
 
-    /// One record as the consumer handed it over. `floor` gives the partition's first offset
-    /// (asked only when a read from further back is needed): nothing before it can be read.
-    pub fn record(
-        &mut self,
-        input: Input,
-        partition: i32,
-        offset: i64,
-        floor: impl FnOnce() -> i64,
-    ) -> Take {
+    /// One record as the consumer handed it over.
+    pub fn record(&mut self, input: Input, partition: i32, offset: i64) -> Take {
         let Some(read) = self.partitions.get_mut(&(input, partition)) else {
             return Take::Apply; // not assigned here: the engine ignores it
         };
@@ -97,38 +111,21 @@ impl Reads {
             }
             return Take::Drop;
         }
-        match read.refetch {
-            // The next record, or read from before the expected offset in one run: then the
-            // gap is in the log.
-            _ if offset == expected => {}
-            Some((_, true)) => {}
-            Some((from, false)) => {
-                // The broker skipped again: go twice as far back, down to the first offset.
-                let floor = floor();
-                if from > floor {
-                    let from = (expected - 2 * (expected - from)).max(floor);
-                    read.refetch = Some((from, false));
-                    return Take::Refetch(from);
-                }
-            }
-            None => {
-                // The batch holding the expected offset ends before `offset`: guess it
-                // starts as far before the expected offset as it ends after it.
-                let from = (expected - (offset - expected)).max(floor());
-                if from < expected {
-                    read.refetch = Some((from, false));
-                    return Take::Refetch(from);
-                }
-                // Nothing before it to read.
+        // Not the next record, and no read from before the expected offset has run across
+        // it (which would put the gap in the log): the broker skipped records. The first
+        // guess: the batch holding the expected offset starts as far before it as it ends
+        // after it.
+        let crossed = matches!(read.refetch, Some((_, true)));
+        if offset != expected && !crossed {
+            if let Some(from) = read.back(expected, offset - expected, i64::MAX) {
+                return Take::Refetch(from);
             }
         }
         read.expected = Some(offset + 1);
         read.refetch = None;
         Take::Apply
     }
-}
 
-impl Reads {
     /// From the consumer's statistics (about once a second): its fetcher is at `fetching` and
     /// the partition ends at `end`. Returns where to read again from when the fetcher has
     /// stood at the expected offset, short of the end, in two statistics running: the broker
@@ -143,6 +140,7 @@ impl Reads {
         floor: i64,
     ) -> Option<i64> {
         let read = self.partitions.get_mut(&(input, partition))?;
+        read.floor = floor;
         let expected = read.expected?;
         if end <= expected || fetching > expected {
             read.stalls = 0;
@@ -153,16 +151,7 @@ impl Reads {
             return None;
         }
         read.stalls = 0;
-        let step = match read.refetch {
-            Some((from, _)) => (2 * (expected - from)).min(MOST_STEP_BACK),
-            None => FIRST_STEP_BACK,
-        };
-        let from = (expected - step).max(floor);
-        if from >= expected {
-            return None; // nothing before it: the fetch is only slow
-        }
-        read.refetch = Some((from, false));
-        Some(from)
+        read.back(expected, FIRST_STEP_BACK, MOST_STEP_BACK)
     }
 }
 
@@ -212,7 +201,7 @@ mod tests {
         for _ in 0..64 {
             let mut refetch = None;
             for offset in log.fetch(from) {
-                match reads.record(R, 0, offset, || log.floor()) {
+                match reads.record(R, 0, offset) {
                     Take::Apply => applied.push(offset),
                     Take::Drop => {}
                     Take::Refetch(at) => {

@@ -376,6 +376,14 @@ impl Engine {
             Event::Request(r) => r.timestamp,
             Event::Response(r) => r.timestamp,
         };
+        // A half read when both topics had already been read more than a TTL past it is too
+        // late to be joined. A replayed one was judged by the run that read it first (its decision is
+        // stored).
+        let too_late = !replayed
+            && state
+                .watermarks
+                .read_to()
+                .is_some_and(|p| timestamp + self.config.ttl < p);
         state
             .watermarks
             .observe((source.input, source.partition), timestamp, now);
@@ -395,7 +403,22 @@ impl Engine {
                 .get(&source.input)
                 .and_then(|c| c.watermark)
                 .is_some_and(|w| timestamp + self.config.ttl < w);
+        let mut outcomes = Vec::new();
         let outcome = match event {
+            Event::Request(request) if too_late => {
+                outcomes.extend(state.joiner.too_late_request(Sourced {
+                    source,
+                    value: request,
+                }));
+                None
+            }
+            Event::Response(response) if too_late => {
+                outcomes.extend(state.joiner.too_late_response(Sourced {
+                    source,
+                    value: response,
+                }));
+                None
+            }
             Event::Request(request) if decided.0 => {
                 state.joiner.restore(
                     &request.request_id,
@@ -438,8 +461,15 @@ impl Engine {
                 value: response,
             }),
         };
+        outcomes.extend(outcome);
+        // Event time moves on with every record, not only at commits: what is given up, and
+        // when, must not depend on when commits happen.
+        if let Some(p) = state.watermarks.progress(now) {
+            let replaying = state.replaying();
+            outcomes.extend(state.joiner.advance(p, replaying));
+        }
         let mut effects = Vec::new();
-        if let Some(outcome) = outcome {
+        for outcome in outcomes {
             self.handle(source.partition, outcome, &mut effects);
         }
         effects

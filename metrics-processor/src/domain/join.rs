@@ -313,6 +313,78 @@ impl Joiner {
         None
     }
 
+    /// A request read when reading has already got more than a TTL past its timestamp: too
+    /// late to be joined. It is a timeout at once, and a response of it waiting here is an
+    /// orphan, so that the call ends the same whichever half was read first (see
+    /// [`Joiner::too_late_response`]). A second delivery of a remembered id is what
+    /// [`Joiner::on_request`] says.
+    pub fn too_late_request(&mut self, event: Sourced<RequestEvent>) -> Vec<Outcome> {
+        let id = self.id(&event.value.request_id);
+        if self.finished.contains_key(&id) || self.requests.contains_key(&id) {
+            return self.on_request(event).into_iter().collect();
+        }
+        let request = Sourced {
+            source: event.source,
+            value: Request {
+                request_id: Arc::clone(&id),
+                names: self.names(&event.value),
+                timestamp: event.value.timestamp,
+                prompt_tokens: event.value.prompt_tokens,
+            },
+        };
+        let response = self.responses.remove(&id);
+        if let Some(waiting) = &response {
+            self.needed.release(waiting.source);
+        }
+        self.give_up(id, request, response)
+    }
+
+    /// A response read when reading has already got more than a TTL past its timestamp: an
+    /// orphan at once; a request of it waiting here (stamped later: hosts' clocks differ) is
+    /// a timeout, as it would be had it been read after this response.
+    pub fn too_late_response(&mut self, response: Sourced<ResponseEvent>) -> Vec<Outcome> {
+        let id = self.id(&response.value.request_id);
+        if self.finished.contains_key(&id) || self.responses.contains_key(&id) {
+            return self.on_response(response).into_iter().collect();
+        }
+        match self.requests.remove_entry(&id) {
+            Some((key, waiting)) => {
+                let request = waiting.into_request(key);
+                self.needed.release(request.source);
+                self.give_up(id, request, Some(response))
+            }
+            None => {
+                let outcome = Outcome::Orphaned {
+                    response,
+                    reason: OrphanReason::NoRequest,
+                };
+                self.finish(id, &outcome);
+                vec![outcome]
+            }
+        }
+    }
+
+    /// Ends a call as a timeout, with its response (if any) an orphan after it; neither
+    /// half is held as waiting any more.
+    fn give_up(
+        &mut self,
+        id: Arc<str>,
+        request: Sourced<Request>,
+        response: Option<Sourced<ResponseEvent>>,
+    ) -> Vec<Outcome> {
+        let timed_out = Outcome::TimedOut(request);
+        self.finish(Arc::clone(&id), &timed_out);
+        let mut outcomes = vec![timed_out];
+        if let Some(response) = response {
+            self.remember(&id, response.source, response.value.timestamp);
+            outcomes.push(Outcome::Orphaned {
+                response,
+                reason: OrphanReason::AfterTimeout,
+            });
+        }
+        outcomes
+    }
+
     /// Halves still waiting whose deadline is before `before`, with their request ids: read
     /// behind the watermark (an old backlog after an idle spell), not yet given up on.
     pub fn waiting_before(&self, before: DateTime<Utc>) -> Vec<(String, Source)> {

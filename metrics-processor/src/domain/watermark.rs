@@ -112,6 +112,20 @@ impl Watermarks {
         self.current
     }
 
+    /// How far every input partition has been read, by the records alone: the smallest of
+    /// their largest event times, idle or not; `None` until each has delivered one. A half
+    /// stamped more than a TTL before this is too late to be joined; unlike
+    /// [`Watermarks::progress`] it never follows the clock, so an old backlog read after an
+    /// idle spell is not taken for late.
+    pub fn read_to(&self) -> Option<DateTime<Utc>> {
+        let mut slowest: Option<DateTime<Utc>> = None;
+        for clock in self.partitions.values() {
+            let at = clock.max_event?;
+            slowest = Some(slowest.map_or(at, |s| s.min(at)));
+        }
+        slowest
+    }
+
     /// How far the records being read have got, now: the slowest active partition, or the
     /// clock when all are idle. Unlike [`Watermarks::current`] it falls back when old records
     /// arrive after an idle spell, which is what giving up on a half must wait for: after the
@@ -128,18 +142,22 @@ impl Watermarks {
             .map(|c| c.last_seen)
             .max()
             .unwrap_or(now);
-        let active: Vec<Option<DateTime<Utc>>> = self
-            .partitions
-            .values()
-            .filter(|c| !c.at_end || now - latest < self.idle_after)
-            .map(|c| c.max_event)
-            .collect();
-        if active.is_empty() {
-            Some(now - self.idle_after)
-        } else if active.iter().any(Option::is_none) {
-            None // an active partition that has delivered nothing yet holds everything back
+        // Asked at every record: no allocation.
+        let mut slowest: Option<DateTime<Utc>> = None;
+        let mut any_active = false;
+        for clock in self.partitions.values() {
+            if clock.at_end && now - latest >= self.idle_after {
+                continue;
+            }
+            any_active = true;
+            // An active partition that has delivered nothing yet holds everything back.
+            let at = clock.max_event?;
+            slowest = Some(slowest.map_or(at, |s| s.min(at)));
+        }
+        if any_active {
+            slowest
         } else {
-            active.into_iter().flatten().min()
+            Some(now - self.idle_after)
         }
     }
 }

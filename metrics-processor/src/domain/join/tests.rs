@@ -203,3 +203,57 @@ fn pending_halves_hold_their_offsets_until_they_end() {
     assert_eq!(j.needed().min(Input::Requests, 0), None);
     assert_eq!(j.needed().min(Input::Responses, 0), None);
 }
+
+/// What a call too late to be joined ends as, by the order its halves were read in.
+fn too_late_call(response_waits: bool, request_first: bool) -> Vec<&'static str> {
+    let mut j = joiner();
+    let kinds = |outcomes: Vec<Outcome>| -> Vec<&'static str> {
+        outcomes
+            .iter()
+            .map(|o| match o {
+                Outcome::Paired { .. } => "paired",
+                Outcome::TimedOut(_) => "timeout",
+                Outcome::Orphaned { .. } => "orphan",
+                Outcome::Duplicate(_) => "duplicate",
+            })
+            .collect()
+    };
+    let mut ended = Vec::new();
+    if request_first {
+        ended.extend(kinds(j.too_late_request(request("a", 0, 1))));
+        ended.extend(kinds(j.too_late_response(response("a", 1, 1))));
+    } else if response_waits {
+        // The response was read in time and waits; its request comes too late.
+        assert!(j.on_response(response("a", 1, 1)).is_none());
+        ended.extend(kinds(j.too_late_request(request("a", 0, 1))));
+    } else {
+        ended.extend(kinds(j.too_late_response(response("a", 1, 1))));
+        ended.extend(kinds(j.too_late_request(request("a", 0, 1))));
+    }
+    assert_eq!(
+        j.pending_requests() + j.pending_responses(),
+        0,
+        "nothing waits"
+    );
+    ended.sort_unstable();
+    ended
+}
+
+#[test]
+fn a_call_too_late_to_be_joined_is_a_timeout_and_an_orphan_in_any_order() {
+    for (response_waits, request_first) in [(false, true), (true, false), (false, false)] {
+        assert_eq!(
+            too_late_call(response_waits, request_first),
+            ["orphan", "timeout"],
+            "response waits: {response_waits}, request first: {request_first}"
+        );
+    }
+}
+
+#[test]
+fn a_second_delivery_of_a_call_too_late_to_be_joined_is_a_duplicate() {
+    let mut j = joiner();
+    j.too_late_request(request("a", 0, 1));
+    let again = j.too_late_request(request("a", 0, 2));
+    assert!(matches!(again[..], [Outcome::Duplicate(_)]), "{again:?}");
+}

@@ -97,6 +97,69 @@ fn a_request_stamped_after_its_response_and_read_first_is_paired_after_a_restart
     every_restart_agrees(&topics);
 }
 
+/// Runs `topics` on one instance that commits after every `every` records.
+fn run_committing(topics: &Topics, seed: u64, every: usize) -> Store {
+    let mut store = Store::default();
+    let mut s = seed;
+    let mut instance = Instance::start(topics, &mut store);
+    let mut n = 0;
+    while instance.step(topics, &mut store, next(&mut s)) {
+        n += 1;
+        if n % every == 0 {
+            instance.commit(&mut store);
+        }
+    }
+    instance.finish(topics, &mut store, &mut s);
+    store
+}
+
+/// A call posted whole more than a TTL after it happened (a client flushing an old buffer)
+/// is too late to be joined, whichever half is read first and whenever commits happen: its
+/// request counts as a timeout in its own minute, its response goes to the dead-letter topic.
+#[test]
+fn a_late_pair_older_than_the_ttl_is_a_timeout_and_an_orphan_whatever_the_commit_timing() {
+    for response_first in [false, true] {
+        let mut topics = Topics::new(1);
+        pairs(&mut topics, 0..20, 5, 8);
+        // Read when the stream is at about 165 s: stamped 100 s before, the TTL is 70 s.
+        let late = [
+            request("late", 65, "gpt-4o"),
+            response("late", 66, 800, false),
+        ];
+        for event in if response_first {
+            late.iter().rev().cloned().collect::<Vec<_>>()
+        } else {
+            late.to_vec()
+        } {
+            topics.produce(event);
+        }
+        pairs(&mut topics, 20..40, 5, 8);
+        let clean = run(&topics, None);
+        assert_eq!(
+            sum(&clean),
+            (41, 1),
+            "the late call is a timeout (response first: {response_first})"
+        );
+        assert!(
+            clean.dead_letters.contains("late"),
+            "its response is an orphan"
+        );
+        for every in [1, 2, 3, 5, 8, 13, 1000] {
+            for seed in 0..4 {
+                let other = run_committing(&topics, seed, every);
+                if let Err(e) = same_rows(&clean, &other) {
+                    panic!("commits every {every} records, seed {seed}: {e}");
+                }
+                assert_eq!(
+                    clean.dead_letters, other.dead_letters,
+                    "commits every {every}"
+                );
+            }
+        }
+        every_restart_agrees(&topics);
+    }
+}
+
 /// Ten minutes of traffic with what makes a restore differ from a clean run: timed-out
 /// requests retried within two TTLs, paired requests retried, requests stamped up to a
 /// minute after their responses, responses produced long before their requests, late calls
@@ -142,10 +205,12 @@ fn hostile(seed: u64, partitions: i32) -> Topics {
             }
             4 => produced.push((at, response(&id, back, latency, false))), // an orphan
             6 | 7 => {
-                // a late call, posted whole when it is already past its window and the
-                // grace but within the TTL (a client flushing a buffer); now and then
-                // never answered, or with the response first
-                let stamped = at - 50 - (r >> 8) as i64 % 15;
+                // a late call, posted whole when it is often past its window and the grace
+                // but well within the TTL (a client flushing a buffer); now and then never
+                // answered, or with the response first. (Within seconds of the TTL, whether
+                // it is joined depends on how the topics' reads interleave, in a clean run
+                // as after a restart: see the README, Timeouts.)
+                let stamped = at - 30 - (r >> 8) as i64 % 15;
                 let back = stamped + (latency / 1000) as i64;
                 match (r >> 16) % 4 {
                     0 => produced.push((at, request(&id, stamped, "gpt-4o"))),
@@ -157,6 +222,22 @@ fn hostile(seed: u64, partitions: i32) -> Topics {
                         produced.push((at, request(&id, stamped, "gpt-4o")));
                         produced.push((at, response(&id, back, latency, false)));
                     }
+                }
+            }
+            8 if at > 200 => {
+                // a late call posted whole more than a TTL after it happened: too late to
+                // be joined (a timeout and an orphan), in either order. Reading may be up to
+                // a minute behind `at` here (partitions are read oldest first), and a call
+                // within seconds of the TTL behind it may be joined or not, depending on how
+                // the topics' reads interleave: so these are well beyond it.
+                let stamped = at - 160 - (r >> 8) as i64 % 20;
+                let back = stamped + (latency / 1000) as i64;
+                if (r >> 16).is_multiple_of(2) {
+                    produced.push((at, request(&id, stamped, "gpt-4o-mini")));
+                    produced.push((at, response(&id, back, latency, false)));
+                } else {
+                    produced.push((at, response(&id, back, latency, false)));
+                    produced.push((at, request(&id, stamped, "gpt-4o-mini")));
                 }
             }
             5 => {

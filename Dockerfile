@@ -2,7 +2,7 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p ingestion-api -p metrics-processor -p metrics-api -p common -p loadgen \
+RUN cargo build --release --locked -p ingestion-api -p metrics-processor -p metrics-api -p admin -p loadgen \
  && mkdir /out \
  && cp target/release/ingestion-api target/release/metrics-processor target/release/metrics-api target/release/streamlens-admin \
        target/release/streamlens-loadgen /out/

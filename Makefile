@@ -9,7 +9,7 @@ STACK_ENV = eval "$$($(STACK) env)"
 
 ## run: start Postgres and the broker, build and run the services on them with demo traffic
 run: stack-up
-	cargo build --release -p ingestion-api -p metrics-processor -p metrics-api -p common -p loadgen
+	cargo build --release -p ingestion-api -p metrics-processor -p metrics-api -p admin -p loadgen
 	@$(STACK_ENV); scripts/run.sh
 
 ## test: start the local stack if needed, install the browser test's Chromium, run every test
@@ -18,7 +18,7 @@ test: stack-up chromium
 	export TEST_KAFKA_BROKERS=$$KAFKA_BROKERS TEST_DATABASE_URL=$$POSTGRES_DSN; \
 	cargo test --workspace
 	@# The short abuse and fault runs (see README, Reliability).
-	cargo build --bins -p ingestion-api -p metrics-processor -p metrics-api -p common -p loadgen
+	cargo build --bins -p ingestion-api -p metrics-processor -p metrics-api -p admin -p loadgen
 	@$(STACK_ENV); CHAOS_PROFILE=debug ABUSE_EXAMPLES=25 scripts/abuse.sh
 	@$(STACK_ENV); CHAOS_PROFILE=debug CHAOS_SECONDS=100 CHAOS_RATE=50 CHAOS_PG_DOWN_SECS=20 \
 		scripts/chaos.sh ci
@@ -33,7 +33,7 @@ chromium:
 	@scripts/chromium.sh
 
 migrate:
-	@$(STACK_ENV); cargo run --quiet -p common --bin streamlens-admin -- migrate
+	@$(STACK_ENV); cargo run --quiet -p admin --bin streamlens-admin -- migrate
 
 build:
 	cargo build --workspace --all-targets
@@ -47,22 +47,22 @@ fmt:
 
 ## chaos: fault runs against an oracle, each fault alone and then all together (about 25 min)
 chaos: stack-up
-	cargo build --release -p ingestion-api -p metrics-processor -p common -p loadgen
+	cargo build --release -p ingestion-api -p metrics-processor -p admin -p loadgen
 	@$(STACK_ENV); scripts/chaos.sh
 
 ## abuse: fuzz both APIs from their OpenAPI documents, malformed bodies, poison records
 abuse: stack-up
-	cargo build --release -p ingestion-api -p metrics-processor -p metrics-api -p common -p loadgen
+	cargo build --release -p ingestion-api -p metrics-processor -p metrics-api -p admin -p loadgen
 	@$(STACK_ENV); scripts/abuse.sh
 
 ## bench: end-to-end load through all three services, with raw broker rates from the same run
 bench: stack-up
-	cargo build --release -p ingestion-api -p metrics-processor -p metrics-api -p common -p loadgen
+	cargo build --release -p ingestion-api -p metrics-processor -p metrics-api -p admin -p loadgen
 	@$(STACK_ENV); scripts/bench.sh
 
 ## soak: the end-to-end benchmark for ten minutes at a steady rate: memory and lag must stay flat
 soak: stack-up
-	cargo build --release -p ingestion-api -p metrics-processor -p metrics-api -p common -p loadgen
+	cargo build --release -p ingestion-api -p metrics-processor -p metrics-api -p admin -p loadgen
 	@$(STACK_ENV); BENCH_SECONDS=$${SOAK_SECONDS:-600} BENCH_RATE=$${SOAK_RATE:-2000} BENCH_RAW_EVENTS=200000 scripts/bench.sh
 
 ## bench-ingest: the ingestion API against a raw librdkafka producer
@@ -79,5 +79,5 @@ bench-processor: stack-up
 
 ## bench-query: the query API on a table of 10M generated windows
 bench-query: stack-up
-	cargo build --release -p metrics-api -p loadgen -p common
+	cargo build --release -p metrics-api -p loadgen -p admin
 	@$(STACK_ENV); scripts/bench-query.sh

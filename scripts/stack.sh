@@ -127,7 +127,7 @@ ENV
 }
 
 admin() {
-  (cd "$ROOT" && eval "$(print_env)" && cargo run --quiet -p common --bin streamlens-admin -- "$@")
+  (cd "$ROOT" && eval "$(print_env)" && cargo run --quiet -p admin --bin streamlens-admin -- "$@")
 }
 
 up() {

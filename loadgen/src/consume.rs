@@ -11,14 +11,14 @@ use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde_json::json;
 
-use crate::Args;
+use crate::{DumpArgs, LatestArgs, TopicArgs};
 
-pub fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
-    let prefix = args.text("topic", "bench.raw");
+pub fn run(args: &TopicArgs) -> anyhow::Result<serde_json::Value> {
+    let prefix = &args.topic;
     let topics = [format!("{prefix}.requests"), format!("{prefix}.responses")];
     let started = Instant::now();
     let (mut records, mut bytes) = (0u64, 0u64);
-    read_to_end(&args.text("brokers", "127.0.0.1:9092"), &topics, |m| {
+    read_to_end(&args.brokers.brokers, &topics, |m| {
         records += 1;
         bytes += m.payload().map_or(0, |p| p.len() as u64);
     })?;
@@ -30,11 +30,11 @@ pub fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
 
 /// `latest --brokers B --topic llm.metrics`: the last record of each window on a metrics
 /// topic, as the consumers of that topic would hold it (a JSON array).
-pub fn latest(args: &Args) -> anyhow::Result<serde_json::Value> {
-    let topic = args.text("topic", "llm.metrics");
+pub fn latest(args: &LatestArgs) -> anyhow::Result<serde_json::Value> {
+    let topic = args.topic.clone();
     let mut last: BTreeMap<(String, String), serde_json::Value> = BTreeMap::new();
     let mut bad = 0u64;
-    read_to_end(&args.text("brokers", "127.0.0.1:9092"), &[topic], |m| {
+    read_to_end(&args.brokers.brokers, &[topic], |m| {
         match m.payload().map(serde_json::from_slice::<serde_json::Value>) {
             Some(Ok(row)) => {
                 let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
@@ -52,17 +52,13 @@ pub fn latest(args: &Args) -> anyhow::Result<serde_json::Value> {
 /// `dump --brokers B --topics T1,T2`: every record of the topics, one JSON line each (topic,
 /// partition, offset, key, broker timestamp, the payload as JSON or text), for tracing what a
 /// fault run's check found back to the records. Returns how many were written.
-pub fn dump(args: &Args) -> anyhow::Result<serde_json::Value> {
+pub fn dump(args: &DumpArgs) -> anyhow::Result<serde_json::Value> {
     use std::io::Write;
-    let topics: Vec<String> = args
-        .text("topics", "llm.requests,llm.responses")
-        .split(',')
-        .map(str::to_owned)
-        .collect();
+    let topics = &args.topics;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut records = 0u64;
     let mut failed = None;
-    read_to_end(&args.text("brokers", "127.0.0.1:9092"), &topics, |m| {
+    read_to_end(&args.brokers.brokers, topics, |m| {
         let payload = m.payload().unwrap_or_default();
         let payload = serde_json::from_slice::<serde_json::Value>(payload)
             .unwrap_or_else(|_| String::from_utf8_lossy(payload).into());

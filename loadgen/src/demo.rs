@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{json, Value};
 
-use crate::Args;
+use crate::{DemoArgs, Tenants};
 
 /// Share of calls whose response is posted before the request.
 const RESPONSE_FIRST: f64 = 0.04;
@@ -298,8 +298,8 @@ async fn post(
 
 /// The tenants to post for and their API keys, from `--keys acme=K1,globex=K2`; without it,
 /// three tenants and no keys (`AUTH_MODE=disabled`).
-pub fn tenant_keys(args: &Args) -> anyhow::Result<(Vec<String>, Vec<Option<String>>)> {
-    let keys = args.text("keys", "");
+pub fn tenant_keys(tenants: &Tenants) -> anyhow::Result<(Vec<String>, Vec<Option<String>>)> {
+    let keys = &tenants.keys;
     if keys.is_empty() {
         let tenants = ["acme", "globex", "initech"].map(String::from).to_vec();
         return Ok((tenants, vec![None; 3]));
@@ -316,14 +316,14 @@ pub fn tenant_keys(args: &Args) -> anyhow::Result<(Vec<String>, Vec<Option<Strin
 
 /// `demo --url U [--keys acme=K1,globex=K2] [--rate EVENTS_PER_SEC] [--backfill-minutes M]
 /// [--duration-secs S] [--seed N]`: runs until stopped, or for `S` seconds and then reports.
-pub async fn run(args: &Args) -> anyhow::Result<Value> {
-    let url = format!("{}/v1/llm/batch", args.text("url", "http://127.0.0.1:8080"));
-    let (tenants, keys) = tenant_keys(args)?;
+pub async fn run(args: &DemoArgs) -> anyhow::Result<Value> {
+    let url = format!("{}/v1/llm/batch", args.ingestion.url);
+    let (tenants, keys) = tenant_keys(&args.tenants)?;
     // Two events per call.
-    let calls_per_sec = (args.number("rate", 20)? as f64 / 2.0).max(0.1);
-    let backfill = args.number("backfill-minutes", 0)?;
-    let duration = args.number("duration-secs", 0)?;
-    let seed = args.number("seed", 7)? as u64;
+    let calls_per_sec = (args.rate as f64 / 2.0).max(0.1);
+    let backfill = args.backfill_minutes;
+    let duration = args.duration_secs;
+    let seed = args.seed;
     let mut traffic = Traffic::new(tenants, crate::events::run_tag(), seed);
     let mut schedule = Schedule::default();
     let client = reqwest::Client::new();

@@ -7,14 +7,14 @@ use std::time::Instant;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
-use crate::{events, Args};
+use crate::{events, BatchArgs, QueryArgs, SingleArgs};
 
 /// Batches of `--batch-size` typed events, `--concurrency` batches in flight.
-pub async fn batch(args: &Args) -> anyhow::Result<Value> {
-    let url = format!("{}/v1/llm/batch", args.text("url", "http://127.0.0.1:8080"));
-    let total = args.number("events", 100_000)?;
-    let size = args.number("batch-size", 500)?.max(1);
-    let concurrency = args.number("concurrency", 4)?.max(1);
+pub async fn batch(args: &BatchArgs) -> anyhow::Result<Value> {
+    let url = format!("{}/v1/llm/batch", args.ingestion.url);
+    let total = args.events;
+    let size = args.batch_size as usize;
+    let concurrency = args.concurrency as usize;
     let run = events::run_tag();
     // Bodies are built before the clock starts: the figure is the service's, not ours.
     let bodies: Vec<Vec<u8>> = (0..total)
@@ -75,10 +75,10 @@ pub async fn batch(args: &Args) -> anyhow::Result<Value> {
 }
 
 /// Single-event posts, `--concurrency` in flight, with latency percentiles.
-pub async fn single(args: &Args) -> anyhow::Result<Value> {
-    let base = args.text("url", "http://127.0.0.1:8080");
-    let total = args.number("requests", 10_000)?;
-    let concurrency = args.number("concurrency", 32)?.max(1);
+pub async fn single(args: &SingleArgs) -> anyhow::Result<Value> {
+    let base = &args.ingestion.url;
+    let total = args.requests;
+    let concurrency = args.concurrency as usize;
     let run = events::run_tag();
     let next = Arc::new(AtomicUsize::new(0));
     let client = reqwest::Client::new();
@@ -138,15 +138,11 @@ pub async fn single(args: &Args) -> anyhow::Result<Value> {
 
 /// GETs `--path` (with `--key` as bearer token, if given) `--requests` times from
 /// `--concurrency` workers; every answer must be 200.
-pub async fn query(args: &Args) -> anyhow::Result<Value> {
-    let url = format!(
-        "{}{}",
-        args.text("url", "http://127.0.0.1:8081"),
-        args.text("path", "/v1/metrics")
-    );
-    let key = args.text("key", "");
-    let total = args.number("requests", 5_000)?;
-    let concurrency = args.number("concurrency", 8)?.max(1);
+pub async fn query(args: &QueryArgs) -> anyhow::Result<Value> {
+    let url = format!("{}{}", args.url, args.path);
+    let key = args.key.clone();
+    let total = args.requests;
+    let concurrency = args.concurrency as usize;
     let next = Arc::new(AtomicUsize::new(0));
     let client = reqwest::Client::new();
     let started = Instant::now();

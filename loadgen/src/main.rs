@@ -1,17 +1,6 @@
 //! Load generator and benchmark harness.
 //!
-//! ```text
-//! streamlens-loadgen raw    --brokers B --topic PREFIX --events N [--partitions P]
-//! streamlens-loadgen batch  --url U --events N [--batch-size S] [--concurrency C]
-//! streamlens-loadgen single --url U --requests N [--concurrency C]
-//! streamlens-loadgen consume --brokers B --topic PREFIX
-//! streamlens-loadgen oracle --url U --out FILE [--keys T=K,...] [--rate CALLS/S] [--duration-secs S]
-//! streamlens-loadgen latest --brokers B --topic llm.metrics   last record of each window
-//! streamlens-loadgen poison --brokers B --topic PREFIX       malformed records on both input topics
-//! streamlens-loadgen demo   --url U [--keys T=K,...] [--rate EV/S] [--backfill-minutes M] [--duration-secs S]
-//! streamlens-loadgen histogram [--values N]   hex of a stored latency histogram (bench data)
-//! streamlens-loadgen query  --url U --path /v1/metrics?... [--key K] [--requests N] [--concurrency C]
-//! ```
+//! `streamlens-loadgen --help` lists the modes, `streamlens-loadgen MODE --help` their flags.
 //! `raw` is the yardstick: a plain librdkafka producer with the ingestion API's guarantees
 //! (idempotent, `acks=all`, murmur2) writing the same request and response JSON to two
 //! topics (`PREFIX.requests`, `PREFIX.responses`) straight to the broker.
@@ -30,85 +19,259 @@ mod oracle;
 mod poison;
 mod raw;
 
-use std::collections::HashMap;
+use clap::{Args as ClapArgs, Parser, Subcommand};
 
-use anyhow::{bail, Context};
+/// Load generator, fault-run oracle and benchmark harness for StreamLens. Each mode prints
+/// one JSON line of figures.
+#[derive(Debug, Parser)]
+#[command(name = "streamlens-loadgen", version)]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
 
-/// `--name value` pairs after the mode.
-#[derive(Debug)]
-pub struct Args(HashMap<String, String>);
+#[derive(Debug, Subcommand)]
+enum Mode {
+    /// A plain idempotent librdkafka producer writing request and response JSON straight to
+    /// PREFIX.requests and PREFIX.responses: the yardstick for the ingestion API
+    Raw(RawArgs),
+    /// Batches of typed events posted to the ingestion API, several in flight
+    Batch(BatchArgs),
+    /// Single-event posts to the ingestion API, with latency percentiles
+    Single(SingleArgs),
+    /// Reads PREFIX.requests and PREFIX.responses from the start to their end, doing nothing
+    /// with the records: the yardstick for the processor
+    Consume(TopicArgs),
+    /// GETs one metrics API path many times; every answer must be 200
+    Query(QueryArgs),
+    /// Demo-shaped traffic (several tenants, models and routes, errors, timeouts, slow
+    /// calls) until stopped, or for --duration-secs
+    Demo(DemoArgs),
+    /// A deterministic call stream for the fault runs, and the windows it must produce
+    Oracle(OracleArgs),
+    /// The last record of each window on a metrics topic (a JSON array)
+    Latest(LatestArgs),
+    /// Every record of the topics, one JSON line each, for tracing a fault run's findings
+    Dump(DumpArgs),
+    /// Malformed records of every kind, with and without a key, on both input topics
+    Poison(PoisonArgs),
+    /// Hex of a stored latency histogram, for benchmark data
+    Histogram(HistogramArgs),
+}
 
-impl Args {
-    fn parse(rest: &[String]) -> anyhow::Result<Self> {
-        let mut map = HashMap::new();
-        let mut it = rest.iter();
-        while let Some(flag) = it.next() {
-            let Some(name) = flag.strip_prefix("--") else {
-                bail!("expected --flag, got {flag}");
-            };
-            let value = it
-                .next()
-                .with_context(|| format!("--{name} needs a value"))?;
-            map.insert(name.to_owned(), value.clone());
-        }
-        Ok(Self(map))
-    }
+#[derive(Debug, ClapArgs)]
+pub struct Brokers {
+    /// Kafka bootstrap servers
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+}
 
-    pub fn text(&self, name: &str, default: &str) -> String {
-        self.0
-            .get(name)
-            .cloned()
-            .unwrap_or_else(|| default.to_owned())
-    }
+#[derive(Debug, ClapArgs)]
+pub struct Ingestion {
+    /// The ingestion API's base URL
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+}
 
-    pub fn number(&self, name: &str, default: usize) -> anyhow::Result<usize> {
-        match self.0.get(name) {
-            None => Ok(default),
-            Some(v) => v
-                .parse()
-                .with_context(|| format!("--{name} must be a number")),
-        }
-    }
+#[derive(Debug, ClapArgs)]
+pub struct Tenants {
+    /// Tenants and their API keys, as tenant=key pairs (acme=K1,globex=K2); without it,
+    /// three tenants and no keys (AUTH_MODE=disabled)
+    #[arg(long, default_value = "")]
+    pub keys: String,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct RawArgs {
+    #[command(flatten)]
+    pub brokers: Brokers,
+    /// Topic prefix
+    #[arg(long, default_value = "bench.raw")]
+    pub topic: String,
+    /// Events to write (half requests, half responses)
+    #[arg(long, default_value_t = 100_000)]
+    pub events: usize,
+    /// Partitions of each topic, if it has to be created
+    #[arg(long, default_value_t = 6)]
+    pub partitions: i32,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct BatchArgs {
+    #[command(flatten)]
+    pub ingestion: Ingestion,
+    /// Events to post
+    #[arg(long, default_value_t = 100_000)]
+    pub events: usize,
+    /// Events per batch
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_size: u64,
+    /// Batches in flight
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..))]
+    pub concurrency: u64,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct SingleArgs {
+    #[command(flatten)]
+    pub ingestion: Ingestion,
+    /// Posts to make
+    #[arg(long, default_value_t = 10_000)]
+    pub requests: usize,
+    /// Posts in flight
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..))]
+    pub concurrency: u64,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct TopicArgs {
+    #[command(flatten)]
+    pub brokers: Brokers,
+    /// Topic prefix
+    #[arg(long, default_value = "bench.raw")]
+    pub topic: String,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct QueryArgs {
+    /// The metrics API's base URL
+    #[arg(long, default_value = "http://127.0.0.1:8081")]
+    pub url: String,
+    /// Path and query string to GET
+    #[arg(long, default_value = "/v1/metrics")]
+    pub path: String,
+    /// API key, sent as a bearer token
+    #[arg(long, default_value = "")]
+    pub key: String,
+    /// GETs to make
+    #[arg(long, default_value_t = 5_000)]
+    pub requests: usize,
+    /// GETs in flight
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
+    pub concurrency: u64,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    pub ingestion: Ingestion,
+    #[command(flatten)]
+    pub tenants: Tenants,
+    /// Events per second (two per call)
+    #[arg(long, default_value_t = 20)]
+    pub rate: u64,
+    /// Minutes of history to post first, so charts have something to show
+    #[arg(long, default_value_t = 0)]
+    pub backfill_minutes: u64,
+    /// Stop and report after this many seconds (0: run until stopped)
+    #[arg(long, default_value_t = 0)]
+    pub duration_secs: u64,
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct OracleArgs {
+    #[command(flatten)]
+    pub ingestion: Ingestion,
+    #[command(flatten)]
+    pub tenants: Tenants,
+    /// Where to write the windows the stream must produce
+    #[arg(long, default_value = "oracle.json")]
+    pub out: String,
+    /// Calls per second
+    #[arg(long, default_value_t = 200)]
+    pub rate: u64,
+    /// How long to post for
+    #[arg(long, default_value_t = 120)]
+    pub duration_secs: u64,
+    /// Late calls are stamped this many seconds before they are posted, at least ...
+    #[arg(long, default_value_t = 66)]
+    pub late_from: i64,
+    /// ... and at most
+    #[arg(long, default_value_t = 80)]
+    pub late_to: i64,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct LatestArgs {
+    #[command(flatten)]
+    pub brokers: Brokers,
+    /// The metrics topic
+    #[arg(long, default_value = "llm.metrics")]
+    pub topic: String,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct DumpArgs {
+    #[command(flatten)]
+    pub brokers: Brokers,
+    /// Topics to dump, comma-separated
+    #[arg(
+        long,
+        default_value = "llm.requests,llm.responses",
+        value_delimiter = ','
+    )]
+    pub topics: Vec<String>,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct PoisonArgs {
+    #[command(flatten)]
+    pub brokers: Brokers,
+    /// Topic prefix: PREFIX.requests and PREFIX.responses
+    #[arg(long, default_value = "llm")]
+    pub topic: String,
+}
+
+#[derive(Debug, ClapArgs)]
+struct HistogramArgs {
+    /// Values to record
+    #[arg(long, default_value_t = 50)]
+    values: u64,
 }
 
 /// A latency histogram as the processor stores it, from `--values` spread like LLM latencies
 /// (long right tail), hex-encoded for SQL's `decode(..., 'hex')`.
-fn histogram(args: &Args) -> anyhow::Result<serde_json::Value> {
-    let n = args.number("values", 50)?;
+fn histogram(args: &HistogramArgs) -> serde_json::Value {
     let mut h = common::histogram::new();
-    for i in 0..n as u64 {
+    for i in 0..args.values {
         common::histogram::record(&mut h, 200 + (i * i * 37) % 4000);
     }
     let hex: String = common::histogram::encode(&h)
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    Ok(serde_json::Value::String(hex))
+    serde_json::Value::String(hex)
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let Some((mode, rest)) = argv.split_first() else {
-        bail!("usage: streamlens-loadgen raw|batch|single|consume|query|demo|oracle|latest|dump|poison --flag value ...");
-    };
-    let args = Args::parse(rest)?;
-    let report = match mode.as_str() {
-        "raw" => raw::run(&args).await?,
-        "batch" => http::batch(&args).await?,
-        "single" => http::single(&args).await?,
-        "consume" => consume::run(&args)?,
-        "query" => http::query(&args).await?,
-        "demo" => demo::run(&args).await?,
-        "oracle" => oracle::run(&args).await?,
-        "latest" => consume::latest(&args)?,
-        "dump" => consume::dump(&args)?,
-        "poison" => poison::run(&args).await?,
-        "histogram" => histogram(&args)?,
-        other => bail!(
-            "unknown mode {other}: raw, batch, single, consume, query, demo, oracle, latest, dump or poison"
-        ),
+    let report = match Cli::parse().mode {
+        Mode::Raw(args) => raw::run(&args).await?,
+        Mode::Batch(args) => http::batch(&args).await?,
+        Mode::Single(args) => http::single(&args).await?,
+        Mode::Consume(args) => consume::run(&args)?,
+        Mode::Query(args) => http::query(&args).await?,
+        Mode::Demo(args) => demo::run(&args).await?,
+        Mode::Oracle(args) => oracle::run(&args).await?,
+        Mode::Latest(args) => consume::latest(&args)?,
+        Mode::Dump(args) => consume::dump(&args)?,
+        Mode::Poison(args) => poison::run(&args).await?,
+        Mode::Histogram(args) => histogram(&args),
     };
     println!("{report}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
 }

@@ -14,7 +14,7 @@ use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use serde_json::{json, Value};
 
 use crate::demo::Rng;
-use crate::Args;
+use crate::OracleArgs;
 
 const ROUTES: [&str; 3] = ["/chat", "/search", "/summarize"];
 const MODELS: [&str; 3] = ["gpt-4o", "gpt-4o-mini", "claude-3-5-haiku"];
@@ -236,17 +236,14 @@ async fn post_until_accepted(
 
 /// `oracle --url U --out FILE [--keys T=K,...] [--rate CALLS_PER_SEC] [--duration-secs S]
 /// [--late-from SECS --late-to SECS] [--seed N]`
-pub async fn run(args: &Args) -> anyhow::Result<Value> {
-    let url = format!("{}/v1/llm/batch", args.text("url", "http://127.0.0.1:8080"));
-    let out = args.text("out", "oracle.json");
-    let (tenants, keys) = crate::demo::tenant_keys(args)?;
-    let rate = args.number("rate", 200)? as f64;
-    let duration = Duration::from_secs(args.number("duration-secs", 120)? as u64);
-    let late_by = (
-        args.number("late-from", 66)? as i64,
-        args.number("late-to", 80)? as i64,
-    );
-    let seed = args.number("seed", 1)? as u64;
+pub async fn run(args: &OracleArgs) -> anyhow::Result<Value> {
+    let url = format!("{}/v1/llm/batch", args.ingestion.url);
+    let out = &args.out;
+    let (tenants, keys) = crate::demo::tenant_keys(&args.tenants)?;
+    let rate = args.rate as f64;
+    let duration = Duration::from_secs(args.duration_secs);
+    let late_by = (args.late_from, args.late_to);
+    let seed = args.seed;
     let mut stream = Stream::new(tenants, crate::events::run_tag(), seed, late_by);
     let client = reqwest::Client::new();
     let started = Instant::now();

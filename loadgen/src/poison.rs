@@ -8,7 +8,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use serde_json::{json, Value};
 
-use crate::Args;
+use crate::PoisonArgs;
 
 /// The bodies: not JSON, not UTF-8, empty, huge, deeply nested, and JSON of the wrong shape.
 pub fn bodies() -> Vec<(&'static str, Vec<u8>)> {
@@ -47,11 +47,11 @@ pub fn bodies() -> Vec<(&'static str, Vec<u8>)> {
 
 /// `poison --brokers B --topic PREFIX`: every body, with and without a key, on both
 /// `PREFIX.requests` and `PREFIX.responses`.
-pub async fn run(args: &Args) -> anyhow::Result<Value> {
-    let brokers = args.text("brokers", "127.0.0.1:9092");
-    let prefix = args.text("topic", "llm");
+pub async fn run(args: &PoisonArgs) -> anyhow::Result<Value> {
+    let brokers = &args.brokers.brokers;
+    let prefix = &args.topic;
     let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
+        .set("bootstrap.servers", brokers)
         .set("message.max.bytes", "2000000")
         .create()?;
     let mut sent = 0u64;

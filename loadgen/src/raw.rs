@@ -12,7 +12,7 @@ use serde_json::json;
 
 use common::kafka::KafkaSettings;
 
-use crate::{events, Args};
+use crate::{events, RawArgs};
 
 #[derive(Default)]
 struct Counter {
@@ -35,13 +35,13 @@ impl ProducerContext for Counter {
     }
 }
 
-pub async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
-    let brokers = args.text("brokers", "127.0.0.1:9092");
+pub async fn run(args: &RawArgs) -> anyhow::Result<serde_json::Value> {
+    let brokers = args.brokers.brokers.clone();
     // The same work as the ingestion API does: requests and responses to two topics.
-    let prefix = args.text("topic", "bench.raw");
+    let prefix = &args.topic;
     let topics = [format!("{prefix}.requests"), format!("{prefix}.responses")];
-    let total = args.number("events", 100_000)?;
-    let partitions = args.number("partitions", 6)? as i32;
+    let total = args.events;
+    let partitions = args.partitions;
     let kafka = KafkaSettings::new(brokers, partitions);
     let names = [topics[0].as_str(), topics[1].as_str()];
     kafka

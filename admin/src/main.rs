@@ -11,22 +11,72 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
 use common::kafka::{KafkaSettings, Topics};
 use common::settings::Env;
 
-const USAGE: &str = "usage: streamlens-admin migrate | topics | keys create --tenant T [--name N] | keys list [--tenant T] | keys revoke ID";
+/// Operator commands for StreamLens. The database comes from POSTGRES_DSN (or DATABASE_URL),
+/// the broker and topics from the services' own variables (KAFKA_BROKERS, TOPIC_*).
+#[derive(Debug, Parser)]
+#[command(name = "streamlens-admin", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Apply the database migrations
+    Migrate,
+    /// Create the topics if missing and check that the input topics are co-partitioned
+    Topics,
+    /// API keys
+    #[command(subcommand)]
+    Keys(Keys),
+}
+
+#[derive(Debug, Subcommand)]
+enum Keys {
+    /// A new API key for a tenant, printed once on stdout
+    Create {
+        /// The tenant the key acts for
+        #[arg(long, value_parser = tenant)]
+        tenant: String,
+        /// A label for the key
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// Keys without their secret part
+    List {
+        /// Only this tenant's keys
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Refuse a key from now on
+    Revoke {
+        /// The key's id, as `keys list` shows it
+        id: i64,
+    },
+}
+
+fn tenant(value: &str) -> Result<String, String> {
+    if value.is_empty() || value.len() > 255 {
+        return Err("a tenant id has 1 to 255 characters".into());
+    }
+    Ok(value.to_owned())
+}
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
     common::telemetry::init_cli();
-    let command = std::env::args().nth(1).unwrap_or_default();
     let mut env = Env::process();
-    match command.as_str() {
-        "migrate" => {
+    match cli.command {
+        Command::Migrate => {
             migrated(env).await?;
             tracing::info!("migrations applied");
         }
-        "topics" => {
+        Command::Topics => {
             let kafka = KafkaSettings::from_env(&mut env);
             let topics = Topics::from_env(&mut env);
             env.finish()?;
@@ -46,11 +96,10 @@ async fn main() -> anyhow::Result<()> {
                 all.join(", ")
             );
         }
-        "keys" => {
+        Command::Keys(command) => {
             let pool = migrated(env).await?;
-            keys(&pool, &std::env::args().skip(2).collect::<Vec<_>>()).await?;
+            keys(&pool, command).await?;
         }
-        _ => bail!(USAGE),
     }
     Ok(())
 }
@@ -68,26 +117,10 @@ async fn migrated(mut env: Env) -> anyhow::Result<sqlx::PgPool> {
     Ok(pool)
 }
 
-/// The value after `--flag`, if given.
-fn flag<'a>(args: &'a [String], name: &str) -> anyhow::Result<Option<&'a str>> {
-    match args.iter().position(|a| a == name) {
-        None => Ok(None),
-        Some(i) => match args.get(i + 1) {
-            Some(v) if !v.starts_with("--") => Ok(Some(v)),
-            _ => bail!("{name} needs a value\n{USAGE}"),
-        },
-    }
-}
-
-async fn keys(pool: &sqlx::PgPool, args: &[String]) -> anyhow::Result<()> {
-    match args.first().map(String::as_str) {
-        Some("create") => {
-            let Some(tenant) = flag(args, "--tenant")?.filter(|t| !t.is_empty() && t.len() <= 255)
-            else {
-                bail!("keys create needs --tenant with 1 to 255 characters\n{USAGE}");
-            };
-            let name = flag(args, "--name")?.unwrap_or("");
-            let (info, key) = common::keys::create(pool, tenant, name).await?;
+async fn keys(pool: &sqlx::PgPool, command: Keys) -> anyhow::Result<()> {
+    match command {
+        Keys::Create { tenant, name } => {
+            let (info, key) = common::keys::create(pool, &tenant, &name).await?;
             // The key itself goes to stdout alone, so scripts can capture it; it is never logged.
             eprintln!(
                 "created key {} for tenant {:?}; it is shown once, store it now:",
@@ -95,8 +128,8 @@ async fn keys(pool: &sqlx::PgPool, args: &[String]) -> anyhow::Result<()> {
             );
             println!("{key}");
         }
-        Some("list") => {
-            let keys = common::keys::list(pool, flag(args, "--tenant")?).await?;
+        Keys::List { tenant } => {
+            let keys = common::keys::list(pool, tenant.as_deref()).await?;
             println!(
                 "{:>6}  {:<20}  {:<24}  {:<16}  {:<25}  revoked",
                 "id", "tenant", "name", "prefix", "created"
@@ -115,18 +148,38 @@ async fn keys(pool: &sqlx::PgPool, args: &[String]) -> anyhow::Result<()> {
                 );
             }
         }
-        Some("revoke") => {
-            let id: i64 = args
-                .get(1)
-                .and_then(|v| v.parse().ok())
-                .with_context(|| format!("keys revoke needs a key id\n{USAGE}"))?;
+        Keys::Revoke { id } => {
             if common::keys::revoke(pool, id).await? {
                 eprintln!("key {id} revoked; services refuse it within API_KEY_CACHE_SECS");
             } else {
                 bail!("no live key with id {id}");
             }
         }
-        _ => bail!(USAGE),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_key_needs_a_tenant_of_1_to_255_characters() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["streamlens-admin"], args].concat());
+        assert!(parse(&["keys", "create"]).is_err());
+        assert!(parse(&["keys", "create", "--tenant", ""]).is_err());
+        assert!(parse(&["keys", "create", "--tenant", &"t".repeat(256)]).is_err());
+        assert!(matches!(
+            parse(&["keys", "create", "--tenant", "acme"]).unwrap().command,
+            Command::Keys(Keys::Create { tenant, name }) if tenant == "acme" && name.is_empty()
+        ));
+        assert!(parse(&["keys", "revoke", "x"]).is_err());
+    }
 }

@@ -1,12 +1,5 @@
-//! Operator commands.
-//!
-//! ```text
-//! streamlens-admin migrate   apply the database migrations (POSTGRES_DSN / DATABASE_URL)
-//! streamlens-admin topics    create the topics if missing and check co-partitioning
-//! streamlens-admin keys create --tenant T [--name N]   a new API key for tenant T, shown once
-//! streamlens-admin keys list [--tenant T]              keys without their secret part
-//! streamlens-admin keys revoke ID                      refuse the key from now on
-//! ```
+//! Operator commands: migrations, topics, API keys. `streamlens-admin --help` lists them,
+//! `streamlens-admin COMMAND --help` their arguments.
 
 use std::time::Duration;
 

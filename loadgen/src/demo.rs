@@ -369,7 +369,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<Value> {
                 tally.events, tally.accepted, tally.rejected
             );
         }
-        if duration > 0 && started.elapsed() >= Duration::from_secs(duration as u64) {
+        if duration > 0 && started.elapsed() >= Duration::from_secs(duration) {
             break;
         }
     }

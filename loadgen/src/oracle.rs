@@ -286,7 +286,7 @@ pub async fn run(args: &OracleArgs) -> anyhow::Result<Value> {
         }
     }
     let oracle = stream.oracle();
-    std::fs::write(&out, serde_json::to_vec(&oracle)?)?;
+    std::fs::write(out, serde_json::to_vec(&oracle)?)?;
     Ok(json!({
         "mode": "oracle", "out": out, "events_posted": posted, "batches_retried": retries,
         "failures": failures,

@@ -7,7 +7,7 @@
 //! workers). Readiness and the watchdog read a snapshot of what is owned ([`Ownership`]), so
 //! they never wait for a commit.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -55,6 +55,9 @@ pub struct Shared {
     /// Input partitions to read again from an offset, found by the statistics (which cannot
     /// seek): topic, partition, offset.
     refetch_due: Mutex<Vec<(String, i32, i64)>>,
+    /// How far the consumer has fetched each input partition owned here, as the last
+    /// statistics said (see [`crate::domain::coverage::Reading::fetched`]).
+    fetched: Mutex<HashMap<(Input, i32), i64>>,
     pub store: Store,
     pub runtime: Handle,
     pub metrics: Arc<Metrics>,
@@ -117,6 +120,7 @@ impl Shared {
             ownership: Mutex::new(Ownership::default()),
             reads: Mutex::new(Reads::default()),
             refetch_due: Mutex::new(Vec::new()),
+            fetched: Mutex::new(HashMap::new()),
             store,
             runtime,
             metrics: Arc::new(Metrics::default()),
@@ -133,6 +137,11 @@ impl Shared {
     /// What this instance owns and replays (see [`Ownership`]).
     pub fn ownership(&self) -> Ownership {
         lock(&self.ownership).clone()
+    }
+
+    /// Where the consumer has fetched the input partitions owned here to.
+    pub fn fetched(&self) -> HashMap<(Input, i32), i64> {
+        lock(&self.fetched).clone()
     }
 
     fn note_ownership(&self, driver: &Driver<Blocking>) {
@@ -440,6 +449,7 @@ impl Shared {
             })
             .collect();
         // The whole new assignment: nothing read before it counts.
+        lock(&self.fetched).clear();
         let mut reads = lock(&self.reads);
         *reads = Reads::default();
         for start in starts {
@@ -474,6 +484,7 @@ impl Shared {
             reads.stopped(partition);
         }
         drop(reads);
+        lock(&self.fetched).retain(|(_, p), _| !partitions.contains(p) && !also.contains(p));
         tracing::info!(?partitions, "partitions revoked");
         if !also.is_empty() {
             // Still assigned here but no longer owned: only a new assignment brings them back.
@@ -513,6 +524,9 @@ impl Shared {
                     partition,
                 };
                 self.metrics.consumer_lag.get_or_create(&labels).set(lag);
+                if p.next_offset >= 0 {
+                    lock(&self.fetched).insert((input, partition), p.next_offset);
+                }
                 // The fetcher is at the end and everything fetched has been applied.
                 if lag == 0 && p.next_offset >= p.hi_offset {
                     driver.reached_end(input, partition);
@@ -644,8 +658,10 @@ pub fn run(
             }
         }
         if last_commit.elapsed() >= retry_delay {
-            last_commit = Instant::now();
             let ok = shared.commit();
+            // Counted from the end of the commit: one slower than the interval must still
+            // leave the interval for reading before the next.
+            last_commit = Instant::now();
             // Back-pressure: while Postgres refuses, stop reading so memory stays bounded.
             if let Ok(assignment) = consumer.assignment() {
                 let mut paused = shared.paused.load(Ordering::Relaxed);

@@ -3,7 +3,7 @@
 use chrono::{DateTime, TimeDelta, Utc};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
-use crate::domain::engine::{Committed, Decision, Flush};
+use crate::domain::engine::{Committed, Decision, Flush, Waiting};
 use crate::domain::histogram;
 use crate::domain::join::Ended;
 use crate::domain::offsets::{Input, Source};
@@ -239,37 +239,37 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        // Decisions and waiting halves in one statement each: after a restart behind a
+        // backlog, thousands of halves can wait behind the watermark, and a round trip for
+        // each made every commit take longer than the interval between them.
+        let mut rows = DecisionRows::default();
         for d in &flush.decisions {
-            sqlx::query(
-                "INSERT INTO processor_decisions
-                 (consumer_group, topic, partition, request_id, outcome, record_offset, event_time)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-            )
-            .bind(&self.group)
-            .bind(self.topic(d.source.input))
-            .bind(d.source.partition)
-            .bind(&d.request_id)
-            .bind(if d.ended == Ended::TimedOut {
+            let outcome = if d.ended == Ended::TimedOut {
                 "timeout"
             } else {
                 "orphan"
-            })
-            .bind(d.source.offset)
-            .bind(d.at)
-            .execute(&mut *tx)
-            .await?;
+            };
+            rows.push(self.topic(d.source.input), d, outcome);
         }
+        let now = Utc::now();
         for w in &flush.waiting {
+            rows.push_waiting(self.topic(w.source.input), w, now);
+        }
+        if !rows.request_ids.is_empty() {
             sqlx::query(
                 "INSERT INTO processor_decisions
                  (consumer_group, topic, partition, request_id, outcome, record_offset, event_time)
-                 VALUES ($1, $2, $3, $4, 'waiting', $5, now()) ON CONFLICT DO NOTHING",
+                 SELECT $1, * FROM unnest($2::text[], $3::int[], $4::text[], $5::text[],
+                                          $6::bigint[], $7::timestamptz[])
+                 ON CONFLICT DO NOTHING",
             )
             .bind(&self.group)
-            .bind(self.topic(w.source.input))
-            .bind(w.source.partition)
-            .bind(&w.request_id)
-            .bind(w.source.offset)
+            .bind(&rows.topics)
+            .bind(&rows.partitions)
+            .bind(&rows.request_ids)
+            .bind(&rows.outcomes)
+            .bind(&rows.offsets)
+            .bind(&rows.times)
             .execute(&mut *tx)
             .await?;
         }
@@ -287,6 +287,43 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected())
+    }
+}
+
+/// Rows of `processor_decisions` as columns, for one `unnest` insert.
+#[derive(Debug, Default)]
+struct DecisionRows {
+    topics: Vec<String>,
+    partitions: Vec<i32>,
+    request_ids: Vec<String>,
+    outcomes: Vec<&'static str>,
+    offsets: Vec<i64>,
+    times: Vec<DateTime<Utc>>,
+}
+
+impl DecisionRows {
+    fn push(&mut self, topic: &str, d: &Decision, outcome: &'static str) {
+        self.row(topic, d.source, &d.request_id, outcome, d.at);
+    }
+
+    fn push_waiting(&mut self, topic: &str, w: &Waiting, now: DateTime<Utc>) {
+        self.row(topic, w.source, &w.request_id, "waiting", now);
+    }
+
+    fn row(
+        &mut self,
+        topic: &str,
+        source: Source,
+        request_id: &str,
+        outcome: &'static str,
+        at: DateTime<Utc>,
+    ) {
+        self.topics.push(topic.to_owned());
+        self.partitions.push(source.partition);
+        self.request_ids.push(request_id.to_owned());
+        self.outcomes.push(outcome);
+        self.offsets.push(source.offset);
+        self.times.push(at);
     }
 }
 

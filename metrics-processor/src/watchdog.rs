@@ -1,8 +1,8 @@
 //! The processor watching itself and its group, on a thread of its own.
 //!
-//! - **Unread input.** Every few seconds it reads the group's stored positions from Postgres
-//!   and every input partition's end from the broker, and asks [`Coverage`] which partitions
-//!   nobody reads. While there are any, readiness is false, `unread_partitions` says which,
+//! - **Unread input.** Every few seconds it reads the group's stored positions from Postgres,
+//!   every input partition's end from the broker and how far its own consumer has fetched the
+//!   partitions it owns, and asks [`Coverage`] which partitions nobody reads. While there are any, readiness is false, `unread_partitions` says which,
 //!   and an error names them; once they have stood still for the limit, the pipeline leaves
 //!   the group and joins it again as a new member, which makes the coordinator hand out every
 //!   partition anew. This is what brings back partitions that a broker left with a dead
@@ -204,7 +204,13 @@ pub fn run(shared: Arc<Shared>, settings: WatchSettings, partitions: i32, stop: 
                 .map(|r| {
                     let stored = r.stored.map_or("none".into(), |p| p.to_string());
                     let topic = shared.topic(r.input);
-                    format!("{topic}/{}: stored {stored}, end {}", r.partition, r.end)
+                    let fetched = r
+                        .fetched
+                        .map_or(String::new(), |f| format!(", fetched here to {f}"));
+                    format!(
+                        "{topic}/{}: stored {stored}{fetched}, end {}",
+                        r.partition, r.end
+                    )
                 })
                 .collect();
             tracing::error!(
@@ -271,6 +277,7 @@ fn read(shared: &Shared, partitions: i32) -> Result<Vec<Reading>, String> {
         .block_on(shared.store.positions())
         .map_err(|e| e.to_string())?;
     let client = shared.producer.client();
+    let fetched = shared.fetched();
     let mut readings = Vec::new();
     for input in [Input::Requests, Input::Responses] {
         let topic = shared.topic(input);
@@ -288,6 +295,7 @@ fn read(shared: &Shared, partitions: i32) -> Result<Vec<Reading>, String> {
                 epoch: position.map_or(0, |s| s.epoch),
                 start,
                 end,
+                fetched: fetched.get(&(input, partition)).copied(),
             });
         }
     }

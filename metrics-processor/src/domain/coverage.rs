@@ -4,10 +4,11 @@
 //! a member that died during a rebalance may keep partitions that no live instance is given.
 //! Nothing in the consumer's own view shows that, so every instance watches the whole group
 //! from the outside, with what it can always see: the positions the group stored in Postgres
-//! and the end of every input partition on the broker. A partition is unread when it has
-//! records beyond its stored position and that position (and its owner's epoch) has not moved
-//! for `after`. A position that moves, a new owner's claim, or a partition read to its end
-//! starts its clock again.
+//! and the end of every input partition on the broker, and, for the partitions it owns, how
+//! far its own consumer has fetched them. A partition is unread when it has records beyond
+//! that position and the position (and its owner's epoch) has not moved for `after`. A
+//! position that moves, a new owner's claim, or a partition read to its end starts its clock
+//! again.
 //!
 //! Time is a parameter; the shell takes the readings and acts on the answer.
 
@@ -29,18 +30,31 @@ pub struct Reading {
     /// The broker's low and high watermarks: the first offset kept and the next to be written.
     pub start: i64,
     pub end: i64,
+    /// For a partition this instance owns: how far its consumer has fetched it. Records
+    /// fetched wait in the consumer's one queue behind other partitions' records (a backlog
+    /// after a rejoin or an outage), so the stored position can stand still for a while
+    /// although the partition is being read.
+    pub fetched: Option<i64>,
 }
 
 impl Reading {
-    /// Records beyond the stored position still on the broker.
+    /// How far the partition is known to be read: stored, or fetched here.
+    fn position(&self) -> Option<i64> {
+        match (self.stored, self.fetched) {
+            (Some(stored), Some(fetched)) => Some(stored.max(fetched)),
+            (stored, fetched) => stored.or(fetched),
+        }
+    }
+
+    /// Records beyond that position still on the broker.
     fn backlog(&self) -> i64 {
-        self.end - self.stored.unwrap_or(self.start).max(self.start)
+        self.end - self.position().unwrap_or(self.start).max(self.start)
     }
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Seen {
-    stored: Option<i64>,
+    position: Option<i64>,
     epoch: i64,
     since: DateTime<Utc>,
 }
@@ -74,12 +88,12 @@ impl Coverage {
         for r in readings {
             let key = (r.input, r.partition);
             let fresh = Seen {
-                stored: r.stored,
+                position: r.position(),
                 epoch: r.epoch,
                 since: now,
             };
             let seen = self.seen.entry(key).or_insert(fresh);
-            if r.backlog() <= 0 || seen.stored != r.stored || seen.epoch != r.epoch {
+            if r.backlog() <= 0 || seen.position != fresh.position || seen.epoch != r.epoch {
                 *seen = fresh;
                 continue;
             }
@@ -119,6 +133,7 @@ mod tests {
             epoch: 1,
             start: 0,
             end,
+            fetched: None,
         }
     }
 
@@ -190,5 +205,32 @@ mod tests {
             .unread
             .is_empty());
         assert_eq!(c.observe(&[reading(1, Some(0), 9)], t(25)).unread.len(), 1);
+    }
+
+    #[test]
+    fn a_partition_fetched_here_is_read_while_its_records_wait_in_the_queue() {
+        // After a rejoin, the consumer's queue holds a backlog of one topic ahead of the
+        // other: the stored position of the second stands still until the first is worked
+        // through, though everything up to the end has been fetched.
+        let mut c = Coverage::new(TimeDelta::seconds(8));
+        let queued = Reading {
+            fetched: Some(90),
+            ..reading(0, Some(10), 90)
+        };
+        c.observe(&[queued], t(0));
+        assert!(c.observe(&[queued], t(20)).unread.is_empty());
+        // Fetching as the end moves on is reading too.
+        let fetching = Reading {
+            fetched: Some(120),
+            ..reading(0, Some(10), 130)
+        };
+        assert!(c.observe(&[fetching], t(21)).unread.is_empty());
+        // A fetcher of this instance standing still short of the end is not.
+        let stuck = Reading {
+            fetched: Some(120),
+            ..reading(0, Some(10), 160)
+        };
+        c.observe(&[stuck], t(22));
+        assert_eq!(c.observe(&[stuck], t(30)).unread.len(), 1);
     }
 }

@@ -12,8 +12,9 @@ run: stack-up
 	cargo build --release -p ingestion-api -p metrics-processor -p metrics-api -p admin -p loadgen
 	@$(STACK_ENV); scripts/run.sh
 
-## test: start the local stack if needed, install the browser test's Chromium, run every test
-test: stack-up chromium
+## test: the lints (formatting, clippy, which also holds the code to `rust-version`), then
+## start the local stack if needed, install the browser test's Chromium, run every test
+test: lint stack-up chromium
 	@$(STACK_ENV); \
 	export TEST_KAFKA_BROKERS=$$KAFKA_BROKERS TEST_DATABASE_URL=$$POSTGRES_DSN; \
 	cargo test --workspace

@@ -3,7 +3,7 @@
 # injected, then every stored window and the last llm.metrics record of every window compared
 # with the oracle (scripts/chaos_check.py). Each scenario runs on topics, a consumer group and
 # a database of its own, on the local stack.
-#   scripts/chaos.sh [kill|crashloop|scale|stale|postgres|broker|all|ci ...]
+#   scripts/chaos.sh [kill|crashloop|twokills|scale|stale|postgres|broker|all|ci ...]
 #     (default: each fault alone, then all)
 #   CHAOS_SECONDS (180) load per scenario   CHAOS_RATE calls/s (100)   CHAOS_PROFILE (release)
 #   CHAOS_PG_DOWN_SECS (60): how long Postgres stays down
@@ -151,6 +151,12 @@ inject() {
   case $scenario in
     kill) kill_at_random $(( (LOAD - 20) / 25 )) ;;
     crashloop) crash_loop $(( (LOAD - 20) / 45 )) ;;
+    twokills) # what a supervisor and then an operator do: restart at once, then after 15 s
+      sleep $third; kill -KILL "${PROC[a]}"; wait "${PROC[a]}" 2>/dev/null || true
+      start_processor a; recovered
+      sleep $third; kill -KILL "${PROC[a]}"; wait "${PROC[a]}" 2>/dev/null || true
+      sleep 15; start_processor a
+      echo "2 kill -9 of the processor, restarted at once and after 15 s" >>"$OUT/$scenario.faults"; recovered ;;
     scale)
       sleep $third; start_processor b
       echo "scaled 1 -> 2 instances" >>"$OUT/$scenario.faults"; recovered
@@ -237,7 +243,7 @@ PY
 }
 
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(kill crashloop scale stale postgres broker all)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(kill crashloop twokills scale stale postgres broker all)
 failed=0
 for s in "${scenarios[@]}"; do
   run_scenario "$s" || failed=1

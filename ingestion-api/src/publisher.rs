@@ -292,7 +292,10 @@ impl Publisher for KafkaPublisher {
                 let metadata = producer
                     .client()
                     .fetch_metadata(None, Duration::from_secs(2))
-                    .map_err(|e| format!("broker unreachable: {e}"))?;
+                    .map_err(|e| {
+                        tracing::warn!(error = %e, "not ready: no metadata from the broker");
+                        "the broker does not answer".to_owned()
+                    })?;
                 for topic in &topics {
                     let found = metadata
                         .topics()

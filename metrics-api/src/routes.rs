@@ -182,14 +182,15 @@ async fn summary(
 async fn ready(State(state): State<AppState>) -> Response {
     match store::ping(&state.pool).await {
         Ok(()) => Json(json!({"status": "ready"})).into_response(),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(ErrorBody::new(
-                "not_ready",
-                format!("the database does not answer: {e}"),
-            )),
-        )
-            .into_response(),
+        Err(e) => {
+            // The driver's text stays in the log: a probe's answer names what is down.
+            tracing::warn!(error = %e, "not ready: the database does not answer");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(ErrorBody::new("not_ready", "the database does not answer")),
+            )
+                .into_response()
+        }
     }
 }
 

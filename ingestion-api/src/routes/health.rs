@@ -24,9 +24,8 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let mut check = state.publisher.ready().await;
     if let (Ok(()), common::keys::Auth::Keys(keys)) = (&check, &state.auth) {
         if let Err(e) = sqlx::query("SELECT 1").execute(keys.pool()).await {
-            check = Err(format!(
-                "the database holding the API keys does not answer: {e}"
-            ));
+            tracing::warn!(error = %e, "not ready: the API keys' database does not answer");
+            check = Err("the database holding the API keys does not answer".into());
         }
     }
     match check {

@@ -37,7 +37,7 @@ fn build_binaries() -> PathBuf {
             "-p",
             "metrics-api",
         ])
-        .args(["-p", "common", "-p", "loadgen"])
+        .args(["-p", "admin", "-p", "loadgen"])
         .status()
         .expect("cargo runs");
     assert!(status.success(), "cannot build the services");

@@ -1,7 +1,10 @@
 //! What every StreamLens HTTP surface shares: counting and timing each request, bounding it
 //! by a timeout with a JSON answer, and serving Prometheus metrics.
 
+use std::future::Future;
 use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, StatusCode};
@@ -15,6 +18,57 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::error::ErrorBody;
+
+/// The header that carries a request's id: taken from the client when it sends one, made up
+/// otherwise, answered back, logged, and carried on to the Kafka records it produced.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Wraps every request of `router` with its id (the client's `x-request-id`, or a new UUID),
+/// a tracing span that carries it, and the id in the answer.
+pub fn with_request_ids<S: Clone + Send + Sync + 'static>(
+    router: axum::Router<S>,
+) -> axum::Router<S> {
+    use tower_http::request_id::{
+        MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+    };
+    let header = header::HeaderName::from_static(REQUEST_ID_HEADER);
+    router.layer(
+        tower::ServiceBuilder::new()
+            .layer(SetRequestIdLayer::new(header.clone(), MakeRequestUuid))
+            .layer(
+                tower_http::trace::TraceLayer::new_for_http().make_span_with(|req: &Request| {
+                    let id = req
+                        .extensions()
+                        .get::<RequestId>()
+                        .and_then(|id| id.header_value().to_str().ok())
+                        .unwrap_or_default();
+                    tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
+                }),
+            )
+            .layer(PropagateRequestIdLayer::new(header)),
+    )
+}
+
+/// The port a service's listener is bound to (0 when the socket cannot say).
+pub fn port(listener: &tokio::net::TcpListener) -> u16 {
+    listener.local_addr().map(|a| a.port()).unwrap_or_default()
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then stops accepting and lets
+/// the requests in flight finish. `name` is the service, for the log.
+pub async fn serve(
+    name: &str,
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let address = listener.local_addr()?;
+    tracing::info!(%address, "{name} listening");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("HTTP server failed")
+}
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {

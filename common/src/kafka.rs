@@ -11,7 +11,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use crate::settings::Env;
 
 /// Kafka header carrying the HTTP request id, so processor logs link back to the API call.
-pub const TRACE_HEADER: &str = "x-request-id";
+pub use crate::http::REQUEST_ID_HEADER as TRACE_HEADER;
 
 /// Topic names; every one can be renamed for shared clusters or tests.
 #[derive(Debug, Clone, PartialEq, Eq)]

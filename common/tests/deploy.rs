@@ -310,13 +310,8 @@ async fn check_dashboard_queries(pool: PgPool) {
 
 #[tokio::test]
 async fn every_dashboard_query_runs_on_a_freshly_migrated_database() {
-    let url = std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| {
-        panic!(
-            "TEST_DATABASE_URL is not set. This test runs the dashboard's SQL on a real Postgres: \
-             run `make test`, or start the stack with `scripts/stack.sh up` and export \
-             TEST_DATABASE_URL=postgres://streamlens:streamlens@127.0.0.1:5432/streamlens"
-        )
-    });
+    // This test runs the dashboard's SQL on a real Postgres.
+    let url = test_support::database_url();
     let admin = PgPoolOptions::new().max_connections(1).connect(&url).await;
     let admin = admin.expect("Postgres answers at TEST_DATABASE_URL");
     // A database of its own: the tenant variable lists every tenant in the table, and other

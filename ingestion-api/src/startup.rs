@@ -86,10 +86,7 @@ impl Application {
     }
 
     pub fn port(&self) -> u16 {
-        self.listener
-            .local_addr()
-            .map(|a| a.port())
-            .unwrap_or_default()
+        common::http::port(&self.listener)
     }
 
     /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish
@@ -98,13 +95,8 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let address = self.listener.local_addr()?;
-        tracing::info!(%address, "ingestion API listening");
         let publisher = Arc::clone(&self.state.publisher);
-        axum::serve(self.listener, router(self.state))
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("HTTP server failed")?;
+        common::http::serve("ingestion API", self.listener, router(self.state), shutdown).await?;
         publisher.flush(self.shutdown_timeout).await;
         tracing::info!("ingestion API stopped");
         Ok(())

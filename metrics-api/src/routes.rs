@@ -17,7 +17,6 @@ use common::keys::Auth;
 use serde_json::json;
 use sqlx::PgPool;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::trace::TraceLayer;
 
 use crate::dashboard;
 use crate::error::ApiError;
@@ -68,8 +67,8 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
                 timeout: state.request_timeout,
             },
             measure_and_bound,
-        ))
-        .layer(TraceLayer::new_for_http());
+        ));
+    app = common::http::with_request_ids(app);
     if !cors_origins.is_empty() {
         let origins = if cors_origins.iter().any(|o| o == "*") {
             AllowOrigin::any()

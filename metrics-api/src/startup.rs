@@ -46,10 +46,7 @@ impl Application {
     }
 
     pub fn port(&self) -> u16 {
-        self.listener
-            .local_addr()
-            .map(|a| a.port())
-            .unwrap_or_default()
+        common::http::port(&self.listener)
     }
 
     /// Serves until `shutdown` resolves, then lets in-flight queries finish.
@@ -57,12 +54,8 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let address = self.listener.local_addr()?;
-        tracing::info!(%address, "metrics API listening");
-        axum::serve(self.listener, router(self.state, &self.cors_origins))
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("HTTP server failed")?;
+        let router = router(self.state, &self.cors_origins);
+        common::http::serve("metrics API", self.listener, router, shutdown).await?;
         tracing::info!("metrics API stopped");
         Ok(())
     }

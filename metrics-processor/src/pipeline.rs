@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use chrono::{TimeDelta, Utc};
+use common::http::REQUEST_ID_HEADER;
 use common::kafka::Topics;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
@@ -34,9 +35,6 @@ use crate::settings::StartFrom;
 use crate::store::{Blocking, Store};
 use crate::telemetry::{Metrics, PartitionLabels, ReasonLabels, TopicLabels};
 use crate::watchdog::Health;
-
-/// The header in which the ingestion API carries the HTTP request id.
-const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// The partition pairs this instance owns and those it is still replaying, as of the last
 /// assignment, revocation or commit.

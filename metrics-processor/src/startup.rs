@@ -145,10 +145,7 @@ impl Application {
     }
 
     pub fn port(&self) -> u16 {
-        self.listener
-            .local_addr()
-            .map(|a| a.port())
-            .unwrap_or_default()
+        common::http::port(&self.listener)
     }
 
     /// Processes until `shutdown` resolves, then writes a last flush and leaves the group.
@@ -188,19 +185,17 @@ impl Application {
             .spawn(move || watchdog::run(watched, watch, partitions, watch_stop))
             .context("cannot start the watchdog thread")?;
         let app = router(Arc::clone(&self.shared));
-        tracing::info!(address = %self.listener.local_addr()?, group = %self.settings.group, "metrics processor running");
+        tracing::info!(group = %self.settings.group, "metrics processor running");
         let serve_stop = Arc::clone(&stop);
         let failing = Arc::clone(&self.shared);
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(async move {
-                tokio::select! {
-                    () = shutdown => {}
-                    () = failing.health.failed.notified() => {}
-                }
-                serve_stop.store(true, Ordering::Relaxed);
-            })
-            .await
-            .context("HTTP server failed")?;
+        let stopped = async move {
+            tokio::select! {
+                () = shutdown => {}
+                () = failing.health.failed.notified() => {}
+            }
+            serve_stop.store(true, Ordering::Relaxed);
+        };
+        common::http::serve("metrics processor", self.listener, app, stopped).await?;
         stop.store(true, Ordering::Relaxed);
         tokio::task::spawn_blocking(move || (worker.join(), watcher.join()))
             .await

@@ -16,10 +16,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use super::{AppState, REQUEST_ID};
+use super::AppState;
 use crate::error::ApiError;
 use crate::publisher::{PublishError, Record};
 use crate::telemetry::{KindLabels, ReasonLabels};
+use common::http::REQUEST_ID_HEADER;
 
 /// The answer to an accepted single event.
 #[derive(Debug, Serialize, Deserialize)]
@@ -266,7 +267,11 @@ fn content_type(headers: &HeaderMap) -> Option<&str> {
 }
 
 fn trace_id(headers: &HeaderMap) -> Option<String> {
-    headers.get(REQUEST_ID)?.to_str().ok().map(str::to_owned)
+    headers
+        .get(REQUEST_ID_HEADER)?
+        .to_str()
+        .ok()
+        .map(str::to_owned)
 }
 
 impl AppState {

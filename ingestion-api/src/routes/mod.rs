@@ -6,19 +6,13 @@ mod health;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, Request};
-use axum::http::HeaderName;
+use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::routing::{get, post};
 use axum::Router;
 use common::http::{measure_and_bound, Guard};
 use common::kafka::Topics;
 use common::validation::Limits;
-use tower::ServiceBuilder;
-use tower_http::request_id::{
-    MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
-};
-use tower_http::trace::TraceLayer;
 
 use common::keys::Auth;
 
@@ -59,11 +53,9 @@ pub struct HttpConfig {
     pub request_timeout: Duration,
 }
 
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
 pub fn router(state: AppState) -> Router {
     let batch_limit = DefaultBodyLimit::max(state.config.max_batch_bytes);
-    Router::new()
+    let app = Router::new()
         .route("/v1/llm/request", post(events::post_request))
         .route("/v1/llm/response", post(events::post_response))
         .route("/v1/llm/batch", post(events::post_batch).layer(batch_limit))
@@ -74,25 +66,12 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
-        .layer(
-            ServiceBuilder::new()
-                .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
-                .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
-                    let id = req
-                        .extensions()
-                        .get::<RequestId>()
-                        .and_then(|id| id.header_value().to_str().ok())
-                        .unwrap_or_default();
-                    tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
-                }))
-                .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-                .layer(middleware::from_fn_with_state(
-                    Guard {
-                        metrics: state.metrics.http.clone(),
-                        timeout: state.config.request_timeout,
-                    },
-                    measure_and_bound,
-                )),
-        )
-        .with_state(state)
+        .layer(middleware::from_fn_with_state(
+            Guard {
+                metrics: state.metrics.http.clone(),
+                timeout: state.config.request_timeout,
+            },
+            measure_and_bound,
+        ));
+    common::http::with_request_ids(app).with_state(state)
 }

@@ -17,9 +17,7 @@ use tower::ServiceExt;
 use crate::helpers::*;
 
 async fn pool() -> PgPool {
-    let dsn = std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| {
-        panic!("TEST_DATABASE_URL is not set: run `make test`, or start the stack with `scripts/stack.sh up` and export what `scripts/stack.sh env` prints")
-    });
+    let dsn = database_url();
     let pool = common::db::connect(&dsn, 2)
         .await
         .expect("Postgres answers");

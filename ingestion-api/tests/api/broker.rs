@@ -251,14 +251,6 @@ impl Drop for OwnBroker {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn with_the_broker_down_the_api_answers_503_and_accepts_again_after_a_restart() {
     let port = free_port();

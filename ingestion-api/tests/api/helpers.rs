@@ -23,18 +23,10 @@ use tower::ServiceExt;
 
 /// The broker the tests use. `make test` starts the local stack and sets this.
 pub fn brokers() -> String {
-    std::env::var("TEST_KAFKA_BROKERS").unwrap_or_else(|_| {
-        panic!(
-            "TEST_KAFKA_BROKERS is not set. These tests need a real Kafka-compatible broker: \
-             run `make test`, or start the stack with `scripts/stack.sh up` and export \
-             TEST_KAFKA_BROKERS=127.0.0.1:9092"
-        )
-    })
+    test_support::kafka_brokers()
 }
 
-pub fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
-}
+pub use test_support::{database_url, free_port, unique};
 
 pub fn request_event(request_id: &str) -> Value {
     json!({

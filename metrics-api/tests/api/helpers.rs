@@ -13,22 +13,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-pub fn env_or_explain(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!(
-            "{name} is not set. These tests need a real Kafka-compatible broker and Postgres: run \
-             `make test`, or start the stack with `scripts/stack.sh up` and export \
-             TEST_KAFKA_BROKERS=127.0.0.1:9092 TEST_DATABASE_URL=postgres://streamlens:streamlens@127.0.0.1:5432/streamlens"
-        )
-    })
-}
-
-pub fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    )
-}
+pub use test_support::{env_or_explain, free_port, unique};
 
 /// One call as the test generates it.
 #[derive(Debug, Clone)]
@@ -164,11 +149,7 @@ impl World {
     /// Runs the processor binary on this world's topics.
     pub fn start_processor(&mut self) {
         let names = self.topics();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let env: HashMap<&str, String> = [
             ("KAFKA_BROKERS", self.brokers.clone()),
             ("POSTGRES_DSN", self.dsn.clone()),

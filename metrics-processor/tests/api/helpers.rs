@@ -13,25 +13,10 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::{json, Value};
 use sqlx::{PgPool, Row};
 
-pub fn env_or_explain(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!(
-            "{name} is not set. These tests need a real Kafka-compatible broker and Postgres: run \
-             `make test`, or start the stack with `scripts/stack.sh up` and export \
-             TEST_KAFKA_BROKERS=127.0.0.1:9092 TEST_DATABASE_URL=postgres://streamlens:streamlens@127.0.0.1:5432/streamlens"
-        )
-    })
-}
+pub use test_support::{env_or_explain, free_port, unique};
 
 /// The consumer group session timeout the processors under test run with.
 pub const SESSION_TIMEOUT: Duration = Duration::from_secs(6);
-
-pub fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    )
-}
 
 /// One test's world: topics, group and tenant nobody else uses.
 pub struct World {
@@ -304,11 +289,7 @@ impl Processor {
 
     /// Starts with settings of its own on top of the world's.
     pub fn start_with(world: &World, settings: &[(&str, &str)]) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let logs = || {
             if std::env::var_os("TEST_LOG").is_some() {
                 Stdio::inherit()
@@ -329,11 +310,7 @@ impl Processor {
     /// Runs the processor until it exits by itself (within `limit`): its exit status and
     /// what it logged.
     pub fn run_to_exit(world: &World, limit: Duration) -> (std::process::ExitStatus, String) {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let mut child = Command::new(env!("CARGO_BIN_EXE_metrics-processor"))
             .envs(world.env(port))
             .env("RUST_LOG", "info")
@@ -447,11 +424,7 @@ impl OwnPostgres {
             .expect("PostgreSQL server binaries under /usr/lib/postgresql (scripts/stack.sh installs them)");
         let data = std::env::temp_dir().join(unique("streamlens-pg-"));
         std::fs::create_dir_all(&data).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let pg = Self { bin, data, port };
         if pg.as_root() {
             let status = Command::new("chown")

@@ -1,0 +1,66 @@
+//! What the integration tests share. They run against a real Kafka-compatible broker and a
+//! real Postgres, named by `TEST_KAFKA_BROKERS` and `TEST_DATABASE_URL` (`make test` starts the
+//! local stack and sets both); each test then works on topics, groups, tenants and databases
+//! of its own, so tests can run at once against one stack.
+
+/// The broker the tests use.
+pub fn kafka_brokers() -> String {
+    env_or_explain("TEST_KAFKA_BROKERS")
+}
+
+/// The Postgres the tests use.
+pub fn database_url() -> String {
+    env_or_explain("TEST_DATABASE_URL")
+}
+
+/// The variable `name`, or a failure that says how to get the stack the tests need: they
+/// never pass by skipping.
+pub fn env_or_explain(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!(
+            "{name} is not set. These tests need a real Kafka-compatible broker and Postgres: run \
+             `make test`, or start the stack with `scripts/stack.sh up` and export \
+             TEST_KAFKA_BROKERS=127.0.0.1:9092 TEST_DATABASE_URL=postgres://streamlens:streamlens@127.0.0.1:5432/streamlens \
+             (what `scripts/stack.sh env` prints)"
+        )
+    })
+}
+
+/// `prefix` and 12 random hex digits: a name no other test uses.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("the loopback interface hands out a port")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_keep_their_prefix() {
+        let (a, b) = (unique("t-"), unique("t-"));
+        assert_ne!(a, b);
+        assert!(a.starts_with("t-") && a.len() == 14, "{a}");
+    }
+
+    #[test]
+    fn a_missing_variable_fails_with_how_to_start_the_stack() {
+        let failure = std::panic::catch_unwind(|| env_or_explain("STREAMLENS_SURELY_UNSET"))
+            .expect_err("no silent default");
+        let message = failure
+            .downcast_ref::<String>()
+            .cloned()
+            .unwrap_or_default();
+        assert!(message.contains("scripts/stack.sh up"), "{message}");
+    }
+}

@@ -377,8 +377,8 @@ impl Engine {
             Event::Response(r) => r.timestamp,
         };
         // A half read when both topics had already been read more than a TTL past it is too
-        // late to be joined. A replayed one was judged by the run that read it first (its decision is
-        // stored).
+        // late to be joined. A replayed one was judged by the run that read it first (its
+        // decision is stored).
         let too_late = !replayed
             && state
                 .watermarks

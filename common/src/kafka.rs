@@ -10,9 +10,6 @@ use rdkafka::types::RDKafkaErrorCode;
 
 use crate::settings::Env;
 
-/// Kafka header carrying the HTTP request id, so processor logs link back to the API call.
-pub use crate::http::REQUEST_ID_HEADER as TRACE_HEADER;
-
 /// Topic names; every one can be renamed for shared clusters or tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topics {

@@ -17,7 +17,8 @@ use rdkafka::util::Timeout;
 use tokio::sync::Notify;
 
 use common::events::EventKind;
-use common::kafka::{KafkaSettings, Topics, TRACE_HEADER};
+use common::http::REQUEST_ID_HEADER;
+use common::kafka::{KafkaSettings, Topics};
 
 /// One record to write: which input topic, the key (`request_id`) and the event JSON.
 #[derive(Debug, Clone)]
@@ -251,7 +252,7 @@ impl Publisher for KafkaPublisher {
                         .payload(&r.payload);
                 if let Some(id) = &r.trace_id {
                     record = record.headers(OwnedHeaders::new().insert(Header {
-                        key: TRACE_HEADER,
+                        key: REQUEST_ID_HEADER,
                         value: Some(id.as_bytes()),
                     }));
                 }

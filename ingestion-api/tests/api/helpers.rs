@@ -295,7 +295,7 @@ pub struct Stored {
 fn stored(m: &BorrowedMessage<'_>) -> Stored {
     let trace_id = m.headers().and_then(|h| {
         h.iter()
-            .find(|h| h.key == common::kafka::TRACE_HEADER)
+            .find(|h| h.key == common::http::REQUEST_ID_HEADER)
             .and_then(|h| h.value)
             .map(|v| String::from_utf8_lossy(v).into_owned())
     });

@@ -40,10 +40,8 @@ pub struct Reading {
 impl Reading {
     /// How far the partition is known to be read: stored, or fetched here.
     fn position(&self) -> Option<i64> {
-        match (self.stored, self.fetched) {
-            (Some(stored), Some(fetched)) => Some(stored.max(fetched)),
-            (stored, fetched) => stored.or(fetched),
-        }
+        // `None` orders below every offset.
+        self.stored.max(self.fetched)
     }
 
     /// Records beyond that position still on the broker.

@@ -229,17 +229,22 @@ impl Joiner {
             .map_or_else(|| request_id.into(), Arc::clone)
     }
 
-    pub fn on_request(&mut self, event: Sourced<RequestEvent>) -> Option<Outcome> {
-        let id = self.id(&event.value.request_id);
-        let request = Sourced {
+    /// The request as the joiner keeps it, under the id's shared allocation.
+    fn request(&mut self, id: &Arc<str>, event: &Sourced<RequestEvent>) -> Sourced<Request> {
+        Sourced {
             source: event.source,
             value: Request {
-                request_id: Arc::clone(&id),
+                request_id: Arc::clone(id),
                 names: self.names(&event.value),
                 timestamp: event.value.timestamp,
                 prompt_tokens: event.value.prompt_tokens,
             },
-        };
+        }
+    }
+
+    pub fn on_request(&mut self, event: Sourced<RequestEvent>) -> Option<Outcome> {
+        let id = self.id(&event.value.request_id);
+        let request = self.request(&id, &event);
         if self.finished.contains_key(&id) {
             self.remember(&id, request.source, request.value.timestamp);
             let finished = self.finished.get_mut(&id)?;
@@ -323,15 +328,7 @@ impl Joiner {
         if self.finished.contains_key(&id) || self.requests.contains_key(&id) {
             return self.on_request(event).into_iter().collect();
         }
-        let request = Sourced {
-            source: event.source,
-            value: Request {
-                request_id: Arc::clone(&id),
-                names: self.names(&event.value),
-                timestamp: event.value.timestamp,
-                prompt_tokens: event.value.prompt_tokens,
-            },
-        };
+        let request = self.request(&id, &event);
         let response = self.responses.remove(&id);
         if let Some(waiting) = &response {
             self.needed.release(waiting.source);

@@ -122,15 +122,14 @@ fn a_late_pair_older_than_the_ttl_is_a_timeout_and_an_orphan_whatever_the_commit
         let mut topics = Topics::new(1);
         pairs(&mut topics, 0..20, 5, 8);
         // Read when the stream is at about 165 s: stamped 100 s before, the TTL is 70 s.
-        let late = [
+        let mut late = [
             request("late", 65, "gpt-4o"),
             response("late", 66, 800, false),
         ];
-        for event in if response_first {
-            late.iter().rev().cloned().collect::<Vec<_>>()
-        } else {
-            late.to_vec()
-        } {
+        if response_first {
+            late.reverse();
+        }
+        for event in late {
             topics.produce(event);
         }
         pairs(&mut topics, 20..40, 5, 8);

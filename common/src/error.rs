@@ -8,18 +8,26 @@
 //! offending field (or query parameter) when there are any.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::validation::FieldError;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// An error answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(as = Error)]
 pub struct ErrorBody {
+    /// A stable code, such as `invalid_event`, `malformed_json`, `payload_too_large`,
+    /// `unsupported_media_type`, `unauthorized`, `rate_limited`, `broker_unavailable`.
     pub error: String,
     pub message: String,
+    /// Each offending field or query parameter, when there are any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fields: Vec<FieldErrorBody>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One offending field and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(as = FieldError)]
 pub struct FieldErrorBody {
     pub field: String,
     pub reason: String,

@@ -6,6 +6,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 use validator::Validate;
 
 use crate::validation::{identifier, request_id, small_object};
@@ -14,62 +15,84 @@ use crate::validation::{identifier, request_id, small_object};
 pub const MAX_TOKENS: u64 = 100_000_000;
 
 /// Posted when an application calls a model.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Validate)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Validate, ToSchema)]
 pub struct RequestEvent {
+    /// Join key with the response; also the Kafka key.
     #[validate(custom(function = request_id))]
+    #[schema(min_length = 1, max_length = 128, pattern = r"^[A-Za-z0-9._:-]+$")]
     pub request_id: String,
+    /// No '|' or control characters (also for route and model).
     #[validate(custom(function = identifier))]
+    #[schema(min_length = 1, max_length = 255)]
     pub tenant_id: String,
     #[validate(custom(function = identifier))]
+    #[schema(min_length = 1, max_length = 255)]
     pub route: String,
     #[validate(custom(function = identifier))]
+    #[schema(min_length = 1, max_length = 255)]
     pub model: String,
+    /// RFC 3339; within `EVENT_MAX_FUTURE_SKEW_SECS` ahead of the server clock and
+    /// `EVENT_MAX_AGE_SECS` behind it.
     #[serde(
         deserialize_with = "crate::validation::rfc3339",
         serialize_with = "crate::validation::write_rfc3339"
     )]
     pub timestamp: DateTime<Utc>,
+    /// Includes cached prompt tokens.
     #[validate(range(max = MAX_TOKENS, message = "must be at most 100000000"))]
+    #[schema(maximum = 100_000_000)]
     pub prompt_tokens: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[validate(length(min = 1, max = 128, message = "must be 1 to 128 characters"))]
+    #[schema(min_length = 1, max_length = 128)]
     pub user_id_hash: Option<String>,
+    /// At most 4096 bytes of JSON.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[validate(custom(function = small_object))]
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Map<String, Value>>,
 }
 
 /// Posted when the model call returns or fails.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Validate)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Validate, ToSchema)]
 pub struct ResponseEvent {
     #[validate(custom(function = request_id))]
+    #[schema(min_length = 1, max_length = 128, pattern = r"^[A-Za-z0-9._:-]+$")]
     pub request_id: String,
+    /// RFC 3339, with the same bounds as the request's.
     #[serde(
         deserialize_with = "crate::validation::rfc3339",
         serialize_with = "crate::validation::write_rfc3339"
     )]
     pub timestamp: DateTime<Utc>,
+    /// At most `MAX_LATENCY_MS` (default 3600000).
     pub latency_ms: u64,
     #[validate(range(max = MAX_TOKENS, message = "must be at most 100000000"))]
+    #[schema(maximum = 100_000_000)]
     pub completion_tokens: u64,
     #[validate(length(min = 1, max = 64, message = "must be 1 to 64 characters"))]
+    #[schema(min_length = 1, max_length = 64)]
     pub finish_reason: String,
     /// A non-empty error marks the call as failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[validate(length(max = 1024, message = "must be at most 1024 characters"))]
+    #[schema(max_length = 1024)]
     pub error: Option<String>,
+    /// At most `latency_ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_to_first_token_ms: Option<u64>,
     /// Prompt tokens served from the provider's cache. Following the OpenTelemetry GenAI
     /// convention they are part of the request's `prompt_tokens` and priced at the cached rate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[validate(range(max = MAX_TOKENS, message = "must be at most 100000000"))]
+    #[schema(maximum = 100_000_000)]
     pub cached_prompt_tokens: Option<u64>,
     /// The tenant the response belongs to. With API keys the ingestion API sets it to the
     /// key's tenant, whatever the body said, and the processor pairs a response only with a
     /// request of the same tenant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[validate(custom(function = identifier))]
+    #[schema(min_length = 1, max_length = 255)]
     pub tenant_id: Option<String>,
 }
 

@@ -8,6 +8,7 @@
 //! - [`aggregate`]: the mergeable sums and histograms behind a window row.
 //! - [`histogram`]: the one HdrHistogram configuration, so histograms merge exactly.
 //! - [`http`]: request counting and timeouts, and Prometheus answers, for every HTTP surface.
+//! - [`openapi`]: what both services' generated OpenAPI documents share.
 //! - [`keys`]: API keys bound to tenants, stored hashed, and the lookup services use.
 //! - [`db`]: the Postgres pool and the embedded migrations.
 //! - [`telemetry`] and [`shutdown`]: logs and the stop signal.
@@ -20,6 +21,7 @@ pub mod histogram;
 pub mod http;
 pub mod kafka;
 pub mod keys;
+pub mod openapi;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;

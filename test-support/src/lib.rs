@@ -3,6 +3,8 @@
 //! local stack and sets both); each test then works on topics, groups, tenants and databases
 //! of its own, so tests can run at once against one stack.
 
+use std::collections::BTreeSet;
+
 /// The broker the tests use.
 pub fn kafka_brokers() -> String {
     env_or_explain("TEST_KAFKA_BROKERS")
@@ -42,6 +44,45 @@ pub fn free_port() -> u16 {
         .expect("the loopback interface hands out a port")
 }
 
+/// Every operation of an OpenAPI document, as `METHOD /path`.
+pub fn operations(document: &serde_json::Value) -> BTreeSet<String> {
+    let paths = document["paths"].as_object().expect("the document has paths");
+    paths
+        .iter()
+        .flat_map(|(path, item)| {
+            let methods = item.as_object().expect("a path item is an object");
+            methods
+                .keys()
+                .map(move |method| format!("{} {path}", method.to_uppercase()))
+        })
+        .collect()
+}
+
+/// Every endpoint the README names (`` `GET /path` ``, query strings cut) in the section under
+/// `heading` (a `## ` line), as `METHOD /path`.
+pub fn readme_endpoints(heading: &str) -> BTreeSet<String> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("the README is readable");
+    let start = readme
+        .find(&format!("\n## {heading}\n"))
+        .unwrap_or_else(|| panic!("no section {heading:?} in the README"));
+    let section = &readme[start + 1..];
+    let section = &section[..section[1..].find("\n## ").map_or(section.len(), |end| end + 1)];
+    let mut found = BTreeSet::new();
+    for code in section.split('`').skip(1).step_by(2) {
+        let mut words = code.split_whitespace();
+        if let (Some(method @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE")), Some(path)) =
+            (words.next(), words.next())
+        {
+            if path.starts_with('/') {
+                let path = path.split('?').next().unwrap_or(path);
+                found.insert(format!("{method} {path}"));
+            }
+        }
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,5 +103,15 @@ mod tests {
             .cloned()
             .unwrap_or_default();
         assert!(message.contains("scripts/stack.sh up"), "{message}");
+    }
+
+    #[test]
+    fn a_document_lists_its_operations_and_the_readme_its_endpoints() {
+        let doc = serde_json::json!({"paths": {"/a": {"get": {}, "post": {}}, "/b": {"get": {}}}});
+        let want: BTreeSet<String> = ["GET /a", "POST /a", "GET /b"].map(String::from).into();
+        assert_eq!(operations(&doc), want);
+        let ingestion = readme_endpoints("Ingestion API");
+        assert!(ingestion.contains("POST /v1/llm/batch"), "{ingestion:?}");
+        assert!(!ingestion.iter().any(|e| e.contains('?')), "{ingestion:?}");
     }
 }

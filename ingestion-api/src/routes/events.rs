@@ -10,11 +10,12 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 use chrono::Utc;
 use common::error::FieldErrorBody;
-use common::events::{Event, EventKind};
+use common::events::{Event, EventKind, RequestEvent, ResponseEvent};
 use common::validation::{self, FieldError};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::AppState;
 use crate::error::ApiError;
@@ -23,14 +24,15 @@ use crate::telemetry::{KindLabels, ReasonLabels};
 use common::http::REQUEST_ID_HEADER;
 
 /// The answer to an accepted single event.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Accepted {
+    #[schema(example = "accepted")]
     pub status: String,
     pub request_id: String,
 }
 
 /// The answer to a batch: how many items were written, and which were not and why.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
 pub struct BatchReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -43,19 +45,95 @@ pub struct BatchReport {
     pub failed: Vec<ItemFailure>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// An invalid item: its 0-based position (for NDJSON, among non-blank lines) and each
+/// offending field.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ItemRejection {
     pub index: usize,
     pub fields: Vec<FieldErrorBody>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// A valid item the broker did not acknowledge.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ItemFailure {
     pub index: usize,
     pub request_id: String,
     pub reason: String,
 }
 
+// The document's view of a batch item. Items are read by `validation::parse_event_bytes`,
+// which names every offending field rather than stopping at the first.
+/// An event of either kind, with `type` saying which.
+#[derive(Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "lowercase")]
+#[allow(dead_code)]
+enum BatchItem {
+    Request(RequestEvent),
+    Response(ResponseEvent),
+}
+
+/// The per-item report, or an error for a body that is not a batch at all.
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum BatchRefusal {
+    Report(BatchReport),
+    Error(common::error::ErrorBody),
+}
+
+/// The error answers of every event endpoint but the ones a batch words its own way.
+const REFUSALS: [(u16, &str); 6] = [
+    (401, "No API key, or not a live one"),
+    (403, "The event names another tenant than the key's"),
+    (408, "The request took longer than `HTTP_REQUEST_TIMEOUT_MS`"),
+    (413, "The body is over the size limit"),
+    (415, "Not `application/json`"),
+    (429, "Over the key's rate limit; `Retry-After` says when to try again"),
+];
+
+/// The error answers of the single-event endpoints.
+pub(super) struct EventErrors;
+
+impl utoipa::IntoResponses for EventErrors {
+    fn responses() -> std::collections::BTreeMap<
+        String,
+        utoipa::openapi::RefOr<utoipa::openapi::response::Response>,
+    > {
+        let mut all = common::openapi::error_responses(&REFUSALS);
+        all.append(&mut common::openapi::error_responses(&[
+            (400, "Malformed JSON or invalid fields; `fields` names each one"),
+            (
+                503,
+                "The broker did not acknowledge the event: not written, safe to send again",
+            ),
+        ]));
+        all
+    }
+}
+
+/// The error answers a batch shares with the single-event endpoints.
+pub(super) struct BatchErrors;
+
+impl utoipa::IntoResponses for BatchErrors {
+    fn responses() -> std::collections::BTreeMap<
+        String,
+        utoipa::openapi::RefOr<utoipa::openapi::response::Response>,
+    > {
+        common::openapi::error_responses(&REFUSALS)
+    }
+}
+
+/// Record that an application called a model.
+#[utoipa::path(
+    post,
+    path = "/v1/llm/request",
+    tag = "events",
+    request_body(content = RequestEvent, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Written to `llm.requests` and acknowledged by the broker", body = Accepted),
+        EventErrors,
+    )
+)]
 pub async fn post_request(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -64,6 +142,17 @@ pub async fn post_request(
     single(state, headers, body, EventKind::Request).await
 }
 
+/// Record that a model call returned or failed.
+#[utoipa::path(
+    post,
+    path = "/v1/llm/response",
+    tag = "events",
+    request_body(content = ResponseEvent, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Written to `llm.responses` and acknowledged by the broker", body = Accepted),
+        EventErrors,
+    )
+)]
 pub async fn post_response(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -111,6 +200,27 @@ async fn single(
     }
 }
 
+/// Record many events of both kinds at once.
+///
+/// A JSON array (`application/json`) or one event per line (`application/x-ndjson`). Each
+/// item carries `"type": "request"` or `"response"` and is validated on its own. 202: every
+/// valid item was written, `rejected` lists the invalid ones. 400: no item was valid.
+/// 503: `failed` lists valid items the broker did not acknowledge.
+#[utoipa::path(
+    post,
+    path = "/v1/llm/batch",
+    tag = "events",
+    request_body(content(
+        (Vec<BatchItem> = "application/json"),
+        (String = "application/x-ndjson"),
+    )),
+    responses(
+        (status = 202, description = "Every valid item written", body = BatchReport),
+        (status = 400, description = "No item valid (the report), or the body is not a batch (an error)", body = BatchRefusal),
+        (status = 503, description = "Some valid items were not written (`failed` lists them), or none could be", body = BatchRefusal),
+        BatchErrors,
+    )
+)]
 pub async fn post_batch(
     State(state): State<AppState>,
     headers: HeaderMap,

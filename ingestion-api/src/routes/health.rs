@@ -9,17 +9,20 @@ use serde_json::json;
 
 use super::AppState;
 
-/// The service's OpenAPI document, kept beside the crate and embedded at build time.
-pub const OPENAPI: &str = include_str!("../../openapi.json");
-
 /// Liveness: the process answers. It does not touch the broker, so a broker outage does not
 /// get healthy API processes restarted.
+#[utoipa::path(get, path = "/health", tag = "operations", security(()),
+    responses((status = 200, description = "The process is up")))]
 pub async fn live() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
 /// Readiness: the broker answers and both input topics exist, and with API keys on, the
 /// database holding them answers.
+#[utoipa::path(get, path = "/ready", tag = "operations", security(()), responses(
+    (status = 200, description = "Ready"),
+    (status = 503, description = "Not ready; `message` says what is down", body = ErrorBody),
+))]
 pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let mut check = state.publisher.ready().await;
     if let (Ok(()), common::keys::Auth::Keys(keys)) = (&check, &state.auth) {
@@ -38,10 +41,16 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     }
 }
 
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(()),
+    responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     common::http::openmetrics(state.metrics.registry())
 }
 
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", security(()),
+    responses((status = 200, description = "The OpenAPI document, generated from the handlers")))]
 pub async fn openapi() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+    ([(header::CONTENT_TYPE, "application/json")], super::document())
 }

@@ -3,12 +3,11 @@
 mod events;
 mod health;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
-use axum::routing::{get, post};
 use axum::Router;
 use common::http::{measure_and_bound, Guard};
 use common::kafka::Topics;
@@ -20,6 +19,9 @@ use crate::error::ApiError;
 use crate::limit::RateLimiter;
 use crate::publisher::Publisher;
 use crate::telemetry::Metrics;
+use utoipa::OpenApi;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 pub use events::{Accepted, BatchReport, ItemFailure, ItemRejection};
 
@@ -53,16 +55,49 @@ pub struct HttpConfig {
     pub request_timeout: Duration,
 }
 
+const API_KEYS: common::openapi::ApiKeys = common::openapi::ApiKeys;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "StreamLens ingestion API",
+        description = "Accepts LLM telemetry events. 202 means the Kafka broker acknowledged the \
+            record (acks=all); 503 means it was not written and may be sent again: a repeated \
+            event is counted once."
+    ),
+    components(schemas(common::error::ErrorBody)),
+    modifiers(&API_KEYS)
+)]
+struct Document;
+
+/// Every route, each with its part of the OpenAPI document: a route exists only through
+/// here, so none can be missing from the document.
+fn routes(max_batch_bytes: usize) -> OpenApiRouter<AppState> {
+    let batch_limit = DefaultBodyLimit::max(max_batch_bytes);
+    OpenApiRouter::with_openapi(Document::openapi())
+        .routes(routes!(events::post_request))
+        .routes(routes!(events::post_response))
+        .routes(routes!(events::post_batch).layer(batch_limit))
+        .routes(routes!(health::live))
+        .routes(routes!(health::ready))
+        .routes(routes!(health::metrics))
+        .routes(routes!(health::openapi))
+}
+
+/// The service's OpenAPI document as served, built once.
+pub fn document() -> &'static str {
+    static DOCUMENT: OnceLock<String> = OnceLock::new();
+    DOCUMENT.get_or_init(|| {
+        routes(0)
+            .into_openapi()
+            .to_pretty_json()
+            .expect("an OpenAPI document always serializes")
+    })
+}
+
 pub fn router(state: AppState) -> Router {
-    let batch_limit = DefaultBodyLimit::max(state.config.max_batch_bytes);
-    let app = Router::new()
-        .route("/v1/llm/request", post(events::post_request))
-        .route("/v1/llm/response", post(events::post_response))
-        .route("/v1/llm/batch", post(events::post_batch).layer(batch_limit))
-        .route("/health", get(health::live))
-        .route("/ready", get(health::ready))
-        .route("/metrics", get(health::metrics))
-        .route("/openapi.json", get(health::openapi))
+    let (app, _) = routes(state.config.max_batch_bytes).split_for_parts();
+    let app = app
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))

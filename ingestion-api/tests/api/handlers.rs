@@ -303,17 +303,17 @@ async fn the_openapi_document_describes_every_route() {
     let app = test_router(RecordingPublisher::new(Mode::Acknowledge));
     let doc = call(&app, "GET", "/openapi.json", None, "").await.json();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
-    for path in [
-        "/v1/llm/request",
-        "/v1/llm/response",
-        "/v1/llm/batch",
-        "/health",
-        "/ready",
-        "/metrics",
-    ] {
+    let operations = test_support::operations(&doc);
+    // What the README promises is in the document, and the document promises nothing more.
+    assert_eq!(operations, test_support::readme_endpoints("Ingestion API"));
+    // Every operation of the document is routed: none answers with the fallback's 404 or 405.
+    for operation in &operations {
+        let (method, path) = operation.split_once(' ').unwrap();
+        let answer = call(&app, method, path, None, "").await;
         assert!(
-            doc["paths"].get(path).is_some(),
-            "{path} missing from the OpenAPI document"
+            ![StatusCode::NOT_FOUND, StatusCode::METHOD_NOT_ALLOWED].contains(&answer.status),
+            "{operation} is documented but not routed: {}",
+            answer.status
         );
     }
     let required = &doc["components"]["schemas"]["RequestEvent"]["required"];
@@ -328,4 +328,11 @@ async fn the_openapi_document_describes_every_route() {
             "prompt_tokens"
         ])
     );
+    for schema in ["ResponseEvent", "BatchItem", "BatchReport", "Error", "FieldError"] {
+        assert!(
+            doc["components"]["schemas"].get(schema).is_some(),
+            "{schema} missing from the document"
+        );
+    }
 }
+

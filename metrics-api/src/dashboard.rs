@@ -4,8 +4,6 @@
 
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
 
 const INDEX: &str = include_str!("../assets/index.html");
 const SCRIPT: &str = include_str!("../assets/dashboard.js");
@@ -29,18 +27,23 @@ fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
     )
 }
 
-pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
-    Router::new()
-        .route(
-            "/",
-            get(|| async { asset("text/html; charset=utf-8", INDEX) }),
-        )
-        .route(
-            "/assets/dashboard.js",
-            get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }),
-        )
-        .route(
-            "/assets/dashboard.css",
-            get(|| async { asset("text/css; charset=utf-8", STYLE) }),
-        )
+/// The dashboard page.
+#[utoipa::path(get, path = "/", tag = "dashboard", security(()),
+    responses((status = 200, description = "The page", content_type = "text/html")))]
+pub async fn page() -> impl IntoResponse {
+    asset("text/html; charset=utf-8", INDEX)
+}
+
+/// The dashboard's script.
+#[utoipa::path(get, path = "/assets/dashboard.js", tag = "dashboard", security(()),
+    responses((status = 200, description = "The script", content_type = "text/javascript")))]
+pub async fn script() -> impl IntoResponse {
+    asset("text/javascript; charset=utf-8", SCRIPT)
+}
+
+/// The dashboard's style sheet.
+#[utoipa::path(get, path = "/assets/dashboard.css", tag = "dashboard", security(()),
+    responses((status = 200, description = "The style sheet", content_type = "text/css")))]
+pub async fn style() -> impl IntoResponse {
+    asset("text/css; charset=utf-8", STYLE)
 }

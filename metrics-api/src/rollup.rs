@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use common::aggregate::{Aggregate, RowError};
 use serde::Serialize;
 use sqlx::postgres::PgRow;
+use utoipa::ToSchema;
 
 use crate::query::{Granularity, GroupBy};
 
@@ -67,16 +68,19 @@ pub fn roll_up<C: Contribution>(
 }
 
 /// One row of an answer: a stored window, or a bucket of a roll-up.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct MetricsItem {
     pub tenant_id: String,
+    /// `null` when the roll-up merged routes.
     pub route: Option<String>,
+    /// `null` when the roll-up merged models.
     pub model: Option<String>,
     pub window_start: DateTime<Utc>,
     pub window_end: DateTime<Utc>,
     #[serde(flatten)]
     pub figures: Figures,
     pub max_latency_ms: f64,
+    /// `null` when no call reported its time to first token.
     pub avg_ttft_ms: Option<f64>,
     pub avg_prompt_tokens: f64,
     pub avg_completion_tokens: f64,
@@ -134,7 +138,7 @@ pub fn items(
 }
 
 /// A tenant's range at a glance.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct Summary {
     pub tenant_id: String,
     pub from: DateTime<Utc>,
@@ -146,7 +150,8 @@ pub struct Summary {
     pub top_routes_by_cost: Vec<Ranked>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// The figures of a window, a bucket or a range. Percentiles come from merged histograms.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct Figures {
     pub requests: i64,
     pub errors: i64,
@@ -161,6 +166,7 @@ pub struct Figures {
     pub completion_tokens: i64,
     pub total_tokens: i64,
     pub estimated_cost_usd: f64,
+    /// Calls of models without a price: not in `estimated_cost_usd`.
     pub unpriced: i64,
 }
 
@@ -186,7 +192,7 @@ impl Figures {
 }
 
 /// A model or route among the top ones.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct Ranked {
     pub name: String,
     #[serde(flatten)]

@@ -1,14 +1,13 @@
 //! The HTTP surface: the queries, health, metrics and the OpenAPI document.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::{Json, Router};
 use chrono::Utc;
 use common::error::ErrorBody;
@@ -17,6 +16,9 @@ use common::keys::Auth;
 use serde_json::json;
 use sqlx::PgPool;
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::dashboard;
 use crate::error::ApiError;
@@ -24,9 +26,6 @@ use crate::query::{self, QueryLimits};
 use crate::rollup;
 use crate::store;
 use crate::telemetry::Metrics;
-
-/// The service's OpenAPI document, kept beside the crate and embedded at build time.
-pub const OPENAPI: &str = include_str!("../openapi.json");
 
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -47,18 +46,49 @@ impl AppState {
     }
 }
 
+const API_KEYS: common::openapi::ApiKeys = common::openapi::ApiKeys;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "StreamLens metrics API",
+        description = "Per-minute LLM call metrics per tenant, route and model, and roll-ups of \
+            them. Percentiles of roll-ups are merged from stored HdrHistograms, never averaged."
+    ),
+    components(schemas(ErrorBody)),
+    modifiers(&API_KEYS)
+)]
+struct Document;
+
+/// Every route, each with its part of the OpenAPI document: a route exists only through
+/// here, so none can be missing from the document.
+fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(Document::openapi())
+        .routes(routes!(metrics))
+        .routes(routes!(summary))
+        .routes(routes!(live))
+        .routes(routes!(ready))
+        .routes(routes!(prometheus))
+        .routes(routes!(openapi))
+        .routes(routes!(dashboard::page))
+        .routes(routes!(dashboard::script))
+        .routes(routes!(dashboard::style))
+}
+
+/// The service's OpenAPI document as served, built once.
+pub fn document() -> &'static str {
+    static DOCUMENT: OnceLock<String> = OnceLock::new();
+    DOCUMENT.get_or_init(|| {
+        routes()
+            .into_openapi()
+            .to_pretty_json()
+            .expect("an OpenAPI document always serializes")
+    })
+}
+
 pub fn router(state: AppState, cors_origins: &[String]) -> Router {
-    let mut app = Router::new()
-        .route("/v1/metrics", get(metrics))
-        .route("/v1/summary", get(summary))
-        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/ready", get(ready))
-        .route("/metrics", get(prometheus))
-        .route(
-            "/openapi.json",
-            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
-        )
-        .merge(dashboard::routes())
+    let (app, _) = routes().split_for_parts();
+    let mut app = app
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(
@@ -110,8 +140,8 @@ async fn tenant(
     }
 }
 
-/// The answer of `GET /v1/metrics`, in the original shape plus the granularity.
-#[derive(Debug, serde::Serialize)]
+/// Windows or roll-up buckets, newest first, in the original shape plus the granularity.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 struct MetricsAnswer {
     metrics: Vec<rollup::MetricsItem>,
     count: usize,
@@ -122,6 +152,42 @@ fn keyed(state: &AppState) -> bool {
     matches!(state.auth, Auth::Keys(_))
 }
 
+/// The error answers of both queries.
+struct QueryErrors;
+
+impl utoipa::IntoResponses for QueryErrors {
+    fn responses() -> std::collections::BTreeMap<
+        String,
+        utoipa::openapi::RefOr<utoipa::openapi::response::Response>,
+    > {
+        common::openapi::error_responses(&[
+            (400, "A bad parameter; `fields` names each one"),
+            (401, "No API key, or not a live one"),
+            (403, "The key belongs to another tenant"),
+            (408, "The query took longer than `HTTP_REQUEST_TIMEOUT_MS`"),
+            (503, "The database is unavailable"),
+        ])
+    }
+}
+
+/// Windows of a tenant, newest first, or roll-ups of them.
+#[utoipa::path(get, path = "/v1/metrics", tag = "queries",
+    params(
+        ("tenant_id" = Option<String>, Query, max_length = 255,
+            description = "The tenant. Required without keys; with a key, optional and must be the key's tenant."),
+        ("route" = Option<String>, Query, max_length = 255, description = "Only this route."),
+        ("model" = Option<String>, Query, max_length = 255, description = "Only this model."),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000,
+            description = "Rows at most (default 60, at most `QUERY_MAX_LIMIT`)."),
+        ("from" = Option<DateTime<Utc>>, Query, description = "Start of the range (inclusive), RFC 3339."),
+        ("to" = Option<DateTime<Utc>>, Query, description = "End of the range (exclusive), RFC 3339."),
+        ("granularity" = Option<String>, Query, pattern = "^(1m|5m|1h|1d)$",
+            description = "Bucket width: `1m` (default), `5m`, `1h`, `1d`. Roll-ups without `from` read the last `limit` buckets."),
+        ("group_by" = Option<String>, Query, pattern = "^(route,model|route|model|tenant)$",
+            description = "What a roll-up keeps apart below the tenant: `route,model` (default), `route`, `model`, `tenant`."),
+    ),
+    responses((status = 200, description = "The windows or buckets", body = MetricsAnswer), QueryErrors)
+)]
 async fn metrics(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -162,6 +228,18 @@ async fn metrics(
     .into_response())
 }
 
+/// Totals and the top models and routes of a tenant over a range (default: the last 24 hours).
+#[utoipa::path(get, path = "/v1/summary", tag = "queries",
+    params(
+        ("tenant_id" = Option<String>, Query, max_length = 255,
+            description = "The tenant. Required without keys; with a key, optional and must be the key's tenant."),
+        ("from" = Option<DateTime<Utc>>, Query, description = "Start of the range (inclusive), RFC 3339."),
+        ("to" = Option<DateTime<Utc>>, Query, description = "End of the range (exclusive), RFC 3339."),
+        ("top" = Option<i64>, Query, minimum = 1, maximum = 100,
+            description = "How many models and routes to rank (default 5)."),
+    ),
+    responses((status = 200, description = "The summary", body = rollup::Summary), QueryErrors)
+)]
 async fn summary(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -177,7 +255,18 @@ async fn summary(
     Ok(Json(summary).into_response())
 }
 
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/health", tag = "operations", security(()),
+    responses((status = 200, description = "The process is up")))]
+async fn live() -> impl IntoResponse {
+    Json(json!({"status": "ok"}))
+}
+
 /// Readiness: the database answers.
+#[utoipa::path(get, path = "/ready", tag = "operations", security(()), responses(
+    (status = 200, description = "Ready"),
+    (status = 503, description = "Not ready; `message` says what is down", body = ErrorBody),
+))]
 async fn ready(State(state): State<AppState>) -> Response {
     match store::ping(&state.pool).await {
         Ok(()) => Json(json!({"status": "ready"})).into_response(),
@@ -193,6 +282,16 @@ async fn ready(State(state): State<AppState>) -> Response {
     }
 }
 
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(()),
+    responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text")))]
 async fn prometheus(State(state): State<AppState>) -> Response {
     common::http::openmetrics(state.metrics.registry())
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", security(()),
+    responses((status = 200, description = "The OpenAPI document, generated from the handlers")))]
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], document())
 }

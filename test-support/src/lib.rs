@@ -46,7 +46,9 @@ pub fn free_port() -> u16 {
 
 /// Every operation of an OpenAPI document, as `METHOD /path`.
 pub fn operations(document: &serde_json::Value) -> BTreeSet<String> {
-    let paths = document["paths"].as_object().expect("the document has paths");
+    let paths = document["paths"]
+        .as_object()
+        .expect("the document has paths");
     paths
         .iter()
         .flat_map(|(path, item)| {
@@ -67,7 +69,9 @@ pub fn readme_endpoints(heading: &str) -> BTreeSet<String> {
         .find(&format!("\n## {heading}\n"))
         .unwrap_or_else(|| panic!("no section {heading:?} in the README"));
     let section = &readme[start + 1..];
-    let section = &section[..section[1..].find("\n## ").map_or(section.len(), |end| end + 1)];
+    let section = &section[..section[1..]
+        .find("\n## ")
+        .map_or(section.len(), |end| end + 1)];
     let mut found = BTreeSet::new();
     for code in section.split('`').skip(1).step_by(2) {
         let mut words = code.split_whitespace();

@@ -85,10 +85,16 @@ enum BatchRefusal {
 const REFUSALS: [(u16, &str); 6] = [
     (401, "No API key, or not a live one"),
     (403, "The event names another tenant than the key's"),
-    (408, "The request took longer than `HTTP_REQUEST_TIMEOUT_MS`"),
+    (
+        408,
+        "The request took longer than `HTTP_REQUEST_TIMEOUT_MS`",
+    ),
     (413, "The body is over the size limit"),
     (415, "Not `application/json`"),
-    (429, "Over the key's rate limit; `Retry-After` says when to try again"),
+    (
+        429,
+        "Over the key's rate limit; `Retry-After` says when to try again",
+    ),
 ];
 
 /// The error answers of the single-event endpoints.
@@ -101,7 +107,10 @@ impl utoipa::IntoResponses for EventErrors {
     > {
         let mut all = common::openapi::error_responses(&REFUSALS);
         all.append(&mut common::openapi::error_responses(&[
-            (400, "Malformed JSON or invalid fields; `fields` names each one"),
+            (
+                400,
+                "Malformed JSON or invalid fields; `fields` names each one",
+            ),
             (
                 503,
                 "The broker did not acknowledge the event: not written, safe to send again",

@@ -52,5 +52,8 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 #[utoipa::path(get, path = "/openapi.json", tag = "operations", security(()),
     responses((status = 200, description = "The OpenAPI document, generated from the handlers")))]
 pub async fn openapi() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], super::document())
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        super::document(),
+    )
 }

@@ -328,11 +328,16 @@ async fn the_openapi_document_describes_every_route() {
             "prompt_tokens"
         ])
     );
-    for schema in ["ResponseEvent", "BatchItem", "BatchReport", "Error", "FieldError"] {
+    for schema in [
+        "ResponseEvent",
+        "BatchItem",
+        "BatchReport",
+        "Error",
+        "FieldError",
+    ] {
         assert!(
             doc["components"]["schemas"].get(schema).is_some(),
             "{schema} missing from the document"
         );
     }
 }
-

@@ -298,10 +298,33 @@ async fn health_readiness_metrics_openapi_and_cors() {
     assert_eq!(api.get("/health", None).await.0, 200);
     let (status, body) = api.get("/ready", None).await;
     assert_eq!((status, body["status"].as_str()), (200, Some("ready")));
-    let (status, body) = api.get("/openapi.json", None).await;
+    let (status, doc) = api.get("/openapi.json", None).await;
     assert_eq!(status, 200);
-    assert!(body["paths"]["/v1/metrics"]["get"].is_object(), "{body}");
-    assert!(body["paths"]["/v1/summary"]["get"].is_object());
+    let operations = test_support::operations(&doc);
+    // What the README promises is in the document, and the document promises nothing more.
+    assert_eq!(operations, test_support::readme_endpoints("Metrics API"));
+    // Every operation of the document is routed: none answers with the fallback's 404 or 405.
+    for operation in &operations {
+        let path = operation.strip_prefix("GET ").expect("only GET operations");
+        let (status, _) = api.get(path, None).await;
+        assert!(
+            ![404, 405].contains(&status),
+            "{operation} is documented but not routed: {status}"
+        );
+    }
+    for schema in [
+        "MetricsAnswer",
+        "MetricsItem",
+        "Summary",
+        "Figures",
+        "Ranked",
+        "Error",
+    ] {
+        assert!(
+            doc["components"]["schemas"].get(schema).is_some(),
+            "{schema} missing"
+        );
+    }
     api.get("/v1/metrics?tenant_id=x", None).await;
     let text = api
         .client

@@ -8,7 +8,7 @@ RUN cargo build --release --locked -p ingestion-api -p metrics-processor -p metr
        target/release/streamlens-loadgen /out/
 
 FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl \
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl libssl3 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 streamlens
 COPY --from=build /out/ /usr/local/bin/

@@ -5,7 +5,7 @@ STACK := scripts/stack.sh
 # Variables for services and tests, from the local stack.
 STACK_ENV = eval "$$($(STACK) env)"
 
-.PHONY: run test stack-up stack-down chromium build lint fmt bench bench-ingest bench-processor bench-query migrate chaos soak abuse
+.PHONY: run test build-deps stack-up stack-down chromium build lint fmt bench bench-ingest bench-processor bench-query migrate chaos soak abuse
 
 ## run: start Postgres and the broker, build and run the services on them with demo traffic
 run: stack-up
@@ -24,7 +24,10 @@ test: lint stack-up chromium
 	@$(STACK_ENV); CHAOS_PROFILE=debug CHAOS_SECONDS=100 CHAOS_RATE=50 CHAOS_PG_DOWN_SECS=20 \
 		scripts/chaos.sh ci
 
-stack-up:
+build-deps:
+	@scripts/build-deps.sh
+
+stack-up: build-deps
 	@$(STACK) up
 
 stack-down:
@@ -36,10 +39,10 @@ chromium:
 migrate:
 	@$(STACK_ENV); cargo run --quiet -p admin --bin streamlens-admin -- migrate
 
-build:
+build: build-deps
 	cargo build --workspace --all-targets
 
-lint:
+lint: build-deps
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use common::kafka::{KafkaSettings, Topics};
-use common::settings::Env;
+use infra::kafka::{KafkaSettings, Topics};
+use metrics_core::settings::Env;
 
 /// Operator commands for StreamLens. The database comes from POSTGRES_DSN (or DATABASE_URL),
 /// the broker and topics from the services' own variables (KAFKA_BROKERS, TOPIC_*).
@@ -62,7 +62,7 @@ fn tenant(value: &str) -> Result<String, String> {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    common::telemetry::init_cli();
+    infra::logging::init_cli();
     let mut env = Env::process();
     match cli.command {
         Command::Migrate => {
@@ -99,12 +99,12 @@ async fn main() -> anyhow::Result<()> {
 
 /// The database, with every migration applied.
 async fn migrated(mut env: Env) -> anyhow::Result<sqlx::PgPool> {
-    let dsn = common::db::dsn_from_env(&mut env);
+    let dsn = infra::db::dsn_from_env(&mut env);
     env.finish()?;
-    let pool = common::db::connect(&dsn, 1)
+    let pool = infra::db::connect(&dsn, 1)
         .await
         .context("cannot connect to Postgres (POSTGRES_DSN / DATABASE_URL)")?;
-    common::db::migrate(&pool)
+    infra::db::migrate(&pool)
         .await
         .context("migrations failed")?;
     Ok(pool)
@@ -113,7 +113,7 @@ async fn migrated(mut env: Env) -> anyhow::Result<sqlx::PgPool> {
 async fn keys(pool: &sqlx::PgPool, command: Keys) -> anyhow::Result<()> {
     match command {
         Keys::Create { tenant, name } => {
-            let (info, key) = common::keys::create(pool, &tenant, &name).await?;
+            let (info, key) = infra::keys::create(pool, &tenant, &name).await?;
             // The key itself goes to stdout alone, so scripts can capture it; it is never logged.
             eprintln!(
                 "created key {} for tenant {:?}; it is shown once, store it now:",
@@ -122,7 +122,7 @@ async fn keys(pool: &sqlx::PgPool, command: Keys) -> anyhow::Result<()> {
             println!("{key}");
         }
         Keys::List { tenant } => {
-            let keys = common::keys::list(pool, tenant.as_deref()).await?;
+            let keys = infra::keys::list(pool, tenant.as_deref()).await?;
             println!(
                 "{:>6}  {:<20}  {:<24}  {:<16}  {:<25}  revoked",
                 "id", "tenant", "name", "prefix", "created"
@@ -142,7 +142,7 @@ async fn keys(pool: &sqlx::PgPool, command: Keys) -> anyhow::Result<()> {
             }
         }
         Keys::Revoke { id } => {
-            if common::keys::revoke(pool, id).await? {
+            if infra::keys::revoke(pool, id).await? {
                 eprintln!("key {id} revoked; services refuse it within API_KEY_CACHE_SECS");
             } else {
                 bail!("no live key with id {id}");

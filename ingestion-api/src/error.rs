@@ -4,8 +4,8 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use common::error::ErrorBody;
-use common::validation::FieldError;
+use metrics_core::error::ErrorBody;
+use metrics_core::validation::FieldError;
 
 use crate::publisher::PublishError;
 

@@ -10,12 +10,12 @@
 //! - [`publisher`]: the durable write to Kafka, behind a trait so handlers can be tested alone.
 //! - [`limit`]: per-key rate limiting.
 //! - [`error`]: how every failure becomes a status code and a JSON body.
-//! - [`telemetry`]: the Prometheus metrics this service exports.
+//! - [`metrics`]: the Prometheus metrics this service exports.
 
 pub mod error;
 pub mod limit;
+pub mod metrics;
 pub mod publisher;
 pub mod routes;
 pub mod settings;
 pub mod startup;
-pub mod telemetry;

@@ -16,9 +16,9 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::util::Timeout;
 use tokio::sync::Notify;
 
-use common::events::EventKind;
-use common::http::REQUEST_ID_HEADER;
-use common::kafka::{KafkaSettings, Topics};
+use infra::http::REQUEST_ID_HEADER;
+use infra::kafka::{KafkaSettings, Topics};
+use metrics_core::events::EventKind;
 
 /// One record to write: which input topic, the key (`request_id`) and the event JSON.
 #[derive(Debug, Clone)]

@@ -4,10 +4,10 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use chrono::TimeDelta;
-use common::kafka::{KafkaSettings, Topics};
-use common::keys::AuthSettings;
-use common::settings::{Env, SettingsError};
-use common::validation::Limits;
+use infra::kafka::{KafkaSettings, Topics};
+use infra::keys::AuthSettings;
+use metrics_core::settings::{Env, SettingsError};
+use metrics_core::validation::Limits;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -60,7 +60,7 @@ impl Settings {
             log_json: e.log_json(),
             shutdown_timeout: Duration::from_secs(e.parse(&["SHUTDOWN_TIMEOUT_SECS"], 30)),
             auth: AuthSettings::from_env(e),
-            dsn: common::db::dsn_from_env(e),
+            dsn: infra::db::dsn_from_env(e),
             rate_per_sec: e.parse(&["RATE_LIMIT_EVENTS_PER_SEC"], 10_000),
             rate_burst: e.parse(&["RATE_LIMIT_BURST"], 20_000),
         };

@@ -8,10 +8,10 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::limit::RateLimiter;
+use crate::metrics::Metrics;
 use crate::publisher::{KafkaPublisher, Publisher};
 use crate::routes::{router, AppState, HttpConfig};
 use crate::settings::Settings;
-use crate::telemetry::Metrics;
 
 /// A bound, connected, not yet serving ingestion API.
 pub struct Application {
@@ -52,10 +52,10 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {}:{}", address.0, address.1))?;
         let auth = if settings.auth.enabled {
-            let pool = common::db::connect(&settings.dsn, 4)
+            let pool = infra::db::connect(&settings.dsn, 4)
                 .await
                 .context("API keys are on (AUTH_MODE=keys) and live in Postgres: cannot connect (POSTGRES_DSN)")?;
-            common::db::migrate(&pool)
+            infra::db::migrate(&pool)
                 .await
                 .context("migrations failed")?;
             settings.auth.build(&pool)
@@ -86,7 +86,7 @@ impl Application {
     }
 
     pub fn port(&self) -> u16 {
-        common::http::port(&self.listener)
+        infra::http::port(&self.listener)
     }
 
     /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish
@@ -96,7 +96,7 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let publisher = Arc::clone(&self.state.publisher);
-        common::http::serve("ingestion API", self.listener, router(self.state), shutdown).await?;
+        infra::http::serve("ingestion API", self.listener, router(self.state), shutdown).await?;
         publisher.flush(self.shutdown_timeout).await;
         tracing::info!("ingestion API stopped");
         Ok(())
@@ -121,7 +121,7 @@ async fn ensure_topics(settings: &Settings) -> anyhow::Result<()> {
             .await
         {
             Ok(_) => return Ok(()),
-            Err(e @ common::kafka::TopicError::NotCoPartitioned(_)) => return Err(e.into()),
+            Err(e @ infra::kafka::TopicError::NotCoPartitioned(_)) => return Err(e.into()),
             Err(e) if Instant::now() >= deadline => {
                 return Err(anyhow::Error::new(e).context(format!(
                     "the Kafka broker at {} was not usable within {:?} (KAFKA_BROKERS, KAFKA_STARTUP_TIMEOUT_SECS)",

@@ -236,11 +236,11 @@ struct HistogramArgs {
 /// A latency histogram as the processor stores it, from `--values` spread like LLM latencies
 /// (long right tail), hex-encoded for SQL's `decode(..., 'hex')`.
 fn histogram(args: &HistogramArgs) -> serde_json::Value {
-    let mut h = common::histogram::new();
+    let mut h = metrics_core::histogram::new();
     for i in 0..args.values {
-        common::histogram::record(&mut h, 200 + (i * i * 37) % 4000);
+        metrics_core::histogram::record(&mut h, 200 + (i * i * 37) % 4000);
     }
-    let hex: String = common::histogram::encode(&h)
+    let hex: String = metrics_core::histogram::encode(&h)
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();

@@ -10,7 +10,7 @@ use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use serde_json::json;
 
-use common::kafka::KafkaSettings;
+use infra::kafka::KafkaSettings;
 
 use crate::{events, RawArgs};
 

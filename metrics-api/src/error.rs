@@ -3,9 +3,9 @@
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use common::error::ErrorBody;
-use common::keys::AuthError;
-use common::validation::FieldError;
+use infra::keys::AuthError;
+use metrics_core::error::ErrorBody;
+use metrics_core::validation::FieldError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -42,8 +42,8 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
-impl From<common::aggregate::RowError> for ApiError {
-    fn from(e: common::aggregate::RowError) -> Self {
+impl From<infra::db::RowError> for ApiError {
+    fn from(e: infra::db::RowError) -> Self {
         ApiError::Unavailable(e.to_string())
     }
 }

@@ -4,14 +4,14 @@
 //! - [`rollup`]: merging windows into wider buckets, coarser groups and summaries.
 //! - [`store`]: reading windows from Postgres.
 //! - [`routes`]: the HTTP handlers; [`dashboard`]: the page at `/` that draws them; [`error`]: how failures become JSON answers.
-//! - [`settings`], [`startup`], [`telemetry`]: configuration, running, Prometheus metrics.
+//! - [`settings`], [`startup`], [`metrics`]: configuration, running, Prometheus metrics.
 
 pub mod dashboard;
 pub mod error;
+pub mod metrics;
 pub mod query;
 pub mod rollup;
 pub mod routes;
 pub mod settings;
 pub mod startup;
 pub mod store;
-pub mod telemetry;

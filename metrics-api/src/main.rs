@@ -3,8 +3,8 @@ use metrics_api::startup::Application;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let settings = Settings::from_env(common::settings::Env::process())?;
-    common::telemetry::init(settings.log_json);
+    let settings = Settings::from_env(metrics_core::settings::Env::process())?;
+    infra::logging::init(settings.log_json);
     let app = Application::build(settings).await?;
-    app.run_until_stopped(common::shutdown::signal()).await
+    app.run_until_stopped(infra::shutdown::signal()).await
 }

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
-use common::validation::FieldError;
+use metrics_core::validation::FieldError;
 
 /// The width of the buckets a query answers in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use common::aggregate::{Aggregate, RowError};
+use infra::db::{RowError, StoredAggregate};
+use metrics_core::aggregate::Aggregate;
 use serde::Serialize;
 use sqlx::postgres::PgRow;
 use utoipa::ToSchema;
@@ -254,9 +255,9 @@ pub fn summarize<C: Contribution>(
 #[cfg(test)]
 mod tests {
     use chrono::TimeDelta;
-    use common::aggregate::Cost;
-    use common::events::ResponseEvent;
-    use common::histogram;
+    use metrics_core::aggregate::Cost;
+    use metrics_core::events::ResponseEvent;
+    use metrics_core::histogram;
     use proptest::prelude::*;
 
     use super::*;

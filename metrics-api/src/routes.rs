@@ -10,9 +10,9 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use chrono::Utc;
-use common::error::ErrorBody;
-use common::http::{measure_and_bound, Guard};
-use common::keys::Auth;
+use infra::http::{measure_and_bound, Guard};
+use infra::keys::Auth;
+use metrics_core::error::ErrorBody;
 use serde_json::json;
 use sqlx::PgPool;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -22,10 +22,10 @@ use utoipa_axum::routes;
 
 use crate::dashboard;
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::query::{self, QueryLimits};
 use crate::rollup;
 use crate::store;
-use crate::telemetry::Metrics;
 
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -46,7 +46,7 @@ impl AppState {
     }
 }
 
-const API_KEYS: common::openapi::ApiKeys = common::openapi::ApiKeys;
+const API_KEYS: infra::openapi::ApiKeys = infra::openapi::ApiKeys;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -98,7 +98,7 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
             },
             measure_and_bound,
         ));
-    app = common::http::with_request_ids(app);
+    app = infra::http::with_request_ids(app);
     if !cors_origins.is_empty() {
         let origins = if cors_origins.iter().any(|o| o == "*") {
             AllowOrigin::any()
@@ -135,7 +135,7 @@ async fn tenant(
         (None, Some(asked)) => Ok(asked.to_owned()),
         // The parser requires tenant_id when auth is disabled.
         (None, None) => Err(ApiError::BadParameters(vec![
-            common::validation::FieldError::new("tenant_id", "is required"),
+            metrics_core::validation::FieldError::new("tenant_id", "is required"),
         ])),
     }
 }
@@ -160,7 +160,7 @@ impl utoipa::IntoResponses for QueryErrors {
         String,
         utoipa::openapi::RefOr<utoipa::openapi::response::Response>,
     > {
-        common::openapi::error_responses(&[
+        infra::openapi::error_responses(&[
             (400, "A bad parameter; `fields` names each one"),
             (401, "No API key, or not a live one"),
             (403, "The key belongs to another tenant"),
@@ -286,7 +286,7 @@ async fn ready(State(state): State<AppState>) -> Response {
 #[utoipa::path(get, path = "/metrics", tag = "operations", security(()),
     responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text")))]
 async fn prometheus(State(state): State<AppState>) -> Response {
-    common::http::openmetrics(state.metrics.registry())
+    infra::http::openmetrics(state.metrics.registry())
 }
 
 /// This document.

@@ -4,8 +4,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use chrono::TimeDelta;
-use common::keys::AuthSettings;
-use common::settings::{Env, SettingsError};
+use infra::keys::AuthSettings;
+use metrics_core::settings::{Env, SettingsError};
 
 use crate::query::QueryLimits;
 
@@ -31,7 +31,7 @@ impl Settings {
         let settings = Self {
             host: e.parse(&["HTTP_HOST"], IpAddr::from([0, 0, 0, 0])),
             port: e.parse(&["HTTP_PORT"], 8081),
-            dsn: common::db::dsn_from_env(e),
+            dsn: infra::db::dsn_from_env(e),
             max_connections: e.parse(&["DB_MAX_CONNECTIONS"], 8),
             auth: AuthSettings::from_env(e),
             limits: QueryLimits {

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
+use crate::metrics::Metrics;
 use crate::routes::{router, AppState};
 use crate::settings::Settings;
-use crate::telemetry::Metrics;
 
 /// A bound, connected, not yet serving query API.
 #[derive(Debug)]
@@ -21,10 +21,10 @@ pub struct Application {
 impl Application {
     /// Connects to Postgres, applies migrations and binds the port.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let pool = common::db::connect(&settings.dsn, settings.max_connections)
+        let pool = infra::db::connect(&settings.dsn, settings.max_connections)
             .await
             .context("cannot connect to Postgres (POSTGRES_DSN / DATABASE_URL)")?;
-        common::db::migrate(&pool)
+        infra::db::migrate(&pool)
             .await
             .context("migrations failed")?;
         let address = (settings.host, settings.port);
@@ -46,7 +46,7 @@ impl Application {
     }
 
     pub fn port(&self) -> u16 {
-        common::http::port(&self.listener)
+        infra::http::port(&self.listener)
     }
 
     /// Serves until `shutdown` resolves, then lets in-flight queries finish.
@@ -55,7 +55,7 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let router = router(self.state, &self.cors_origins);
-        common::http::serve("metrics API", self.listener, router, shutdown).await?;
+        infra::http::serve("metrics API", self.listener, router, shutdown).await?;
         tracing::info!("metrics API stopped");
         Ok(())
     }

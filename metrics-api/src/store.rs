@@ -1,7 +1,7 @@
 //! Reading windows from Postgres.
 
 use chrono::{DateTime, Utc};
-use common::aggregate::Aggregate;
+use metrics_core::aggregate::Aggregate;
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 

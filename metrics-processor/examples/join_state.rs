@@ -3,7 +3,7 @@
 //! join_state`; it prints one JSON line.
 
 use chrono::{DateTime, TimeDelta, Utc};
-use common::events::RequestEvent;
+use metrics_core::events::RequestEvent;
 use metrics_processor::domain::join::{Joiner, Sourced};
 use metrics_processor::domain::offsets::{Input, Source};
 

@@ -26,7 +26,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
-use common::events::Event;
+use metrics_core::events::Event;
 
 use crate::domain::engine::{Decision, Effect, Engine, Flush};
 use crate::domain::offsets::{Input, Source};

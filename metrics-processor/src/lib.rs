@@ -15,15 +15,15 @@
 //! - [`store`]: Postgres: merged window rows, positions, decisions, in one transaction.
 //! - [`watchdog`]: unread input partitions, a stuck pipeline, a changed input layout.
 //! - [`output`]: the `llm.metrics` record.
-//! - [`settings`], [`startup`], [`telemetry`]: configuration, wiring, Prometheus metrics.
+//! - [`settings`], [`startup`], [`metrics`]: configuration, wiring, Prometheus metrics.
 
 pub mod domain;
 pub mod driver;
+pub mod metrics;
 pub mod output;
 pub mod pipeline;
 pub mod reads;
 pub mod settings;
 pub mod startup;
 pub mod store;
-pub mod telemetry;
 pub mod watchdog;

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use chrono::{TimeDelta, Utc};
-use common::http::REQUEST_ID_HEADER;
-use common::kafka::Topics;
+use infra::http::REQUEST_ID_HEADER;
+use infra::kafka::Topics;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaResult;
@@ -29,11 +29,11 @@ use crate::domain::engine::{Effect, Engine};
 use crate::domain::intake;
 use crate::domain::offsets::{Input, Source};
 use crate::driver::{CommitError, Driver, Outputs};
+use crate::metrics::{Metrics, PartitionLabels, ReasonLabels, TopicLabels};
 use crate::output::MetricRow;
 use crate::reads::{Reads, Take};
 use crate::settings::StartFrom;
 use crate::store::{Blocking, Store};
-use crate::telemetry::{Metrics, PartitionLabels, ReasonLabels, TopicLabels};
 use crate::watchdog::Health;
 
 /// The partition pairs this instance owns and those it is still replaying, as of the last

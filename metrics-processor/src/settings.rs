@@ -4,8 +4,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use chrono::TimeDelta;
-use common::kafka::{KafkaSettings, Topics};
-use common::settings::{Env, SettingsError};
+use infra::kafka::{KafkaSettings, Topics};
+use metrics_core::settings::{Env, SettingsError};
 
 use crate::domain::engine::EngineConfig;
 
@@ -78,7 +78,7 @@ impl Settings {
             kafka: KafkaSettings::from_env(e),
             topics: Topics::from_env(e),
             group: e.string(&["CONSUMER_GROUP"], "streamlens-metrics-processor"),
-            dsn: common::db::dsn_from_env(e),
+            dsn: infra::db::dsn_from_env(e),
             engine: EngineConfig {
                 ttl: secs(e.parse(&["JOIN_TTL_SECS"], 300)),
                 grace: secs(e.parse(&["WINDOW_GRACE_SECS"], 2)),

@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use common::error::ErrorBody;
+use metrics_core::error::ErrorBody;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaResult;
@@ -20,7 +20,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::domain::engine::Engine;
-use crate::domain::pricing::PricingTable;
+use metrics_core::pricing::PricingTable;
 use crate::pipeline::{self, Context, Shared, Timing};
 use crate::settings::Settings;
 use crate::store::Store;
@@ -47,10 +47,10 @@ impl Application {
     /// Connects to Postgres (applying migrations), creates the topics if missing, and joins the
     /// consumer group. Fails with a clear error when a dependency is unusable.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let pool = common::db::connect(&settings.dsn, 4)
+        let pool = infra::db::connect(&settings.dsn, 4)
             .await
             .context("cannot connect to Postgres (POSTGRES_DSN / DATABASE_URL)")?;
-        common::db::migrate(&pool)
+        infra::db::migrate(&pool)
             .await
             .context("database migrations failed")?;
         let topics = &settings.topics;
@@ -145,7 +145,7 @@ impl Application {
     }
 
     pub fn port(&self) -> u16 {
-        common::http::port(&self.listener)
+        infra::http::port(&self.listener)
     }
 
     /// Processes until `shutdown` resolves, then writes a last flush and leaves the group.
@@ -195,7 +195,7 @@ impl Application {
             }
             serve_stop.store(true, Ordering::Relaxed);
         };
-        common::http::serve("metrics processor", self.listener, app, stopped).await?;
+        infra::http::serve("metrics processor", self.listener, app, stopped).await?;
         stop.store(true, Ordering::Relaxed);
         tokio::task::spawn_blocking(move || (worker.join(), watcher.join()))
             .await
@@ -239,5 +239,5 @@ fn unavailable(message: String) -> axum::response::Response {
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> axum::response::Response {
-    common::http::openmetrics(shared.metrics.registry())
+    infra::http::openmetrics(shared.metrics.registry())
 }

@@ -9,6 +9,7 @@ use crate::domain::join::Ended;
 use crate::domain::offsets::{Input, Source};
 use crate::domain::window::{Aggregate, WindowKey, WINDOW};
 use crate::driver::{Claimed, Epochs, PositionStore};
+use infra::db::StoredAggregate;
 
 mod group;
 mod publish;
@@ -22,7 +23,7 @@ pub enum StoreError {
     #[error("partition {partition} of {topic} now belongs to another instance")]
     Fenced { topic: String, partition: i32 },
     #[error(transparent)]
-    Row(#[from] common::aggregate::RowError),
+    Row(#[from] infra::db::RowError),
     /// The rows could not be delivered to `llm.metrics`; they stay unpublished.
     #[error("llm.metrics: {0}")]
     Publish(String),

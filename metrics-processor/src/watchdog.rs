@@ -20,13 +20,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{TimeDelta, Utc};
-use common::kafka::partition_count;
+use infra::kafka::partition_count;
 use rdkafka::producer::Producer;
 
 use crate::domain::coverage::{Coverage, Reading};
 use crate::domain::offsets::Input;
+use crate::metrics::PartitionLabels;
 use crate::pipeline::{lock, Shared};
-use crate::telemetry::PartitionLabels;
 
 /// What the pipeline and the watchdog tell each other and readiness.
 #[derive(Debug)]

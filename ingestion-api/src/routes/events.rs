@@ -9,9 +9,9 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 use chrono::Utc;
-use common::error::FieldErrorBody;
-use common::events::{Event, EventKind, RequestEvent, ResponseEvent};
-use common::validation::{self, FieldError};
+use metrics_core::error::FieldErrorBody;
+use metrics_core::events::{Event, EventKind, RequestEvent, ResponseEvent};
+use metrics_core::validation::{self, FieldError};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -19,9 +19,9 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use crate::error::ApiError;
+use crate::metrics::{KindLabels, ReasonLabels};
 use crate::publisher::{PublishError, Record};
-use crate::telemetry::{KindLabels, ReasonLabels};
-use common::http::REQUEST_ID_HEADER;
+use infra::http::REQUEST_ID_HEADER;
 
 /// The answer to an accepted single event.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -78,7 +78,7 @@ enum BatchItem {
 #[allow(dead_code)]
 enum BatchRefusal {
     Report(BatchReport),
-    Error(common::error::ErrorBody),
+    Error(metrics_core::error::ErrorBody),
 }
 
 /// The error answers of every event endpoint but the ones a batch words its own way.
@@ -105,8 +105,8 @@ impl utoipa::IntoResponses for EventErrors {
         String,
         utoipa::openapi::RefOr<utoipa::openapi::response::Response>,
     > {
-        let mut all = common::openapi::error_responses(&REFUSALS);
-        all.append(&mut common::openapi::error_responses(&[
+        let mut all = infra::openapi::error_responses(&REFUSALS);
+        all.append(&mut infra::openapi::error_responses(&[
             (
                 400,
                 "Malformed JSON or invalid fields; `fields` names each one",
@@ -128,7 +128,7 @@ impl utoipa::IntoResponses for BatchErrors {
         String,
         utoipa::openapi::RefOr<utoipa::openapi::response::Response>,
     > {
-        common::openapi::error_responses(&REFUSALS)
+        infra::openapi::error_responses(&REFUSALS)
     }
 }
 
@@ -397,10 +397,10 @@ impl AppState {
     /// The tenant of the caller's key (`None` without keys).
     async fn caller(&self, headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         self.auth
-            .tenant(common::keys::Auth::presented(headers))
+            .tenant(infra::keys::Auth::presented(headers))
             .await
             .map_err(|e| match e {
-                common::keys::AuthError::Unavailable(e) => {
+                infra::keys::AuthError::Unavailable(e) => {
                     tracing::error!(error = %e, "cannot check an API key");
                     ApiError::KeysUnavailable
                 }
@@ -410,7 +410,7 @@ impl AppState {
 
     /// Takes `events` from the rate of the caller's key (checked by [`AppState::caller`]).
     fn limit(&self, headers: &HeaderMap, events: usize) -> Result<(), ApiError> {
-        match (&self.limiter, common::keys::Auth::presented(headers)) {
+        match (&self.limiter, infra::keys::Auth::presented(headers)) {
             (Some(limiter), Some(key)) => limiter
                 .take(key, events, std::time::Instant::now())
                 .map_err(|retry_after| ApiError::RateLimited { retry_after }),

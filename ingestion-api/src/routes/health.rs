@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use common::error::ErrorBody;
+use metrics_core::error::ErrorBody;
 use serde_json::json;
 
 use super::AppState;
@@ -25,7 +25,7 @@ pub async fn live() -> impl IntoResponse {
 ))]
 pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let mut check = state.publisher.ready().await;
-    if let (Ok(()), common::keys::Auth::Keys(keys)) = (&check, &state.auth) {
+    if let (Ok(()), infra::keys::Auth::Keys(keys)) = (&check, &state.auth) {
         if let Err(e) = sqlx::query("SELECT 1").execute(keys.pool()).await {
             tracing::warn!(error = %e, "not ready: the API keys' database does not answer");
             check = Err("the database holding the API keys does not answer".into());
@@ -45,7 +45,7 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
 #[utoipa::path(get, path = "/metrics", tag = "operations", security(()),
     responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    common::http::openmetrics(state.metrics.registry())
+    infra::http::openmetrics(state.metrics.registry())
 }
 
 /// This document.

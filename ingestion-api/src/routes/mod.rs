@@ -9,16 +9,16 @@ use std::time::Duration;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::Router;
-use common::http::{measure_and_bound, Guard};
-use common::kafka::Topics;
-use common::validation::Limits;
+use infra::http::{measure_and_bound, Guard};
+use infra::kafka::Topics;
+use metrics_core::validation::Limits;
 
-use common::keys::Auth;
+use infra::keys::Auth;
 
 use crate::error::ApiError;
 use crate::limit::RateLimiter;
+use crate::metrics::Metrics;
 use crate::publisher::Publisher;
-use crate::telemetry::Metrics;
 use utoipa::OpenApi;
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
@@ -55,7 +55,7 @@ pub struct HttpConfig {
     pub request_timeout: Duration,
 }
 
-const API_KEYS: common::openapi::ApiKeys = common::openapi::ApiKeys;
+const API_KEYS: infra::openapi::ApiKeys = infra::openapi::ApiKeys;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -65,7 +65,7 @@ const API_KEYS: common::openapi::ApiKeys = common::openapi::ApiKeys;
             record (acks=all); 503 means it was not written and may be sent again: a repeated \
             event is counted once."
     ),
-    components(schemas(common::error::ErrorBody)),
+    components(schemas(metrics_core::error::ErrorBody)),
     modifiers(&API_KEYS)
 )]
 struct Document;
@@ -108,5 +108,5 @@ pub fn router(state: AppState) -> Router {
             },
             measure_and_bound,
         ));
-    common::http::with_request_ids(app).with_state(state)
+    infra::http::with_request_ids(app).with_state(state)
 }

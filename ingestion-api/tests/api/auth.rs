@@ -7,8 +7,8 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::Router;
-use common::keys::{Auth, KeyCache};
 use http_body_util::BodyExt;
+use infra::keys::{Auth, KeyCache};
 use ingestion_api::limit::RateLimiter;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -18,10 +18,8 @@ use crate::helpers::*;
 
 async fn pool() -> PgPool {
     let dsn = database_url();
-    let pool = common::db::connect(&dsn, 2)
-        .await
-        .expect("Postgres answers");
-    common::db::migrate(&pool).await.expect("migrations apply");
+    let pool = infra::db::connect(&dsn, 2).await.expect("Postgres answers");
+    infra::db::migrate(&pool).await.expect("migrations apply");
     pool
 }
 
@@ -73,7 +71,7 @@ fn request_for(tenant: &str, id: &str) -> Value {
 async fn a_key_writes_only_for_its_tenant_and_stamps_its_responses() {
     let pool = pool().await;
     let (own, other) = (unique("tenant"), unique("tenant"));
-    let (_, key) = common::keys::create(&pool, &own, "app").await.unwrap();
+    let (_, key) = infra::keys::create(&pool, &own, "app").await.unwrap();
     let publisher = RecordingPublisher::new(Mode::Acknowledge);
     let app = keyed_router(&pool, publisher.clone(), None);
 
@@ -148,7 +146,7 @@ async fn a_key_writes_only_for_its_tenant_and_stamps_its_responses() {
 async fn a_revoked_key_is_refused() {
     let pool = pool().await;
     let tenant = unique("tenant");
-    let (info, key) = common::keys::create(&pool, &tenant, "").await.unwrap();
+    let (info, key) = infra::keys::create(&pool, &tenant, "").await.unwrap();
     let publisher = RecordingPublisher::new(Mode::Acknowledge);
     let app = keyed_router(&pool, publisher.clone(), None);
     assert_eq!(
@@ -162,7 +160,7 @@ async fn a_revoked_key_is_refused() {
         .0,
         StatusCode::ACCEPTED
     );
-    assert!(common::keys::revoke(&pool, info.id).await.unwrap());
+    assert!(infra::keys::revoke(&pool, info.id).await.unwrap());
     assert_eq!(
         post(
             &app,
@@ -181,8 +179,8 @@ async fn a_revoked_key_is_refused() {
 async fn a_key_over_its_rate_gets_429_with_retry_after() {
     let pool = pool().await;
     let tenant = unique("tenant");
-    let (_, key) = common::keys::create(&pool, &tenant, "").await.unwrap();
-    let (_, other_key) = common::keys::create(&pool, &tenant, "").await.unwrap();
+    let (_, key) = infra::keys::create(&pool, &tenant, "").await.unwrap();
+    let (_, other_key) = infra::keys::create(&pool, &tenant, "").await.unwrap();
     let publisher = RecordingPublisher::new(Mode::Acknowledge);
     // One event a second, three at once.
     let app = keyed_router(&pool, publisher.clone(), Some((1, 3)));

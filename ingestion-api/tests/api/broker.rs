@@ -5,7 +5,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use common::kafka::{partition_for, KafkaSettings};
+use infra::kafka::{partition_for, KafkaSettings};
 use serde_json::{json, Value};
 
 use crate::helpers::*;

@@ -1,7 +1,7 @@
 //! Handlers in-process, with a publisher that records instead of writing to Kafka.
 
 use axum::http::StatusCode;
-use common::events::EventKind;
+use metrics_core::events::EventKind;
 use serde_json::{json, Value};
 
 use crate::helpers::*;

@@ -9,11 +9,11 @@ use axum::Router;
 use chrono::Utc;
 use futures::future::BoxFuture;
 use http_body_util::BodyExt;
+use ingestion_api::metrics::Metrics;
 use ingestion_api::publisher::{PublishError, Publisher, Record};
 use ingestion_api::routes::{router, AppState, HttpConfig};
 use ingestion_api::settings::Settings;
 use ingestion_api::startup::Application;
-use ingestion_api::telemetry::Metrics;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -122,18 +122,19 @@ pub fn test_settings(extra: &[(&str, &str)]) -> Settings {
     ];
     // Later pairs win: `extra` overrides the defaults.
     let pairs = defaults.iter().chain(extra).copied();
-    Settings::from_env(common::settings::Env::from_pairs(pairs)).expect("test settings are valid")
+    Settings::from_env(metrics_core::settings::Env::from_pairs(pairs))
+        .expect("test settings are valid")
 }
 
 /// A router wired to `publisher`, as `startup` wires it, for `oneshot` calls.
 pub fn test_router(publisher: Arc<RecordingPublisher>) -> Router {
-    keyed_router(publisher, common::keys::Auth::Disabled, None)
+    keyed_router(publisher, infra::keys::Auth::Disabled, None)
 }
 
 /// The same with API keys and a rate limit.
 pub fn keyed_router(
     publisher: Arc<RecordingPublisher>,
-    auth: common::keys::Auth,
+    auth: infra::keys::Auth,
     limiter: Option<Arc<ingestion_api::limit::RateLimiter>>,
 ) -> Router {
     let s = test_settings(&[]);
@@ -229,7 +230,7 @@ pub struct TestApp {
 impl TestApp {
     pub async fn spawn(brokers: &str, extra: &[(&str, &str)]) -> TestApp {
         if std::env::var_os("TEST_LOG").is_some() {
-            common::telemetry::init(false);
+            infra::logging::init(false);
         }
         let suffix = unique("t");
         let topics = [
@@ -295,7 +296,7 @@ pub struct Stored {
 fn stored(m: &BorrowedMessage<'_>) -> Stored {
     let trace_id = m.headers().and_then(|h| {
         h.iter()
-            .find(|h| h.key == common::http::REQUEST_ID_HEADER)
+            .find(|h| h.key == infra::http::REQUEST_ID_HEADER)
             .and_then(|h| h.value)
             .map(|v| String::from_utf8_lossy(v).into_owned())
     });

@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
-use common::kafka::KafkaSettings;
+use infra::kafka::KafkaSettings;
 use metrics_api::settings::Settings;
 use metrics_api::startup::Application;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -71,10 +71,8 @@ impl World {
     pub async fn new() -> Self {
         let dsn = env_or_explain("TEST_DATABASE_URL");
         let brokers = env_or_explain("TEST_KAFKA_BROKERS");
-        let pool = common::db::connect(&dsn, 2)
-            .await
-            .expect("Postgres answers");
-        common::db::migrate(&pool).await.expect("migrations apply");
+        let pool = infra::db::connect(&dsn, 2).await.expect("Postgres answers");
+        infra::db::migrate(&pool).await.expect("migrations apply");
         Self {
             tenant: unique("tenant-"),
             pool,
@@ -248,7 +246,7 @@ impl Api {
             ("CORS_ALLOWED_ORIGINS", "https://dash.example"),
         ];
         let settings =
-            Settings::from_env(common::settings::Env::from_pairs(env)).expect("settings");
+            Settings::from_env(metrics_core::settings::Env::from_pairs(env)).expect("settings");
         let app = Application::build(settings).await.expect("the API starts");
         let base = format!("http://127.0.0.1:{}", app.port());
         tokio::spawn(app.run_until_stopped(std::future::pending()));

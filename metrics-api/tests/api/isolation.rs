@@ -27,10 +27,10 @@ async fn another_tenants_key_cannot_write_alter_or_read_a_tenants_windows() {
     world.ensure_topics().await;
     let victim = world.tenant.clone();
     let stranger = unique("stranger-");
-    let (_, victim_key) = common::keys::create(&world.pool, &victim, "app")
+    let (_, victim_key) = infra::keys::create(&world.pool, &victim, "app")
         .await
         .unwrap();
-    let (_, stranger_key) = common::keys::create(&world.pool, &stranger, "app")
+    let (_, stranger_key) = infra::keys::create(&world.pool, &stranger, "app")
         .await
         .unwrap();
 
@@ -48,10 +48,11 @@ async fn another_tenants_key_cannot_write_alter_or_read_a_tenants_windows() {
         ("AUTH_MODE", "keys".into()),
         ("API_KEY_CACHE_SECS", "0".into()),
     ];
-    let ingestion =
-        Application::build(Settings::from_env(common::settings::Env::from_pairs(env)).unwrap())
-            .await
-            .expect("the ingestion API starts");
+    let ingestion = Application::build(
+        Settings::from_env(metrics_core::settings::Env::from_pairs(env)).unwrap(),
+    )
+    .await
+    .expect("the ingestion API starts");
     let base = format!("http://127.0.0.1:{}", ingestion.port());
     tokio::spawn(ingestion.run_until_stopped(std::future::pending()));
     let client = reqwest::Client::new();

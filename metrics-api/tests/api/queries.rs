@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
-use common::histogram;
+use metrics_core::histogram;
 use serde_json::Value;
 
 use crate::helpers::*;
@@ -236,10 +236,10 @@ async fn every_bad_parameter_is_a_400_naming_it() {
 async fn a_key_reads_only_its_own_tenant_and_a_revoked_key_reads_nothing() {
     let world = World::new().await;
     let api = Api::start(&world.dsn, true).await;
-    let (own, own_key) = common::keys::create(&world.pool, &world.tenant, "dashboard")
+    let (own, own_key) = infra::keys::create(&world.pool, &world.tenant, "dashboard")
         .await
         .unwrap();
-    let (_, other_key) = common::keys::create(&world.pool, &unique("other-"), "")
+    let (_, other_key) = infra::keys::create(&world.pool, &unique("other-"), "")
         .await
         .unwrap();
     // A window of the key's tenant.
@@ -286,7 +286,7 @@ async fn a_key_reads_only_its_own_tenant_and_a_revoked_key_reads_nothing() {
         .await;
     assert_eq!((status, body["count"].as_i64()), (200, Some(1)));
 
-    assert!(common::keys::revoke(&world.pool, own.id).await.unwrap());
+    assert!(infra::keys::revoke(&world.pool, own.id).await.unwrap());
     let (status, _) = api.get("/v1/metrics", Some(&own_key)).await;
     assert_eq!(status, 401, "a revoked key is refused");
 }

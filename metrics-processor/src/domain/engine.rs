@@ -33,11 +33,11 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, TimeDelta, Utc};
-use common::events::Event;
+use metrics_core::events::Event;
 
 use super::join::{Ended, Joiner, Outcome, Sourced};
 use super::offsets::{Input, Source};
-use super::pricing::PricingTable;
+use metrics_core::pricing::PricingTable;
 use super::watermark::Watermarks;
 use super::window::{Aggregate, WindowKey, Windows};
 

@@ -10,8 +10,8 @@
 //! record's own Kafka timestamp, not the clock, so a replay decides as the first read did.
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
-use common::events::Event;
-use common::validation::{self, FieldError, Limits};
+use metrics_core::events::Event;
+use metrics_core::validation::{self, FieldError, Limits};
 
 use super::offsets::Input;
 

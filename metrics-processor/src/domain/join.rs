@@ -11,7 +11,7 @@ use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use common::events::{RequestEvent, ResponseEvent};
+use metrics_core::events::{RequestEvent, ResponseEvent};
 
 use super::offsets::{Needed, Source};
 

@@ -4,7 +4,6 @@
 //! - [`join`]: pairs each request with its response by `request_id`, in either order, with an
 //!   event-time TTL and duplicate suppression.
 //! - [`window`]: one-minute tumbling windows per (tenant, route, model) and their aggregates.
-//! - [`pricing`]: the per-model price table and exact integer cost.
 //! - [`watermark`]: event-time progress per partition, the minimum across partitions.
 //! - [`engine`]: the state of the owned partitions and the exactly-once rules of a replay.
 //! - [`coverage`]: which input partitions nobody in the group reads.
@@ -14,9 +13,8 @@
 pub mod coverage;
 pub mod engine;
 pub mod intake;
-pub use common::histogram;
+pub use metrics_core::histogram;
 pub mod join;
 pub mod offsets;
-pub mod pricing;
 pub mod watermark;
 pub mod window;

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
-pub use common::aggregate::Aggregate;
+pub use metrics_core::aggregate::Aggregate;
 
 use super::join::Names;
 use super::offsets::{Input, Needed, Source};

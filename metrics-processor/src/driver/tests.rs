@@ -6,14 +6,14 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, TimeDelta, Utc};
-use common::events::Event;
+use metrics_core::events::Event;
 use proptest::prelude::*;
 
 use super::memory::{Fault, MemoryStore};
 use super::*;
 use crate::domain::engine::tests::{config, request, response, src, t};
 use crate::domain::engine::EngineConfig;
-use crate::domain::pricing::PricingTable;
+use metrics_core::pricing::PricingTable;
 use crate::domain::window::{Aggregate, WindowKey};
 
 /// Two input topics of `partitions` partitions, records placed by key as the producers do.
@@ -32,8 +32,7 @@ impl Topics {
     }
 
     fn produce(&mut self, event: Event) {
-        let partition =
-            common::kafka::partition_for(event.request_id().as_bytes(), self.partitions);
+        let partition = infra::kafka::partition_for(event.request_id().as_bytes(), self.partitions);
         let input = match event {
             Event::Request(_) => Input::Requests,
             Event::Response(_) => Input::Responses,

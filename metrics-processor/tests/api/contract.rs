@@ -3,11 +3,11 @@
 //! for the real one.
 
 use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
-use common::events::{Event, RequestEvent, ResponseEvent};
+use metrics_core::events::{Event, RequestEvent, ResponseEvent};
 use metrics_processor::domain::engine::{Engine, EngineConfig, Flush, Position, Waiting};
 use metrics_processor::domain::join::Ended;
 use metrics_processor::domain::offsets::{Input, Source};
-use metrics_processor::domain::pricing::PricingTable;
+use metrics_core::pricing::PricingTable;
 use metrics_processor::driver::memory::MemoryStore;
 use metrics_processor::driver::{Claimed, Epochs, PositionStore};
 use metrics_processor::store::{Blocking, Store, StoreError};
@@ -46,10 +46,8 @@ impl Pg {
         let runtime = tokio::runtime::Runtime::new().expect("runtime");
         let dsn = env_or_explain("TEST_DATABASE_URL");
         let pool = runtime.block_on(async {
-            let pool = common::db::connect(&dsn, 2)
-                .await
-                .expect("Postgres answers");
-            common::db::migrate(&pool).await.expect("migrations apply");
+            let pool = infra::db::connect(&dsn, 2).await.expect("Postgres answers");
+            infra::db::migrate(&pool).await.expect("migrations apply");
             pool
         });
         let store = Store::new(

@@ -5,7 +5,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
-use common::kafka::KafkaSettings;
+use infra::kafka::KafkaSettings;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -35,10 +35,8 @@ impl World {
 
     pub async fn with_database(dsn: String) -> Self {
         let brokers = env_or_explain("TEST_KAFKA_BROKERS");
-        let pool = common::db::connect(&dsn, 2)
-            .await
-            .expect("Postgres answers");
-        common::db::migrate(&pool).await.expect("migrations apply");
+        let pool = infra::db::connect(&dsn, 2).await.expect("Postgres answers");
+        infra::db::migrate(&pool).await.expect("migrations apply");
         let suffix = unique("t");
         let kafka = KafkaSettings::new(&brokers, 3);
         let producer = kafka

@@ -173,7 +173,7 @@ async fn a_restart_resuming_inside_a_record_batch_reads_the_whole_batch() {
     let partitions = 3;
     // One batch per partition: a poison record first, then requests that wait for their
     // responses. The poison is passed by, so each partition's resume offset is 1.
-    let producer: FutureProducer = common::kafka::KafkaSettings::new(&world.brokers, partitions)
+    let producer: FutureProducer = infra::kafka::KafkaSettings::new(&world.brokers, partitions)
         .producer_config("batch-test", Duration::from_secs(10))
         .set("linger.ms", "500")
         .create()
@@ -185,7 +185,7 @@ async fn a_restart_resuming_inside_a_record_batch_reads_the_whole_batch() {
         .map(|p| (p, format!("poison-{p}"), b"not json".to_vec()))
         .collect();
     for id in &ids {
-        let partition = common::kafka::partition_for(id.as_bytes(), partitions);
+        let partition = infra::kafka::partition_for(id.as_bytes(), partitions);
         let request = world.request(id, now, "gpt-4o");
         records.push((partition, id.clone(), serde_json::to_vec(&request).unwrap()));
     }

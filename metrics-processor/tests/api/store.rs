@@ -3,10 +3,10 @@
 //! `contract.rs`.
 
 use chrono::{TimeDelta, Utc};
-use common::events::{Event, RequestEvent, ResponseEvent};
+use metrics_core::events::{Event, RequestEvent, ResponseEvent};
 use metrics_processor::domain::engine::{Engine, EngineConfig, Flush};
 use metrics_processor::domain::offsets::{Input, Source};
-use metrics_processor::domain::pricing::PricingTable;
+use metrics_core::pricing::PricingTable;
 use metrics_processor::output::MetricRow;
 use metrics_processor::store::Store;
 use std::collections::HashMap;

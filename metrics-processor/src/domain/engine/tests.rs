@@ -2,7 +2,7 @@
 //! the driver, with a store, crashes and rebalances, are in `driver/tests.rs`.
 
 use chrono::{DateTime, Utc};
-use common::events::{Event, RequestEvent, ResponseEvent};
+use metrics_core::events::{Event, RequestEvent, ResponseEvent};
 
 use super::*;
 

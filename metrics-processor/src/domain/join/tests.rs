@@ -1,5 +1,5 @@
 use chrono::{DateTime, TimeDelta, Utc};
-use common::events::{RequestEvent, ResponseEvent};
+use metrics_core::events::{RequestEvent, ResponseEvent};
 
 use std::sync::Arc;
 

@@ -1,9 +1,9 @@
 use chrono::{DateTime, TimeDelta, Utc};
-use common::events::ResponseEvent;
+use metrics_core::events::ResponseEvent;
 
 use super::*;
 use crate::domain::join::Names;
-use crate::domain::pricing::Cost;
+use metrics_core::pricing::Cost;
 
 fn t(s: i64) -> DateTime<Utc> {
     // A minute boundary.

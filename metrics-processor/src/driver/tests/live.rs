@@ -90,7 +90,7 @@ impl Log {
             records: HashMap::new(),
         };
         for (at, event) in produced {
-            let partition = common::kafka::partition_for(event.request_id().as_bytes(), partitions);
+            let partition = infra::kafka::partition_for(event.request_id().as_bytes(), partitions);
             let input = match event {
                 Event::Request(_) => Input::Requests,
                 Event::Response(_) => Input::Responses,

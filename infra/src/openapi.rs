@@ -39,7 +39,7 @@ impl utoipa::Modify for ApiKeys {
     }
 }
 
-/// Error answers, each with the shared [`crate::error::ErrorBody`] (`Error` in the
+/// Error answers, each with the shared [`metrics_core::error::ErrorBody`] (`Error` in the
 /// document), for an `IntoResponses` implementation to return.
 pub fn error_responses(list: &[(u16, &str)]) -> BTreeMap<String, RefOr<Response>> {
     list.iter()

@@ -17,7 +17,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::error::ErrorBody;
+use metrics_core::error::ErrorBody;
 
 /// The header that carries a request's id: taken from the client when it sends one, made up
 /// otherwise, answered back, logged, and carried on to the Kafka records it produced.

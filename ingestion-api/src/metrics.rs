@@ -1,6 +1,6 @@
 //! Every Prometheus metric the ingestion API exports, in one place.
 
-use common::http::HttpMetrics;
+use infra::http::HttpMetrics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;

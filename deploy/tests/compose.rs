@@ -3,7 +3,7 @@
 //! that exist, settings the services read, one datasource uid, and dashboard SQL that runs on the
 //! schema the migrations build.
 
-use std::path::{Path, PathBuf};
+use deploy::{read, root, workspace_sources};
 use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -23,14 +23,6 @@ const PROVIDERS: &str = "deploy/grafana/provisioning/dashboards/streamlens.yml";
 const READ_BY_LIBRARIES: [&str; 1] = ["RUST_LOG"];
 /// A quote in the name, so a query that pastes the tenant in unescaped fails.
 const TENANT: &str = "o'brien";
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn read(path: &str) -> String {
-    std::fs::read_to_string(root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
 
 fn yaml(path: &str) -> Yaml {
     let doc = serde_yaml::from_str::<Yaml>(&read(path));
@@ -73,24 +65,6 @@ fn strings<'a>(v: &'a Yaml, out: &mut Vec<&'a str>) {
         Yaml::Mapping(map) => map.values().for_each(|v| strings(v, out)),
         _ => {}
     }
-}
-
-/// Every `.rs` file under each crate's `src/`, in one string.
-fn workspace_sources() -> String {
-    let entries = |dir: &Path| std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path());
-    let crates = entries(&root()).map(|p| p.join("src"));
-    let mut dirs: Vec<PathBuf> = crates.filter(|p| p.is_dir()).collect();
-    let mut out = String::new();
-    while let Some(dir) = dirs.pop() {
-        for path in entries(&dir) {
-            if path.is_dir() {
-                dirs.push(path);
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                out += &std::fs::read_to_string(&path).unwrap();
-            }
-        }
-    }
-    out
 }
 
 fn dashboard() -> Json {
@@ -270,7 +244,7 @@ async fn insert_windows(pool: &PgPool, tenant: &str) -> i64 {
 }
 
 async fn check_dashboard_queries(pool: PgPool) {
-    let migrated = common::db::migrate(&pool).await;
+    let migrated = infra::db::migrate(&pool).await;
     migrated.expect("migrations apply to an empty database");
     let inserted = insert_windows(&pool, TENANT).await;
     // Rows the tenant filter must leave out of every sum.

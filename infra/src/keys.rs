@@ -16,7 +16,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::{PgPool, Row};
 
-use crate::settings::Env;
+use metrics_core::settings::Env;
 
 pub const PREFIX: &str = "slk_";
 /// How many characters of a key listings show: enough to tell keys apart, useless to an attacker.

@@ -19,7 +19,7 @@ pub struct Price {
     pub cached_input: u64,
 }
 
-pub use common::aggregate::Cost;
+pub use crate::aggregate::Cost;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct PricingTable {

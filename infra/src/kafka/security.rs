@@ -14,7 +14,7 @@
 //! Settings that contradict each other are refused at start-up, all at once, rather than
 //! left for the first connection to fail on.
 
-use crate::settings::Env;
+use metrics_core::settings::Env;
 
 const PROTOCOLS: [&str; 4] = ["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"];
 const MECHANISMS: [&str; 3] = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];

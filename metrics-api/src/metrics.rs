@@ -1,6 +1,6 @@
 //! Every Prometheus metric the query API exports.
 
-use common::http::HttpMetrics;
+use infra::http::HttpMetrics;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;

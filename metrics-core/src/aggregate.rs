@@ -2,11 +2,8 @@
 //! behind every percentile. Everything adds up under [`Aggregate::merge`], so partials from
 //! restarts, partitions, processor instances and roll-ups over many windows combine exactly.
 
-use sqlx::postgres::PgRow;
-use sqlx::Row;
-
 use crate::events::ResponseEvent;
-use crate::histogram::{self, HistogramError, Latencies};
+use crate::histogram::{self, Latencies};
 
 /// The cost of one call, and whether the model had a price of its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,67 +140,14 @@ impl Aggregate {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum RowError {
-    #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
-    #[error(transparent)]
-    Histogram(#[from] HistogramError),
-}
-
 /// Sums saturate: a window's counters never wrap around or panic, whatever a producer wrote.
 fn add(sum: &mut u64, value: u64) {
     *sum = sum.saturating_add(value);
 }
 
-fn count(row: &PgRow, name: &str) -> Result<u64, sqlx::Error> {
-    let v: i64 = row.try_get(name)?;
-    Ok(u64::try_from(v).unwrap_or(0))
-}
-
 impl Aggregate {
-    /// The stored columns a row is merged from: [`Aggregate::COLUMNS`].
+    /// The stored columns of a window row, in the order a row is read back.
     pub const COLUMNS: &'static str = "requests, errors, timeouts, completed, latency_sum_ms, \
         ttft_sum_ms, ttft_count, prompt_tokens, completion_tokens, cached_prompt_tokens, \
         cost_nanos, unpriced, latency_histogram, ttft_histogram";
-
-    /// Reads an aggregate back from a row selected with [`Aggregate::COLUMNS`].
-    pub fn from_row(row: &PgRow) -> Result<Self, RowError> {
-        let mut a = Self::default();
-        a.merge_row(row)?;
-        Ok(a)
-    }
-
-    /// Adds a row selected with [`Aggregate::COLUMNS`], histograms added straight from their
-    /// encoding.
-    pub fn merge_row(&mut self, row: &PgRow) -> Result<(), RowError> {
-        add(&mut self.requests, count(row, "requests")?);
-        add(&mut self.errors, count(row, "errors")?);
-        add(&mut self.timeouts, count(row, "timeouts")?);
-        add(&mut self.completed, count(row, "completed")?);
-        add(&mut self.latency_sum_ms, count(row, "latency_sum_ms")?);
-        add(&mut self.ttft_sum_ms, count(row, "ttft_sum_ms")?);
-        add(&mut self.ttft_count, count(row, "ttft_count")?);
-        add(&mut self.prompt_tokens, count(row, "prompt_tokens")?);
-        add(
-            &mut self.completion_tokens,
-            count(row, "completion_tokens")?,
-        );
-        add(
-            &mut self.cached_prompt_tokens,
-            count(row, "cached_prompt_tokens")?,
-        );
-        add(&mut self.cost_nanos, count(row, "cost_nanos")?);
-        add(&mut self.unpriced, count(row, "unpriced")?);
-        for (name, h) in [
-            ("latency_histogram", &mut self.latency),
-            ("ttft_histogram", &mut self.ttft),
-        ] {
-            let bytes: Option<&[u8]> = row.try_get(name)?;
-            if let Some(bytes) = bytes {
-                histogram::add_encoded(h, bytes)?;
-            }
-        }
-        Ok(())
-    }
 }

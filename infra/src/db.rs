@@ -1,0 +1,95 @@
+//! Postgres: the pool every service uses, the migrations embedded at build time, and window
+//! rows read back into aggregates.
+
+use std::time::Duration;
+
+use metrics_core::aggregate::Aggregate;
+use metrics_core::histogram::{self, HistogramError};
+use metrics_core::settings::Env;
+use sqlx::migrate::{MigrateError, Migrator};
+use sqlx::postgres::{PgPoolOptions, PgRow};
+use sqlx::{PgPool, Row};
+
+/// The migrations under `migrations/`, applied at start-up and by `streamlens-admin migrate`.
+pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
+
+/// Where the database is. `POSTGRES_DSN` is the original name; `DATABASE_URL` is what sqlx
+/// tooling expects; either works.
+pub fn dsn_from_env(env: &mut Env) -> String {
+    env.string(
+        &["POSTGRES_DSN", "DATABASE_URL"],
+        "postgres://streamlens:streamlens@127.0.0.1:5432/streamlens",
+    )
+}
+
+pub async fn connect(dsn: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(dsn)
+        .await
+}
+
+pub async fn migrate(pool: &PgPool) -> Result<(), MigrateError> {
+    MIGRATOR.run(pool).await
+}
+
+/// A window row could not be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum RowError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Histogram(#[from] HistogramError),
+}
+
+/// Reading an [`Aggregate`] back from a row selected with [`Aggregate::COLUMNS`].
+pub trait StoredAggregate: Sized {
+    fn from_row(row: &PgRow) -> Result<Self, RowError>;
+
+    /// Adds the row, histograms added straight from their encoding.
+    fn merge_row(&mut self, row: &PgRow) -> Result<(), RowError>;
+}
+
+fn count(row: &PgRow, name: &str) -> Result<u64, sqlx::Error> {
+    let v: i64 = row.try_get(name)?;
+    Ok(u64::try_from(v).unwrap_or(0))
+}
+
+impl StoredAggregate for Aggregate {
+    fn from_row(row: &PgRow) -> Result<Self, RowError> {
+        let mut a = Self::default();
+        a.merge_row(row)?;
+        Ok(a)
+    }
+
+    fn merge_row(&mut self, row: &PgRow) -> Result<(), RowError> {
+        // Sums saturate, as `Aggregate::merge` does: whatever was stored never wraps around.
+        for (name, sum) in [
+            ("requests", &mut self.requests),
+            ("errors", &mut self.errors),
+            ("timeouts", &mut self.timeouts),
+            ("completed", &mut self.completed),
+            ("latency_sum_ms", &mut self.latency_sum_ms),
+            ("ttft_sum_ms", &mut self.ttft_sum_ms),
+            ("ttft_count", &mut self.ttft_count),
+            ("prompt_tokens", &mut self.prompt_tokens),
+            ("completion_tokens", &mut self.completion_tokens),
+            ("cached_prompt_tokens", &mut self.cached_prompt_tokens),
+            ("cost_nanos", &mut self.cost_nanos),
+            ("unpriced", &mut self.unpriced),
+        ] {
+            *sum = sum.saturating_add(count(row, name)?);
+        }
+        for (name, h) in [
+            ("latency_histogram", &mut self.latency),
+            ("ttft_histogram", &mut self.ttft),
+        ] {
+            let bytes: Option<&[u8]> = row.try_get(name)?;
+            if let Some(bytes) = bytes {
+                histogram::add_encoded(h, bytes)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,18 @@
+//! What every StreamLens service needs to talk to the world; the pure parts live in
+//! `metrics-core`.
+//!
+//! - [`kafka`]: client configuration (TLS, SASL), producer guarantees, topic names and
+//!   creation, the Java-compatible partitioner.
+//! - [`db`]: the Postgres pool, the embedded migrations, window rows read back.
+//! - [`keys`]: API keys bound to tenants, stored hashed, and the lookup services use.
+//! - [`http`]: serving, request ids, request counting and timeouts, Prometheus answers.
+//! - [`openapi`]: what both services' generated OpenAPI documents share.
+//! - [`logging`] and [`shutdown`]: logs and the stop signal.
+
+pub mod db;
+pub mod http;
+pub mod kafka;
+pub mod keys;
+pub mod logging;
+pub mod openapi;
+pub mod shutdown;

@@ -1,0 +1,17 @@
+//! The pure core every StreamLens service shares: no network, no database, no runtime.
+//!
+//! - [`events`]: the request and response events as they travel on the wire and on Kafka.
+//! - [`validation`]: turning untrusted JSON into events, naming every field that is wrong.
+//! - [`aggregate`]: the mergeable sums and histograms behind a window row.
+//! - [`histogram`]: the one HdrHistogram configuration, so histograms merge exactly.
+//! - [`pricing`]: the per-model price table and exact integer cost.
+//! - [`error`]: the one JSON error shape both HTTP APIs answer with.
+//! - [`settings`]: reading typed configuration from environment variables.
+
+pub mod aggregate;
+pub mod error;
+pub mod events;
+pub mod histogram;
+pub mod pricing;
+pub mod settings;
+pub mod validation;

@@ -20,11 +20,11 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::domain::engine::Engine;
-use metrics_core::pricing::PricingTable;
 use crate::pipeline::{self, Context, Shared, Timing};
 use crate::settings::Settings;
 use crate::store::Store;
 use crate::watchdog::{self, WatchSettings};
+use metrics_core::pricing::PricingTable;
 
 pub struct Application {
     settings: Settings,

@@ -1,29 +1,45 @@
 //! What the integration tests share. They run against a real Kafka-compatible broker and a
 //! real Postgres, named by `TEST_KAFKA_BROKERS` and `TEST_DATABASE_URL` (`make test` starts the
-//! local stack and sets both); each test then works on topics, groups, tenants and databases
-//! of its own, so tests can run at once against one stack.
+//! local stack and sets both); without them, on a machine with a Docker engine, Redpanda and
+//! Postgres are started in containers ([`containers`]). Each test then works on topics,
+//! groups, tenants and databases of its own, so tests can run at once against one stack.
 
 use std::collections::BTreeSet;
 
+pub mod containers;
+
 /// The broker the tests use.
 pub fn kafka_brokers() -> String {
-    env_or_explain("TEST_KAFKA_BROKERS")
+    configured("TEST_KAFKA_BROKERS", containers::redpanda)
 }
 
 /// The Postgres the tests use.
 pub fn database_url() -> String {
-    env_or_explain("TEST_DATABASE_URL")
+    configured("TEST_DATABASE_URL", containers::postgres)
 }
+
+/// The variable `name`; else, with a Docker engine, what `start` started; else a failure
+/// that says how to get the stack.
+fn configured(name: &str, start: fn() -> Result<String, String>) -> String {
+    if std::env::var_os(name).is_some() || !containers::docker_reachable() {
+        return env_or_explain(name);
+    }
+    start().unwrap_or_else(|e| {
+        panic!("{name} is not set and its container did not start ({e}); {HOW_TO_START}")
+    })
+}
+
+const HOW_TO_START: &str = "run `make test`, or start the stack with `scripts/stack.sh up` and \
+     export TEST_KAFKA_BROKERS=127.0.0.1:9092 TEST_DATABASE_URL=postgres://streamlens:streamlens@127.0.0.1:5432/streamlens \
+     (what `scripts/stack.sh env` prints)";
 
 /// The variable `name`, or a failure that says how to get the stack the tests need: they
 /// never pass by skipping.
 pub fn env_or_explain(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
         panic!(
-            "{name} is not set. These tests need a real Kafka-compatible broker and Postgres: run \
-             `make test`, or start the stack with `scripts/stack.sh up` and export \
-             TEST_KAFKA_BROKERS=127.0.0.1:9092 TEST_DATABASE_URL=postgres://streamlens:streamlens@127.0.0.1:5432/streamlens \
-             (what `scripts/stack.sh env` prints)"
+            "{name} is not set and no Docker engine answers for testcontainers. These tests \
+             need a real Kafka-compatible broker and Postgres: {HOW_TO_START}"
         )
     })
 }
@@ -98,15 +114,29 @@ mod tests {
         assert!(a.starts_with("t-") && a.len() == 14, "{a}");
     }
 
-    #[test]
-    fn a_missing_variable_fails_with_how_to_start_the_stack() {
-        let failure = std::panic::catch_unwind(|| env_or_explain("STREAMLENS_SURELY_UNSET"))
-            .expect_err("no silent default");
-        let message = failure
+    fn panic_message(f: impl FnOnce() -> String + std::panic::UnwindSafe) -> String {
+        let failure = std::panic::catch_unwind(f).expect_err("no silent default");
+        failure
             .downcast_ref::<String>()
             .cloned()
-            .unwrap_or_default();
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_missing_variable_fails_with_how_to_start_the_stack() {
+        let message = panic_message(|| env_or_explain("STREAMLENS_SURELY_UNSET"));
         assert!(message.contains("scripts/stack.sh up"), "{message}");
+        // Without a Docker engine `start` is never called; with one, it fails here on purpose.
+        let message = panic_message(|| {
+            configured("STREAMLENS_SURELY_UNSET", || {
+                Err("refused on purpose".into())
+            })
+        });
+        assert!(message.contains("scripts/stack.sh up"), "{message}");
+        assert!(
+            message.contains("Docker") || message.contains("container"),
+            "{message}"
+        );
     }
 
     #[test]

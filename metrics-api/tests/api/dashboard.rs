@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{SecondsFormat, TimeDelta, Utc};
 
-use crate::helpers::{env_or_explain, free_port, unique, Api, World};
+use crate::helpers::{free_port, unique, Api, World};
 
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
@@ -132,7 +132,7 @@ async fn make_run_serves_a_dashboard_that_draws_the_demo_traffic_and_stops_on_ct
         .execute(&world.pool)
         .await
         .unwrap();
-    let base_dsn = env_or_explain("TEST_DATABASE_URL");
+    let base_dsn = test_support::database_url();
     let dsn = format!("{}/{database}", &base_dsn[..base_dsn.rfind('/').unwrap()]);
     let bin = build_binaries();
     let (ingestion, processor, query) = (free_port(), free_port(), free_port());

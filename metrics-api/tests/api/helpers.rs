@@ -13,7 +13,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-pub use test_support::{env_or_explain, free_port, unique};
+pub use test_support::{free_port, unique};
 
 /// One call as the test generates it.
 #[derive(Debug, Clone)]
@@ -69,8 +69,8 @@ pub struct World {
 
 impl World {
     pub async fn new() -> Self {
-        let dsn = env_or_explain("TEST_DATABASE_URL");
-        let brokers = env_or_explain("TEST_KAFKA_BROKERS");
+        let dsn = test_support::database_url();
+        let brokers = test_support::kafka_brokers();
         let pool = infra::db::connect(&dsn, 2).await.expect("Postgres answers");
         infra::db::migrate(&pool).await.expect("migrations apply");
         Self {

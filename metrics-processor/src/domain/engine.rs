@@ -37,9 +37,9 @@ use metrics_core::events::Event;
 
 use super::join::{Ended, Joiner, Outcome, Sourced};
 use super::offsets::{Input, Source};
-use metrics_core::pricing::PricingTable;
 use super::watermark::Watermarks;
 use super::window::{Aggregate, WindowKey, Windows};
+use metrics_core::pricing::PricingTable;
 
 #[derive(Debug, Clone, Copy)]
 pub struct EngineConfig {

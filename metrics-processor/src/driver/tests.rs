@@ -13,8 +13,8 @@ use super::memory::{Fault, MemoryStore};
 use super::*;
 use crate::domain::engine::tests::{config, request, response, src, t};
 use crate::domain::engine::EngineConfig;
-use metrics_core::pricing::PricingTable;
 use crate::domain::window::{Aggregate, WindowKey};
+use metrics_core::pricing::PricingTable;
 
 /// Two input topics of `partitions` partitions, records placed by key as the producers do.
 #[derive(Debug, Clone, Default)]

@@ -4,16 +4,16 @@
 
 use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 use metrics_core::events::{Event, RequestEvent, ResponseEvent};
+use metrics_core::pricing::PricingTable;
 use metrics_processor::domain::engine::{Engine, EngineConfig, Flush, Position, Waiting};
 use metrics_processor::domain::join::Ended;
 use metrics_processor::domain::offsets::{Input, Source};
-use metrics_core::pricing::PricingTable;
 use metrics_processor::driver::memory::MemoryStore;
 use metrics_processor::driver::{Claimed, Epochs, PositionStore};
 use metrics_processor::store::{Blocking, Store, StoreError};
 use sqlx::{PgPool, Row};
 
-use crate::helpers::{env_or_explain, unique};
+use crate::helpers::unique;
 
 /// A store under contract, and how to read back a tenant's totals from it.
 trait Subject: PositionStore {
@@ -44,7 +44,7 @@ struct Pg {
 impl Pg {
     fn new() -> Self {
         let runtime = tokio::runtime::Runtime::new().expect("runtime");
-        let dsn = env_or_explain("TEST_DATABASE_URL");
+        let dsn = test_support::database_url();
         let pool = runtime.block_on(async {
             let pool = infra::db::connect(&dsn, 2).await.expect("Postgres answers");
             infra::db::migrate(&pool).await.expect("migrations apply");

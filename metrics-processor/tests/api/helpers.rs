@@ -13,7 +13,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::{json, Value};
 use sqlx::{PgPool, Row};
 
-pub use test_support::{env_or_explain, free_port, unique};
+pub use test_support::{free_port, unique};
 
 /// The consumer group session timeout the processors under test run with.
 pub const SESSION_TIMEOUT: Duration = Duration::from_secs(6);
@@ -30,11 +30,11 @@ pub struct World {
 
 impl World {
     pub async fn new() -> Self {
-        Self::with_database(env_or_explain("TEST_DATABASE_URL")).await
+        Self::with_database(test_support::database_url()).await
     }
 
     pub async fn with_database(dsn: String) -> Self {
-        let brokers = env_or_explain("TEST_KAFKA_BROKERS");
+        let brokers = test_support::kafka_brokers();
         let pool = infra::db::connect(&dsn, 2).await.expect("Postgres answers");
         infra::db::migrate(&pool).await.expect("migrations apply");
         let suffix = unique("t");

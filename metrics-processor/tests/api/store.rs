@@ -4,9 +4,9 @@
 
 use chrono::{TimeDelta, Utc};
 use metrics_core::events::{Event, RequestEvent, ResponseEvent};
+use metrics_core::pricing::PricingTable;
 use metrics_processor::domain::engine::{Engine, EngineConfig, Flush};
 use metrics_processor::domain::offsets::{Input, Source};
-use metrics_core::pricing::PricingTable;
 use metrics_processor::output::MetricRow;
 use metrics_processor::store::Store;
 use std::collections::HashMap;

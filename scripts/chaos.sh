@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fault runs: an oracle stream through the ingestion API into the processor while faults are
 # injected, then every stored window and the last llm.metrics record of every window compared
-# with the oracle (scripts/chaos_check.py). Each scenario runs on topics, a consumer group and
+# with the oracle (streamlens-loadgen check). Each scenario runs on topics, a consumer group and
 # a database of its own, on the local stack.
 #   scripts/chaos.sh [kill|crashloop|twokills|scale|stale|postgres|broker|all|ci ...]
 #     (default: each fault alone, then all)
@@ -220,8 +220,8 @@ run_scenario() {
     return 1
   fi
   local verdict=0
-  python3 "$ROOT/scripts/chaos_check.py" "$OUT/$scenario.oracle.json" "$POSTGRES_DSN" \
-    "$BIN/streamlens-loadgen" "$KAFKA_BROKERS" "$TOPIC_METRICS" $(( JOIN_TTL + 120 )) \
+  "$BIN/streamlens-loadgen" check --oracle "$OUT/$scenario.oracle.json" --dsn "$POSTGRES_DSN" \
+    --brokers "$KAFKA_BROKERS" --metrics-topic "$TOPIC_METRICS" --wait-secs $(( JOIN_TTL + 120 )) \
     >"$OUT/$scenario.check.json" || verdict=1
   cleanup
   python3 - "$scenario" "$OUT/$scenario.stream.json" "$OUT/$scenario.check.json" "$OUT/$scenario.faults" <<'PY'

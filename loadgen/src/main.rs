@@ -11,6 +11,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod check;
 mod consume;
 mod demo;
 mod events;
@@ -51,6 +52,9 @@ enum Mode {
     Oracle(OracleArgs),
     /// The last record of each window on a metrics topic (a JSON array)
     Latest(LatestArgs),
+    /// What the processor stored and published, against the oracle's windows; exits 1 on
+    /// any difference
+    Check(check::CheckArgs),
     /// Every record of the topics, one JSON line each, for tracing a fault run's findings
     Dump(DumpArgs),
     /// Malformed records of every kind, with and without a key, on both input topics
@@ -249,7 +253,9 @@ fn histogram(args: &HistogramArgs) -> serde_json::Value {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let report = match Cli::parse().mode {
+    let mode = Cli::parse().mode;
+    let is_check = matches!(mode, Mode::Check(_));
+    let report = match mode {
         Mode::Raw(args) => raw::run(&args).await?,
         Mode::Batch(args) => http::batch(&args).await?,
         Mode::Single(args) => http::single(&args).await?,
@@ -258,11 +264,15 @@ async fn main() -> anyhow::Result<()> {
         Mode::Demo(args) => demo::run(&args).await?,
         Mode::Oracle(args) => oracle::run(&args).await?,
         Mode::Latest(args) => consume::latest(&args)?,
+        Mode::Check(args) => check::run(&args).await?,
         Mode::Dump(args) => consume::dump(&args)?,
         Mode::Poison(args) => poison::run(&args).await?,
         Mode::Histogram(args) => histogram(&args),
     };
     println!("{report}");
+    if is_check && report["ok"] != serde_json::Value::Bool(true) {
+        std::process::exit(1);
+    }
     Ok(())
 }
 

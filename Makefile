@@ -5,7 +5,7 @@ STACK := scripts/stack.sh
 # Variables for services and tests, from the local stack.
 STACK_ENV = eval "$$($(STACK) env)"
 
-.PHONY: run test build-deps stack-up stack-down chromium build lint fmt bench bench-ingest bench-processor bench-query migrate chaos soak abuse
+.PHONY: run test build-deps stack-up stack-down chromium build lint fmt bench bench-ingest bench-processor bench-replay bench-query migrate chaos soak abuse
 
 ## run: start Postgres and the broker, build and run the services on them with demo traffic
 run: stack-up
@@ -80,6 +80,12 @@ bench-processor: stack-up
 	@$(STACK_ENV); scripts/bench-processor.sh
 	@# Freed memory straight back to the OS, so RSS measures what the join state holds.
 	MIMALLOC_PURGE_DELAY=0 cargo run --release -q -p metrics-processor --example join_state
+
+## bench-replay: an hour of traffic at 2,000 events/s, then the processor killed and restarted:
+## how long until it is ready and caught up, and how much it reads again
+bench-replay: stack-up
+	cargo build --release -p metrics-processor -p ingestion-api -p admin -p loadgen
+	@$(STACK_ENV); scripts/bench-replay.sh
 
 ## bench-query: the query API on a table of 10M generated windows
 bench-query: stack-up

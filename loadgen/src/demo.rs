@@ -332,17 +332,22 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<Value> {
     let step = TimeDelta::microseconds((1e6 / calls_per_sec) as i64);
 
     // History first, oldest first, so the processor closes its windows as it goes.
+    // Posted in slices of history of about 5,000 events (at least 5 s), each holding what is
+    // due two minutes before the slice's end, so late responses still come in their order.
+    let slice = TimeDelta::milliseconds(((5000.0 / args.rate.max(1) as f64).max(5.0) * 1e3) as i64);
     let mut at = Utc::now() - TimeDelta::minutes(backfill as i64);
+    let mut posted_to = at;
     let mut backfill_events = 0;
     while at < Utc::now() {
         for p in traffic.call(at) {
             schedule.push(p);
         }
         at += step;
-        if schedule.posts.len() >= 5000 {
+        if at - posted_to >= slice {
             let due = schedule.due(at - TimeDelta::minutes(2));
             backfill_events += due.len();
             post(&client, &url, &keys, due, &mut tally).await;
+            posted_to = at;
         }
     }
     if backfill > 0 {

@@ -55,3 +55,9 @@ pub fn error_responses(list: &[(u16, &str)]) -> BTreeMap<String, RefOr<Response>
         })
         .collect()
 }
+
+/// A document as served: pretty JSON.
+pub fn to_json(doc: OpenApi) -> String {
+    doc.to_pretty_json()
+        .expect("an OpenAPI document always serializes")
+}

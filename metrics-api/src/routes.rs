@@ -78,12 +78,7 @@ fn routes() -> OpenApiRouter<AppState> {
 /// The service's OpenAPI document as served, built once.
 pub fn document() -> &'static str {
     static DOCUMENT: OnceLock<String> = OnceLock::new();
-    DOCUMENT.get_or_init(|| {
-        routes()
-            .into_openapi()
-            .to_pretty_json()
-            .expect("an OpenAPI document always serializes")
-    })
+    DOCUMENT.get_or_init(|| infra::openapi::to_json(routes().into_openapi()))
 }
 
 pub fn router(state: AppState, cors_origins: &[String]) -> Router {

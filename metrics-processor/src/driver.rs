@@ -125,10 +125,6 @@ impl<S: PositionStore> Driver<S> {
         &self.store
     }
 
-    pub fn store_mut(&mut self) -> &mut S {
-        &mut self.store
-    }
-
     /// Takes `partitions` as this instance's whole new assignment (the eager protocol the
     /// processor's range assignor uses): claims them and sets the engine up from what they
     /// hold. Returns where to read each input partition from. On an error nothing is owned;

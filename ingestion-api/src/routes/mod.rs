@@ -87,12 +87,7 @@ fn routes(max_batch_bytes: usize) -> OpenApiRouter<AppState> {
 /// The service's OpenAPI document as served, built once.
 pub fn document() -> &'static str {
     static DOCUMENT: OnceLock<String> = OnceLock::new();
-    DOCUMENT.get_or_init(|| {
-        routes(0)
-            .into_openapi()
-            .to_pretty_json()
-            .expect("an OpenAPI document always serializes")
-    })
+    DOCUMENT.get_or_init(|| infra::openapi::to_json(routes(0).into_openapi()))
 }
 
 pub fn router(state: AppState) -> Router {

@@ -39,20 +39,28 @@ cleanup() {
 }
 trap cleanup EXIT
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# A loopback port nothing listens on (from the range below the kernel's ephemeral ports).
+free_port() {
+  local port
+  while :; do
+    port=$(( 20000 + (RANDOM * 32768 + RANDOM) % 12000 ))
+    port_open "$port" || { echo "$port"; return; }
+  done
+}
 wait_for() { for _ in $(seq 1 300); do eval "$1" >/dev/null 2>&1 && return 0; sleep 0.2; done; say "timed out: $1"; exit 1; }
 
 declare -A PROC
 # start_processor NAME: one more instance in the scenario's group.
 start_processor() {
   local port
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  port=$(free_port)
   HTTP_PORT=$port RUST_LOG=info "$BIN/metrics-processor" >>"$OUT/$scenario.$1.log" 2>&1 &
   PROC[$1]=$!
   PORT[$1]=$port
   pids+=($!)
 }
 declare -A PORT
-random() { python3 -c "import random; print(round(random.uniform($1, $2), 1))"; }
+random() { awk -v lo="$1" -v hi="$2" -v seed="$RANDOM$RANDOM" 'BEGIN { srand(seed); printf "%.1f\n", lo + (hi - lo) * rand() }'; }
 # Waits until every input partition is owned and committing again (all 2 x 6 positions
 # written in the last 3 s), and notes how long that took: the next fault starts from a
 # recovered system.
@@ -190,7 +198,7 @@ run_scenario() {
   psql "$BASE_DSN" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db" 2>/dev/null
   export KAFKA_BROKERS=$BASE_BROKERS
   if [[ $scenario =~ ^(broker|all|ci)$ ]]; then # the scenarios with broker faults
-    BROKER_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    BROKER_PORT=$(free_port)
     rm -f "$OUT/$scenario.broker.db"*
     start_broker
     export KAFKA_BROKERS=127.0.0.1:$BROKER_PORT
@@ -202,7 +210,7 @@ run_scenario() {
   "$BIN/streamlens-admin" migrate 2>/dev/null
   "$BIN/streamlens-admin" topics 2>/dev/null
   local api_port
-  api_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  api_port=$(free_port)
   HTTP_PORT=$api_port "$BIN/ingestion-api" >>"$OUT/$scenario.ingestion.log" 2>&1 &
   pids+=($!)
   wait_for "curl -fsS http://127.0.0.1:$api_port/ready"
@@ -220,25 +228,13 @@ run_scenario() {
     return 1
   fi
   local verdict=0
+  # The check prints the scenario's summary and fails on any difference, and on refusals
+  # other than 503 (while the broker is away the ingestion API must say "try again").
   "$BIN/streamlens-loadgen" check --oracle "$OUT/$scenario.oracle.json" --dsn "$POSTGRES_DSN" \
     --brokers "$KAFKA_BROKERS" --metrics-topic "$TOPIC_METRICS" --wait-secs $(( JOIN_TTL + 120 )) \
+    --scenario "$scenario" --stream "$OUT/$scenario.stream.json" --faults "$OUT/$scenario.faults" \
     >"$OUT/$scenario.check.json" || verdict=1
   cleanup
-  python3 - "$scenario" "$OUT/$scenario.stream.json" "$OUT/$scenario.check.json" "$OUT/$scenario.faults" <<'PY'
-import json, sys
-scenario, stream, check, faults = sys.argv[1], json.load(open(sys.argv[2])), json.load(open(sys.argv[3])), [l.strip() for l in open(sys.argv[4]) if l.strip()]
-print(f"{scenario:<9} faults: {'; '.join(faults) or 'none'}")
-failures = stream.get("failures", {})
-print(f"          sent {stream['calls']:,} calls, {stream['events_posted']:,} events (response first {stream['response_first']}, "
-      f"duplicated {stream['duplicated']}, late {stream['late']}, unanswered {stream['unanswered']}); batches retried {stream['batches_retried']}, "
-      f"refusals by status {json.dumps(failures) if failures else 'none'}")
-print(f"          windows exact {check['windows_exact']}/{check['windows']}, requests stored {check['requests_stored']:,}/{check['requests_expected']:,}, "
-      f"lost {check['requests_lost']}, counted twice {check['requests_counted_twice']}, llm.metrics equal {check['metrics_topic_windows_equal']}: "
-      f"{'OK' if check['ok'] else 'DIFFERENT ' + json.dumps(check.get('first_differences') or check.get('metrics_topic_differs'))}")
-PY
-  # While the broker is away the ingestion API must say 503 (retry later), nothing else.
-  python3 -c 'import json, sys; f = json.load(open(sys.argv[1])).get("failures", {}); sys.exit(any(k != "503" for k in f))' \
-    "$OUT/$scenario.stream.json" || { say "$scenario: refusals other than 503"; verdict=1; }
   return $verdict
 }
 

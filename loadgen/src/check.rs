@@ -56,6 +56,16 @@ pub struct CheckArgs {
     /// How long to wait for the stored windows to reach the oracle's
     #[arg(long, default_value_t = 210)]
     pub wait_secs: u64,
+    /// A fault run's scenario: with --stream and --faults, its summary goes to stderr, and a
+    /// refusal by the ingestion API with any status but 503 fails the check
+    #[arg(long, requires_all = ["stream", "faults"])]
+    pub scenario: Option<String>,
+    /// What the stream posted (the oracle's report)
+    #[arg(long)]
+    pub stream: Option<std::path::PathBuf>,
+    /// The faults injected, one per line
+    #[arg(long)]
+    pub faults: Option<std::path::PathBuf>,
 }
 
 type Key = (String, String, String, String);
@@ -199,7 +209,85 @@ pub async fn run(args: &CheckArgs) -> anyhow::Result<Value> {
     if !topic_wrong.is_empty() {
         report["metrics_topic_differs"] = json!(topic_wrong.iter().take(5).collect::<Vec<_>>());
     }
+    if let (Some(scenario), Some(stream), Some(faults)) =
+        (&args.scenario, &args.stream, &args.faults)
+    {
+        let stream: Value = serde_json::from_slice(&std::fs::read(stream)?)?;
+        let faults = std::fs::read_to_string(faults)?;
+        if !only_503(&stream) {
+            report["ok"] = json!(false);
+            report["refusals_other_than_503"] = stream["failures"].clone();
+        }
+        eprintln!("{}", summary(scenario, &stream, &faults, &report));
+    }
     Ok(report)
+}
+
+/// While the broker is away the ingestion API must say 503 (try again), nothing else.
+fn only_503(stream: &Value) -> bool {
+    let failures = stream["failures"].as_object();
+    failures.is_none_or(|f| f.keys().all(|status| status == "503"))
+}
+
+fn thousands(v: &Value) -> String {
+    let digits = count(v).to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Three lines a person reads: the faults, what was sent, what was found.
+fn summary(scenario: &str, stream: &Value, faults: &str, check: &Value) -> String {
+    let faults: Vec<&str> = faults
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let faults = if faults.is_empty() {
+        "none".to_owned()
+    } else {
+        faults.join("; ")
+    };
+    let refusals = match stream["failures"].as_object() {
+        Some(f) if !f.is_empty() => Value::Object(f.clone()).to_string(),
+        _ => "none".to_owned(),
+    };
+    let verdict = if check["ok"] == json!(true) {
+        "OK".to_owned()
+    } else {
+        let detail = [
+            "first_differences",
+            "metrics_topic_differs",
+            "refusals_other_than_503",
+        ]
+        .iter()
+        .find_map(|k| check.get(*k));
+        format!("DIFFERENT {}", detail.unwrap_or(&Value::Null))
+    };
+    format!(
+        "{scenario:<9} faults: {faults}\n          sent {} calls, {} events (response first {}, duplicated {}, \
+         late {}, unanswered {}); batches retried {}, refusals by status {refusals}\n          \
+         windows exact {}/{}, requests stored {}/{}, lost {}, counted twice {}, llm.metrics equal {}: {verdict}",
+        thousands(&stream["calls"]),
+        thousands(&stream["events_posted"]),
+        stream["response_first"],
+        stream["duplicated"],
+        stream["late"],
+        stream["unanswered"],
+        stream["batches_retried"],
+        check["windows_exact"],
+        check["windows"],
+        thousands(&check["requests_stored"]),
+        thousands(&check["requests_expected"]),
+        check["requests_lost"],
+        check["requests_counted_twice"],
+        check["metrics_topic_windows_equal"],
+    )
 }
 
 #[cfg(test)]
@@ -230,6 +318,31 @@ mod tests {
         assert_eq!((wrong.len(), lost, extra), (3, 1, 1 + 4));
         let missing = compare(&BTreeMap::new(), &expected);
         assert_eq!((missing.0.len(), missing.1), (2, 5));
+    }
+
+    #[test]
+    fn the_summary_reads_as_before_and_only_503_refusals_pass() {
+        let stream = json!({"calls": 17976, "events_posted": 37161, "response_first": 881,
+            "duplicated": 855, "late": 880, "unanswered": 501, "batches_retried": 0, "failures": {}});
+        let check = json!({"ok": true, "windows_exact": 135, "windows": 135, "requests_stored": 17976,
+            "requests_expected": 17976, "requests_lost": 0, "requests_counted_twice": 0,
+            "metrics_topic_windows_equal": 135});
+        let text = summary(
+            "scale",
+            &stream,
+            "scaled 1 -> 2 instances\n  every partition committing again after 4 s\n",
+            &check,
+        );
+        assert_eq!(
+            text,
+            "scale     faults: scaled 1 -> 2 instances; every partition committing again after 4 s\n          \
+             sent 17,976 calls, 37,161 events (response first 881, duplicated 855, late 880, unanswered 501); \
+             batches retried 0, refusals by status none\n          windows exact 135/135, requests stored \
+             17,976/17,976, lost 0, counted twice 0, llm.metrics equal 135: OK"
+        );
+        assert!(only_503(&stream));
+        assert!(only_503(&json!({"failures": {"503": 2}})));
+        assert!(!only_503(&json!({"failures": {"503": 2, "500": 1}})));
     }
 
     #[test]

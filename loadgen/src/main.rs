@@ -11,10 +11,13 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod abuse;
 mod check;
 mod consume;
 mod demo;
 mod events;
+mod faults;
+mod harness;
 mod http;
 mod oracle;
 mod poison;
@@ -61,6 +64,14 @@ enum Mode {
     Poison(PoisonArgs),
     /// Hex of a stored latency histogram, for benchmark data
     Histogram(HistogramArgs),
+    /// Fault runs: the oracle's stream through the real services on the local stack while
+    /// processors, Postgres and the broker are killed, stopped and frozen, then the check;
+    /// exits 1 unless every scenario is exact
+    Chaos(faults::FaultArgs),
+    /// The abuse run: both APIs fuzzed from their OpenAPI documents (schemathesis), malformed
+    /// bodies, a slow client and poison records; exits 1 on any 5xx, unclear rejection,
+    /// crash or stalled processor
+    Abuse(abuse::AbuseArgs),
 }
 
 #[derive(Debug, ClapArgs)]
@@ -254,7 +265,8 @@ fn histogram(args: &HistogramArgs) -> serde_json::Value {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mode = Cli::parse().mode;
-    let is_check = matches!(mode, Mode::Check(_));
+    // The modes that give a verdict exit 1 when it is not "ok".
+    let judged = matches!(mode, Mode::Check(_) | Mode::Chaos(_) | Mode::Abuse(_));
     let report = match mode {
         Mode::Raw(args) => raw::run(&args).await?,
         Mode::Batch(args) => http::batch(&args).await?,
@@ -268,9 +280,11 @@ async fn main() -> anyhow::Result<()> {
         Mode::Dump(args) => consume::dump(&args)?,
         Mode::Poison(args) => poison::run(&args).await?,
         Mode::Histogram(args) => histogram(&args),
+        Mode::Chaos(args) => faults::run(&args).await?,
+        Mode::Abuse(args) => abuse::run(&args).await?,
     };
     println!("{report}");
-    if is_check && report["ok"] != serde_json::Value::Bool(true) {
+    if judged && report["ok"] != serde_json::Value::Bool(true) {
         std::process::exit(1);
     }
     Ok(())

@@ -1,7 +1,8 @@
 //! Wire types for the two events an LLM application posts.
 //!
-//! Field names follow the original StreamLens so existing clients keep working. A value of
-//! these types has passed [`crate::validation`]; services never build one from unchecked input.
+//! Field names follow the original StreamLens so existing clients keep working. The names an
+//! event carries are validated types ([`crate::ids`]); the other fields' rules are declared
+//! here and checked by [`crate::validation`], which is the one way in from untrusted input.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -9,7 +10,8 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 use validator::Validate;
 
-use crate::validation::{identifier, request_id, small_object};
+use crate::ids::{Model, RequestId, Route, TenantId};
+use crate::validation::small_object;
 
 /// The largest token count a single event may report.
 pub const MAX_TOKENS: u64 = 100_000_000;
@@ -18,19 +20,15 @@ pub const MAX_TOKENS: u64 = 100_000_000;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Validate, ToSchema)]
 pub struct RequestEvent {
     /// Join key with the response; also the Kafka key.
-    #[validate(custom(function = request_id))]
-    #[schema(min_length = 1, max_length = 128, pattern = r"^[A-Za-z0-9._:-]+$")]
-    pub request_id: String,
+    #[schema(value_type = String, min_length = 1, max_length = 128, pattern = r"^[A-Za-z0-9._:-]+$")]
+    pub request_id: RequestId,
     /// No '|' or control characters (also for route and model).
-    #[validate(custom(function = identifier))]
-    #[schema(min_length = 1, max_length = 255)]
-    pub tenant_id: String,
-    #[validate(custom(function = identifier))]
-    #[schema(min_length = 1, max_length = 255)]
-    pub route: String,
-    #[validate(custom(function = identifier))]
-    #[schema(min_length = 1, max_length = 255)]
-    pub model: String,
+    #[schema(value_type = String, min_length = 1, max_length = 255)]
+    pub tenant_id: TenantId,
+    #[schema(value_type = String, min_length = 1, max_length = 255)]
+    pub route: Route,
+    #[schema(value_type = String, min_length = 1, max_length = 255)]
+    pub model: Model,
     /// RFC 3339; within `EVENT_MAX_FUTURE_SKEW_SECS` ahead of the server clock and
     /// `EVENT_MAX_AGE_SECS` behind it.
     #[serde(
@@ -56,9 +54,8 @@ pub struct RequestEvent {
 /// Posted when the model call returns or fails.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Validate, ToSchema)]
 pub struct ResponseEvent {
-    #[validate(custom(function = request_id))]
-    #[schema(min_length = 1, max_length = 128, pattern = r"^[A-Za-z0-9._:-]+$")]
-    pub request_id: String,
+    #[schema(value_type = String, min_length = 1, max_length = 128, pattern = r"^[A-Za-z0-9._:-]+$")]
+    pub request_id: RequestId,
     /// RFC 3339, with the same bounds as the request's.
     #[serde(
         deserialize_with = "crate::validation::rfc3339",
@@ -91,9 +88,8 @@ pub struct ResponseEvent {
     /// key's tenant, whatever the body said, and the processor pairs a response only with a
     /// request of the same tenant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[validate(custom(function = identifier))]
-    #[schema(min_length = 1, max_length = 255)]
-    pub tenant_id: Option<String>,
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 255)]
+    pub tenant_id: Option<TenantId>,
 }
 
 impl ResponseEvent {
@@ -110,7 +106,7 @@ pub enum Event {
 }
 
 impl Event {
-    pub fn request_id(&self) -> &str {
+    pub fn request_id(&self) -> &RequestId {
         match self {
             Event::Request(r) => &r.request_id,
             Event::Response(r) => &r.request_id,
@@ -118,10 +114,10 @@ impl Event {
     }
 
     /// The tenant the event names: always for a request, when stamped for a response.
-    pub fn tenant(&self) -> Option<&str> {
+    pub fn tenant(&self) -> Option<&TenantId> {
         match self {
             Event::Request(r) => Some(&r.tenant_id),
-            Event::Response(r) => r.tenant_id.as_deref(),
+            Event::Response(r) => r.tenant_id.as_ref(),
         }
     }
 

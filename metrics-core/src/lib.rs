@@ -1,6 +1,7 @@
 //! The pure core every StreamLens service shares: no network, no database, no runtime.
 //!
 //! - [`events`]: the request and response events as they travel on the wire and on Kafka.
+//! - [`ids`]: the names an event carries (request id, tenant, route, model), valid by type.
 //! - [`validation`]: turning untrusted JSON into events, naming every field that is wrong.
 //! - [`aggregate`]: the mergeable sums and histograms behind a window row.
 //! - [`histogram`]: the one HdrHistogram configuration, so histograms merge exactly.
@@ -12,6 +13,7 @@ pub mod aggregate;
 pub mod error;
 pub mod events;
 pub mod histogram;
+pub mod ids;
 pub mod pricing;
 pub mod settings;
 pub mod validation;

@@ -20,13 +20,10 @@ use serde_json::{Map, Value};
 use validator::{Validate, ValidationError, ValidationErrors};
 
 use crate::events::{Event, RequestEvent, ResponseEvent};
+use crate::ids::{Invalid, Model, RequestId, Route, TenantId};
 
 /// Largest `metadata` object accepted, measured as compact JSON.
 pub const MAX_METADATA_BYTES: usize = 4096;
-/// Largest `request_id`, in characters.
-pub const MAX_REQUEST_ID_CHARS: usize = 128;
-/// Largest tenant, route or model name, in characters.
-pub const MAX_IDENTIFIER_CHARS: usize = 255;
 /// Most tokens of one kind in one call: far above any model's context, far below what could
 /// overflow a window's sums.
 pub const MAX_TOKENS: u64 = 100_000_000;
@@ -76,10 +73,10 @@ pub fn parse_request(
 ) -> Result<RequestEvent, Vec<FieldError>> {
     let mut f = Fields::of(value)?;
     let event = RequestEvent {
-        request_id: f.required_str("request_id"),
-        tenant_id: f.required_str("tenant_id"),
-        route: f.required_str("route"),
-        model: f.required_str("model"),
+        request_id: f.required_name::<RequestId>("request_id"),
+        tenant_id: f.required_name::<TenantId>("tenant_id"),
+        route: f.required_name::<Route>("route"),
+        model: f.required_name::<Model>("model"),
         timestamp: f.required_timestamp("timestamp"),
         prompt_tokens: f.required_count("prompt_tokens"),
         user_id_hash: f.optional_str("user_id_hash"),
@@ -108,7 +105,7 @@ pub fn parse_response(
 ) -> Result<ResponseEvent, Vec<FieldError>> {
     let mut f = Fields::of(value)?;
     let event = ResponseEvent {
-        request_id: f.required_str("request_id"),
+        request_id: f.required_name::<RequestId>("request_id"),
         timestamp: f.required_timestamp("timestamp"),
         latency_ms: f.required_count("latency_ms"),
         completion_tokens: f.required_count("completion_tokens"),
@@ -116,7 +113,7 @@ pub fn parse_response(
         error: f.optional_str("error"),
         time_to_first_token_ms: f.optional_count("time_to_first_token_ms"),
         cached_prompt_tokens: f.optional_count("cached_prompt_tokens"),
-        tenant_id: f.optional_str("tenant_id"),
+        tenant_id: f.optional_name::<TenantId>("tenant_id"),
     };
     check_response(f, event, now, limits)
 }
@@ -141,6 +138,19 @@ fn check_response(
         }
     }
     f.finish(event)
+}
+
+/// Checks an event built from another format than our JSON (an OpenTelemetry span) by the
+/// same rules the JSON reading applies once the types are right.
+pub fn check_event(
+    event: Event,
+    now: DateTime<Utc>,
+    limits: &Limits,
+) -> Result<Event, Vec<FieldError>> {
+    match event {
+        Event::Request(r) => check_request(Fields::empty(), r, now, limits).map(Event::Request),
+        Event::Response(r) => check_response(Fields::empty(), r, now, limits).map(Event::Response),
+    }
 }
 
 /// Parses a batch item: an event of either kind, told apart by its `type` field.
@@ -209,10 +219,10 @@ pub fn parse_event_bytes(
 struct AnyEvent {
     #[serde(rename = "type")]
     kind: Option<String>,
-    request_id: Option<String>,
-    tenant_id: Option<String>,
-    route: Option<String>,
-    model: Option<String>,
+    request_id: Option<RequestId>,
+    tenant_id: Option<TenantId>,
+    route: Option<Route>,
+    model: Option<Model>,
     #[serde(default, deserialize_with = "rfc3339_some")]
     timestamp: Option<DateTime<Utc>>,
     prompt_tokens: Option<u64>,
@@ -337,40 +347,6 @@ pub fn rfc3339<'de, D: Deserializer<'de>>(deserializer: D) -> Result<DateTime<Ut
         .map_err(serde::de::Error::custom)
 }
 
-/// `request_id`: the join key, also the Kafka record key.
-pub fn request_id(value: &str) -> Result<(), ValidationError> {
-    let len = value.chars().count();
-    if len == 0 {
-        return Err(invalid("must not be empty"));
-    }
-    if len > MAX_REQUEST_ID_CHARS {
-        return Err(invalid("must be at most 128 characters"));
-    }
-    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':');
-    if !value.chars().all(allowed) {
-        return Err(invalid(
-            "may contain only letters, digits, '-', '_', '.' and ':'",
-        ));
-    }
-    Ok(())
-}
-
-/// Tenant, route and model names. They form the `tenant|route|model` key of `llm.metrics`,
-/// so `|` is refused, as are control characters.
-pub fn identifier(value: &str) -> Result<(), ValidationError> {
-    let len = value.chars().count();
-    if value.trim().is_empty() {
-        return Err(invalid("must not be empty"));
-    }
-    if len > MAX_IDENTIFIER_CHARS {
-        return Err(invalid("must be at most 255 characters"));
-    }
-    if value.chars().any(|c| c == '|' || c.is_control()) {
-        return Err(invalid("must not contain '|' or control characters"));
-    }
-    Ok(())
-}
-
 /// `metadata`: free-form, but small.
 pub fn small_object(value: &Map<String, Value>) -> Result<(), ValidationError> {
     let size = serde_json::to_vec(value).map_or(usize::MAX, |v| v.len());
@@ -383,6 +359,26 @@ pub fn small_object(value: &Map<String, Value>) -> Result<(), ValidationError> {
 fn invalid(reason: &'static str) -> ValidationError {
     ValidationError::new("invalid").with_message(Cow::Borrowed(reason))
 }
+
+/// The name types, to the field-by-field reading.
+trait Name: Sized {
+    fn parse_name(text: String) -> Result<Self, Invalid>;
+    fn placeholder() -> Self;
+}
+
+macro_rules! name {
+    ($($t:ty),*) => {$(
+        impl Name for $t {
+            fn parse_name(text: String) -> Result<Self, Invalid> {
+                <$t>::parse(text)
+            }
+            fn placeholder() -> Self {
+                <$t>::placeholder()
+            }
+        }
+    )*};
+}
+name!(RequestId, TenantId, Route, Model);
 
 /// Reads typed fields out of a JSON object, remembering every failure.
 struct Fields<'a> {
@@ -429,6 +425,27 @@ impl<'a> Fields<'a> {
                 String::new()
             }
             Some(_) => self.optional_str(field).unwrap_or_default(),
+        }
+    }
+
+    /// A name of its own type; when it is missing or invalid, a placeholder that is never
+    /// handed out (the failure is recorded), so the other fields are still checked.
+    fn required_name<T: Name>(&mut self, field: &str) -> T {
+        if self.get(field).is_none() {
+            self.fail(field, "is required");
+            return T::placeholder();
+        }
+        self.optional_name(field).unwrap_or_else(T::placeholder)
+    }
+
+    fn optional_name<T: Name>(&mut self, field: &str) -> Option<T> {
+        let text = self.optional_str(field)?;
+        match T::parse_name(text) {
+            Ok(name) => Some(name),
+            Err(Invalid(reason)) => {
+                self.fail(field, reason);
+                None
+            }
         }
     }
 

@@ -29,13 +29,15 @@ fn main() {
     let mut joiner = Joiner::new(TimeDelta::minutes(5));
     let before = rss_bytes();
     for i in 0..n {
+        // A UUID-sized id, as clients typically send, known to the join by its tenant as the
+        // processor holds it by default (JOIN_SCOPE=tenant).
+        let id = format!("0b6f8a3c-1d2e-4f50-8a9b-{i:012}");
+        let key = format!("acme|{id}");
         let request = RequestEvent {
-            // A UUID-sized id, as clients typically send, scoped by its tenant as the processor
-            // holds it by default (JOIN_SCOPE=tenant).
-            request_id: format!("acme|0b6f8a3c-1d2e-4f50-8a9b-{i:012}"),
-            tenant_id: "acme".into(),
-            route: "/v1/chat/completions".into(),
-            model: "gpt-4o-mini".into(),
+            request_id: id.parse().expect("a valid id"),
+            tenant_id: "acme".parse().expect("a valid tenant"),
+            route: "/v1/chat/completions".parse().expect("a valid route"),
+            model: "gpt-4o-mini".parse().expect("a valid model"),
             timestamp: base + TimeDelta::milliseconds(i as i64),
             prompt_tokens: 512,
             user_id_hash: None,
@@ -46,10 +48,13 @@ fn main() {
             partition: (i % 6) as i32,
             offset: i as i64,
         };
-        joiner.on_request(Sourced {
-            source,
-            value: request,
-        });
+        joiner.on_request(
+            &key,
+            Sourced {
+                source,
+                value: request,
+            },
+        );
     }
     let after = rss_bytes();
     let per = (after.saturating_sub(before)) as f64 / n as f64;

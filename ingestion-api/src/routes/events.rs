@@ -11,6 +11,7 @@ use axum::Json;
 use chrono::Utc;
 use metrics_core::error::FieldErrorBody;
 use metrics_core::events::{Event, EventKind, RequestEvent, ResponseEvent};
+use metrics_core::ids::TenantId;
 use metrics_core::validation::{self, FieldError};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -187,12 +188,12 @@ async fn single(
     let value: Value =
         serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
     let mut event = parse(&state, &value, kind).map_err(ApiError::Invalid)?;
-    if bind_tenant(&mut event, tenant.as_deref()).is_err() {
+    if bind_tenant(&mut event, tenant.as_ref()).is_err() {
         return Err(ApiError::Forbidden(
-            event.tenant().unwrap_or_default().to_owned(),
+            event.tenant().map(ToString::to_string).unwrap_or_default(),
         ));
     }
-    let request_id = event.request_id().to_owned();
+    let request_id = event.request_id().to_string();
     let record = state.record(&event, trace_id(&headers).map(Into::into));
     match state.publish(std::slice::from_ref(&record)).await.pop() {
         Some(Ok(())) => Ok((
@@ -280,7 +281,7 @@ pub async fn post_batch(
     for (index, item) in items.into_iter().enumerate() {
         let parsed =
             validation::parse_event_bytes(item, now, &state.config.limits).and_then(|mut event| {
-                bind_tenant(&mut event, tenant.as_deref())
+                bind_tenant(&mut event, tenant.as_ref())
                     .map(|()| event)
                     .map_err(|e| vec![e])
             });
@@ -362,30 +363,30 @@ fn parse(state: &AppState, value: &Value, kind: EventKind) -> Result<Event, Vec<
 
 /// Holds an event to the tenant of the caller's key: a request must name it, a response is
 /// stamped with it (whatever the body said). Without keys, events stay as they are.
-fn bind_tenant(event: &mut Event, tenant: Option<&str>) -> Result<(), FieldError> {
+fn bind_tenant(event: &mut Event, tenant: Option<&TenantId>) -> Result<(), FieldError> {
     let Some(tenant) = tenant else {
         return Ok(());
     };
     match event {
-        Event::Request(r) if r.tenant_id != tenant => Err(FieldError::new(
+        Event::Request(r) if r.tenant_id != *tenant => Err(FieldError::new(
             "tenant_id",
             "belongs to another tenant than this API key's",
         )),
         Event::Request(_) => Ok(()),
         Event::Response(r) => {
-            r.tenant_id = Some(tenant.to_owned());
+            r.tenant_id = Some(tenant.clone());
             Ok(())
         }
     }
 }
 
 /// The media type without parameters such as `charset`.
-fn content_type(headers: &HeaderMap) -> Option<&str> {
+pub(super) fn content_type(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
     Some(value.split(';').next().unwrap_or_default().trim())
 }
 
-fn trace_id(headers: &HeaderMap) -> Option<String> {
+pub(super) fn trace_id(headers: &HeaderMap) -> Option<String> {
     headers
         .get(REQUEST_ID_HEADER)?
         .to_str()
@@ -395,8 +396,9 @@ fn trace_id(headers: &HeaderMap) -> Option<String> {
 
 impl AppState {
     /// The tenant of the caller's key (`None` without keys).
-    async fn caller(&self, headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-        self.auth
+    pub(super) async fn caller(&self, headers: &HeaderMap) -> Result<Option<TenantId>, ApiError> {
+        let tenant = self
+            .auth
             .tenant(infra::keys::Auth::presented(headers))
             .await
             .map_err(|e| match e {
@@ -405,11 +407,16 @@ impl AppState {
                     ApiError::KeysUnavailable
                 }
                 other => ApiError::Unauthenticated(other.to_string()),
-            })
+            })?;
+        // Keys are made for valid tenant ids (streamlens-admin checks); one edited by hand in
+        // the table to something else acts for no tenant.
+        tenant.map(TenantId::parse).transpose().map_err(|_| {
+            ApiError::Unauthenticated("this key's tenant is not a valid tenant id".into())
+        })
     }
 
     /// Takes `events` from the rate of the caller's key (checked by [`AppState::caller`]).
-    fn limit(&self, headers: &HeaderMap, events: usize) -> Result<(), ApiError> {
+    pub(super) fn limit(&self, headers: &HeaderMap, events: usize) -> Result<(), ApiError> {
         match (&self.limiter, infra::keys::Auth::presented(headers)) {
             (Some(limiter), Some(key)) => limiter
                 .take(key, events, std::time::Instant::now())
@@ -418,17 +425,17 @@ impl AppState {
         }
     }
 
-    fn record(&self, event: &Event, trace_id: Option<Arc<str>>) -> Record {
+    pub(super) fn record(&self, event: &Event, trace_id: Option<Arc<str>>) -> Record {
         Record {
             kind: event.kind(),
-            key: event.request_id().to_owned(),
+            key: event.request_id().to_string(),
             payload: event.to_json(),
             trace_id,
         }
     }
 
     /// Publishes and records the outcome in the metrics.
-    async fn publish(&self, records: &[Record]) -> Vec<Result<(), PublishError>> {
+    pub(super) async fn publish(&self, records: &[Record]) -> Vec<Result<(), PublishError>> {
         let started = Instant::now();
         let results = self.publisher.publish(records).await;
         self.metrics

@@ -370,11 +370,11 @@ fn several_bad_fields_are_all_reported_once_each() {
     assert_eq!(
         fields,
         [
+            "request_id",
             "timestamp",
             "latency_ms",
             "completion_tokens",
-            "finish_reason",
-            "request_id"
+            "finish_reason"
         ]
     );
 }

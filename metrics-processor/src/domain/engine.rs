@@ -34,6 +34,7 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use metrics_core::events::Event;
+use metrics_core::ids::TenantId;
 
 use super::join::{Ended, Joiner, Outcome, Sourced};
 use super::offsets::{Input, Source};
@@ -83,25 +84,17 @@ impl Default for EngineConfig {
     }
 }
 
-/// With tenant-scoped joins a half is known by `tenant|request_id` (`|` can occur in neither),
-/// so only halves of one tenant meet: a response posted for another tenant's request waits
-/// alone and ends as an orphan, and one without `tenant_id` pairs with nothing.
-fn scoped(event: Event) -> Event {
-    match event {
-        Event::Request(mut r) => {
-            r.request_id = format!("{}|{}", r.tenant_id, r.request_id);
-            Event::Request(r)
-        }
-        Event::Response(mut r) => {
-            r.request_id = format!("{}|{}", r.tenant_id.as_deref().unwrap_or(""), r.request_id);
-            Event::Response(r)
-        }
+/// How the join knows a half. With tenant-scoped joins it is `tenant|request_id` (`|` can
+/// occur in neither), so only halves of one tenant meet: a response posted for another
+/// tenant's request waits alone and ends as an orphan, and one without `tenant_id` pairs with
+/// nothing. Stored decisions and waiting halves are kept under this key.
+fn join_key(event: &Event, tenant_scoped: bool) -> String {
+    let id = event.request_id().as_str();
+    if !tenant_scoped {
+        return id.to_owned();
     }
-}
-
-/// The `request_id` a client sent, without the tenant scope.
-fn unscoped(id: &str) -> &str {
-    id.rsplit_once('|').map_or(id, |(_, id)| id)
+    let tenant = event.tenant().map_or("", TenantId::as_str);
+    format!("{tenant}|{id}")
 }
 
 /// What the last successful commit stored for one input partition.
@@ -361,11 +354,7 @@ impl Engine {
         let Some(state) = self.partitions.get_mut(&source.partition) else {
             return Vec::new();
         };
-        let event = if self.config.tenant_scoped {
-            scoped(event)
-        } else {
-            event
-        };
+        let key = join_key(&event, self.config.tenant_scoped);
         let position = state.consumed.entry(source.input).or_insert(source.offset);
         *position = (*position).max(source.offset + 1);
         let replayed = state
@@ -388,11 +377,7 @@ impl Engine {
             .watermarks
             .observe((source.input, source.partition), timestamp, now);
         let decided = if replayed {
-            state
-                .decided
-                .get(event.request_id())
-                .copied()
-                .unwrap_or_default()
+            state.decided.get(key.as_str()).copied().unwrap_or_default()
         } else {
             (false, false)
         };
@@ -406,60 +391,64 @@ impl Engine {
         let mut outcomes = Vec::new();
         let outcome = match event {
             Event::Request(request) if too_late => {
-                outcomes.extend(state.joiner.too_late_request(Sourced {
-                    source,
-                    value: request,
-                }));
+                outcomes.extend(state.joiner.too_late_request(
+                    &key,
+                    Sourced {
+                        source,
+                        value: request,
+                    },
+                ));
                 None
             }
             Event::Response(response) if too_late => {
-                outcomes.extend(state.joiner.too_late_response(Sourced {
-                    source,
-                    value: response,
-                }));
+                outcomes.extend(state.joiner.too_late_response(
+                    &key,
+                    Sourced {
+                        source,
+                        value: response,
+                    },
+                ));
                 None
             }
             Event::Request(request) if decided.0 => {
-                state.joiner.restore(
-                    &request.request_id,
-                    Ended::TimedOut,
-                    source,
-                    request.timestamp,
-                );
+                state
+                    .joiner
+                    .restore(&key, Ended::TimedOut, source, request.timestamp);
                 None
             }
             Event::Response(response) if decided.1 => {
-                state.joiner.restore(
-                    &response.request_id,
-                    Ended::Orphaned,
-                    source,
-                    response.timestamp,
-                );
+                state
+                    .joiner
+                    .restore(&key, Ended::Orphaned, source, response.timestamp);
                 None
             }
             Event::Request(request) if settled => {
-                state.joiner.restore(
-                    &request.request_id,
-                    Ended::Paired,
-                    source,
-                    request.timestamp,
-                );
+                state
+                    .joiner
+                    .restore(&key, Ended::Paired, source, request.timestamp);
                 None
             }
-            Event::Response(response) if settled => {
-                state.joiner.restore_settled_response(Sourced {
+            Event::Response(response) if settled => state.joiner.restore_settled_response(
+                &key,
+                Sourced {
                     source,
                     value: response,
-                })
-            }
-            Event::Request(request) => state.joiner.on_request(Sourced {
-                source,
-                value: request,
-            }),
-            Event::Response(response) => state.joiner.on_response(Sourced {
-                source,
-                value: response,
-            }),
+                },
+            ),
+            Event::Request(request) => state.joiner.on_request(
+                &key,
+                Sourced {
+                    source,
+                    value: request,
+                },
+            ),
+            Event::Response(response) => state.joiner.on_response(
+                &key,
+                Sourced {
+                    source,
+                    value: response,
+                },
+            ),
         };
         outcomes.extend(outcome);
         // Event time moves on with every record, not only at commits: what is given up, and
@@ -519,14 +508,18 @@ impl Engine {
                     at: request.value.timestamp,
                 });
             }
-            Outcome::Orphaned { response, reason } => {
+            Outcome::Orphaned {
+                id,
+                response,
+                reason,
+            } => {
                 effects.push(Effect::DeadLetter {
                     source: response.source,
-                    key: unscoped(&response.value.request_id).to_owned(),
+                    key: response.value.request_id.into_string(),
                     reason: reason.as_str(),
                 });
                 state.decisions.push(Decision {
-                    request_id: response.value.request_id,
+                    request_id: id.to_string(),
                     ended: Ended::Orphaned,
                     source: response.source,
                     at: response.value.timestamp,

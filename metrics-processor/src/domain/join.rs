@@ -72,6 +72,8 @@ pub enum Outcome {
     },
     TimedOut(Sourced<Request>),
     Orphaned {
+        /// The join's key for the call (see [`Joiner::on_request`]).
+        id: Arc<str>,
         response: Sourced<ResponseEvent>,
         reason: OrphanReason,
     },
@@ -242,8 +244,11 @@ impl Joiner {
         }
     }
 
-    pub fn on_request(&mut self, event: Sourced<RequestEvent>) -> Option<Outcome> {
-        let id = self.id(&event.value.request_id);
+    /// A request, known to the join by `key`: its `request_id`, or whatever the caller
+    /// scopes it with (the engine's `tenant|request_id`); both halves of a call must come with
+    /// the same key.
+    pub fn on_request(&mut self, key: &str, event: Sourced<RequestEvent>) -> Option<Outcome> {
+        let id = self.id(key);
         let request = self.request(&id, &event);
         if self.finished.contains_key(&id) {
             self.remember(&id, request.source, request.value.timestamp);
@@ -290,12 +295,13 @@ impl Joiner {
         None
     }
 
-    pub fn on_response(&mut self, response: Sourced<ResponseEvent>) -> Option<Outcome> {
-        let id = self.id(&response.value.request_id);
+    pub fn on_response(&mut self, key: &str, response: Sourced<ResponseEvent>) -> Option<Outcome> {
+        let id = self.id(key);
         if self.finished.contains_key(&id) {
             self.remember(&id, response.source, response.value.timestamp);
             return match self.finished.get(&id)?.ended {
                 Ended::TimedOut => Some(Outcome::Orphaned {
+                    id: Arc::clone(&id),
                     response,
                     reason: OrphanReason::AfterTimeout,
                 }),
@@ -323,10 +329,10 @@ impl Joiner {
     /// orphan, so that the call ends the same whichever half was read first (see
     /// [`Joiner::too_late_response`]). A second delivery of a remembered id is what
     /// [`Joiner::on_request`] says.
-    pub fn too_late_request(&mut self, event: Sourced<RequestEvent>) -> Vec<Outcome> {
-        let id = self.id(&event.value.request_id);
+    pub fn too_late_request(&mut self, key: &str, event: Sourced<RequestEvent>) -> Vec<Outcome> {
+        let id = self.id(key);
         if self.finished.contains_key(&id) || self.requests.contains_key(&id) {
-            return self.on_request(event).into_iter().collect();
+            return self.on_request(key, event).into_iter().collect();
         }
         let request = self.request(&id, &event);
         let response = self.responses.remove(&id);
@@ -339,10 +345,14 @@ impl Joiner {
     /// A response read when reading has already got more than a TTL past its timestamp: an
     /// orphan at once; a request of it waiting here (stamped later: hosts' clocks differ) is
     /// a timeout, as it would be had it been read after this response.
-    pub fn too_late_response(&mut self, response: Sourced<ResponseEvent>) -> Vec<Outcome> {
-        let id = self.id(&response.value.request_id);
+    pub fn too_late_response(
+        &mut self,
+        key: &str,
+        response: Sourced<ResponseEvent>,
+    ) -> Vec<Outcome> {
+        let id = self.id(key);
         if self.finished.contains_key(&id) || self.responses.contains_key(&id) {
-            return self.on_response(response).into_iter().collect();
+            return self.on_response(key, response).into_iter().collect();
         }
         match self.requests.remove_entry(&id) {
             Some((key, waiting)) => {
@@ -352,6 +362,7 @@ impl Joiner {
             }
             None => {
                 let outcome = Outcome::Orphaned {
+                    id: Arc::clone(&id),
                     response,
                     reason: OrphanReason::NoRequest,
                 };
@@ -375,6 +386,7 @@ impl Joiner {
         if let Some(response) = response {
             self.remember(&id, response.source, response.value.timestamp);
             outcomes.push(Outcome::Orphaned {
+                id: Arc::clone(&id),
                 response,
                 reason: OrphanReason::AfterTimeout,
             });
@@ -489,9 +501,10 @@ impl Joiner {
     /// reason.
     pub fn restore_settled_response(
         &mut self,
+        key: &str,
         response: Sourced<ResponseEvent>,
     ) -> Option<Outcome> {
-        let id = self.id(&response.value.request_id);
+        let id = self.id(key);
         if !self.finished.contains_key(&id) && self.requests.contains_key(&id) {
             return Some(self.pair_with_waiting_request(&id, response));
         }
@@ -592,6 +605,7 @@ impl Joiner {
                     if let Some(response) = self.responses.remove(&id) {
                         self.needed.release(response.source);
                         let outcome = Outcome::Orphaned {
+                            id: Arc::clone(&id),
                             response,
                             reason: OrphanReason::NoRequest,
                         };

@@ -3,16 +3,16 @@
 //! for the real one.
 
 use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
-use metrics_core::events::{Event, RequestEvent, ResponseEvent};
 use metrics_core::pricing::PricingTable;
 use metrics_processor::domain::engine::{Engine, EngineConfig, Flush, Position, Waiting};
 use metrics_processor::domain::join::Ended;
-use metrics_processor::domain::offsets::{Input, Source};
+use metrics_processor::domain::offsets::Input;
 use metrics_processor::driver::memory::MemoryStore;
 use metrics_processor::driver::{Claimed, Epochs, PositionStore};
 use metrics_processor::store::{Blocking, Store, StoreError};
 use sqlx::{PgPool, Row};
 
+use crate::calls::{request, response, source};
 use crate::helpers::unique;
 
 /// A store under contract, and how to read back a tenant's totals from it.
@@ -105,13 +105,6 @@ fn epochs_of(claimed: &Claimed) -> Epochs {
         .collect()
 }
 
-fn source(input: Input, offset: i64) -> Source {
-    Source {
-        input,
-        partition: 0,
-        offset,
-    }
-}
 
 /// Ten minutes ago, on the minute: the window of the calls below.
 fn at() -> DateTime<Utc> {
@@ -130,35 +123,9 @@ fn call_and_timeout(tenant: &str) -> Flush {
         Vec::new(),
         at,
     );
-    let request = |id: &str| {
-        Event::Request(RequestEvent {
-            request_id: id.into(),
-            tenant_id: tenant.into(),
-            route: "/chat".into(),
-            model: "gpt-4o".into(),
-            timestamp: at,
-            prompt_tokens: 100,
-            user_id_hash: None,
-            metadata: None,
-        })
-    };
-    engine.apply(source(Input::Requests, 0), request("a"), at);
-    engine.apply(source(Input::Requests, 1), request("b"), at);
-    engine.apply(
-        source(Input::Responses, 0),
-        Event::Response(ResponseEvent {
-            request_id: "a".into(),
-            timestamp: at + TimeDelta::milliseconds(400),
-            latency_ms: 400,
-            completion_tokens: 20,
-            finish_reason: "stop".into(),
-            error: None,
-            time_to_first_token_ms: None,
-            cached_prompt_tokens: None,
-            tenant_id: Some(tenant.into()),
-        }),
-        at,
-    );
+    engine.apply(source(Input::Requests, 0), request(tenant, "a", at), at);
+    engine.apply(source(Input::Requests, 1), request(tenant, "b", at), at);
+    engine.apply(source(Input::Responses, 0), response(tenant, "a", at), at);
     engine.reached_end(Input::Requests, 0);
     engine.reached_end(Input::Responses, 0);
     // Past b's TTL (5 min), before it is forgotten (10 min).

@@ -1,5 +1,6 @@
 //! The processor binary against a real broker and a real Postgres.
 
+mod calls;
 mod contract;
 mod helpers;
 mod processing;

@@ -3,10 +3,9 @@
 //! `contract.rs`.
 
 use chrono::{TimeDelta, Utc};
-use metrics_core::events::{Event, RequestEvent, ResponseEvent};
 use metrics_core::pricing::PricingTable;
 use metrics_processor::domain::engine::{Engine, EngineConfig, Flush};
-use metrics_processor::domain::offsets::{Input, Source};
+use metrics_processor::domain::offsets::Input;
 use metrics_processor::output::MetricRow;
 use metrics_processor::store::Store;
 use std::collections::HashMap;
@@ -14,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::runtime::Handle;
 
+use crate::calls::{request, response, source};
 use crate::helpers::{unique, OwnPostgres, World};
 
 /// A store of a group and topics of its own that has taken partition 0 of both inputs, as an
@@ -46,40 +46,8 @@ fn one_call(tenant: &str) -> Flush {
         Vec::new(),
         now,
     );
-    let source = |input, offset| Source {
-        input,
-        partition: 0,
-        offset,
-    };
-    engine.apply(
-        source(Input::Requests, 0),
-        Event::Request(RequestEvent {
-            request_id: "r1".into(),
-            tenant_id: tenant.into(),
-            route: "/chat".into(),
-            model: "gpt-4o".into(),
-            timestamp: at,
-            prompt_tokens: 100,
-            user_id_hash: None,
-            metadata: None,
-        }),
-        now,
-    );
-    engine.apply(
-        source(Input::Responses, 0),
-        Event::Response(ResponseEvent {
-            request_id: "r1".into(),
-            timestamp: at + TimeDelta::milliseconds(400),
-            latency_ms: 400,
-            completion_tokens: 20,
-            finish_reason: "stop".into(),
-            error: None,
-            time_to_first_token_ms: None,
-            cached_prompt_tokens: None,
-            tenant_id: Some(tenant.into()),
-        }),
-        now,
-    );
+    engine.apply(source(Input::Requests, 0), request(tenant, "r1", at), now);
+    engine.apply(source(Input::Responses, 0), response(tenant, "r1", at), now);
     engine.reached_end(Input::Requests, 0);
     engine.reached_end(Input::Responses, 0);
     let (flush, _) = engine.flush(now + TimeDelta::hours(1));

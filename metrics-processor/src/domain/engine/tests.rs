@@ -21,10 +21,10 @@ pub(crate) fn config() -> EngineConfig {
 
 pub(crate) fn request(id: &str, at: i64, model: &str) -> Event {
     Event::Request(RequestEvent {
-        request_id: id.into(),
-        tenant_id: "acme".into(),
-        route: "/chat".into(),
-        model: model.into(),
+        request_id: id.parse().unwrap(),
+        tenant_id: "acme".parse().unwrap(),
+        route: "/chat".parse().unwrap(),
+        model: model.parse().unwrap(),
         timestamp: t(at),
         prompt_tokens: 100,
         user_id_hash: None,
@@ -34,7 +34,7 @@ pub(crate) fn request(id: &str, at: i64, model: &str) -> Event {
 
 pub(crate) fn response(id: &str, at: i64, latency_ms: u64, error: bool) -> Event {
     Event::Response(ResponseEvent {
-        request_id: id.into(),
+        request_id: id.parse().unwrap(),
         timestamp: t(at),
         latency_ms,
         completion_tokens: 10 + latency_ms % 7,
@@ -70,7 +70,7 @@ pub(crate) fn src(input: Input, offset: i64) -> Source {
 fn stamped(event: Event, tenant: &str) -> Event {
     match event {
         Event::Response(mut r) => {
-            r.tenant_id = Some(tenant.into());
+            r.tenant_id = Some(tenant.parse().unwrap());
             Event::Response(r)
         }
         other => other,

@@ -18,10 +18,10 @@ fn request(id: &str, at: i64, offset: i64) -> Sourced<RequestEvent> {
             offset,
         },
         value: RequestEvent {
-            request_id: id.into(),
-            tenant_id: "acme".into(),
-            route: "/chat".into(),
-            model: "gpt-4o".into(),
+            request_id: id.parse().unwrap(),
+            tenant_id: "acme".parse().unwrap(),
+            route: "/chat".parse().unwrap(),
+            model: "gpt-4o".parse().unwrap(),
             timestamp: t(at),
             prompt_tokens: 10,
             user_id_hash: Some("u".into()),
@@ -38,7 +38,7 @@ fn response(id: &str, at: i64, offset: i64) -> Sourced<ResponseEvent> {
             offset,
         },
         value: ResponseEvent {
-            request_id: id.into(),
+            request_id: id.parse().unwrap(),
             timestamp: t(at),
             latency_ms: 100,
             completion_tokens: 5,
@@ -59,7 +59,7 @@ fn paired(outcome: Option<Outcome>) -> (String, String) {
     match outcome {
         Some(Outcome::Paired { request, response }) => (
             request.value.request_id.to_string(),
-            response.value.request_id,
+            response.value.request_id.into_string(),
         ),
         other => panic!("expected a pair, got {other:?}"),
     }
@@ -68,9 +68,9 @@ fn paired(outcome: Option<Outcome>) -> (String, String) {
 #[test]
 fn a_response_after_its_request_pairs() {
     let mut j = joiner();
-    assert_eq!(j.on_request(request("a", 0, 0)), None);
+    assert_eq!(j.on_request("a", request("a", 0, 0)), None);
     assert_eq!(
-        paired(j.on_response(response("a", 1, 0))),
+        paired(j.on_response("a", response("a", 1, 0))),
         ("a".into(), "a".into())
     );
     assert_eq!(j.pending_requests(), 0);
@@ -79,10 +79,10 @@ fn a_response_after_its_request_pairs() {
 #[test]
 fn a_response_before_its_request_pairs_too() {
     let mut j = joiner();
-    assert_eq!(j.on_response(response("a", 1, 0)), None);
+    assert_eq!(j.on_response("a", response("a", 1, 0)), None);
     assert_eq!(j.pending_responses(), 1);
     assert_eq!(
-        paired(j.on_request(request("a", 0, 0))),
+        paired(j.on_request("a", request("a", 0, 0))),
         ("a".into(), "a".into())
     );
     assert_eq!(j.pending_responses(), 0);
@@ -91,23 +91,23 @@ fn a_response_before_its_request_pairs_too() {
 #[test]
 fn a_second_delivery_of_either_half_is_a_duplicate_before_and_after_pairing() {
     let mut j = joiner();
-    j.on_request(request("a", 0, 0));
+    j.on_request("a", request("a", 0, 0));
     assert!(matches!(
-        j.on_request(request("a", 0, 1)),
+        j.on_request("a", request("a", 0, 1)),
         Some(Outcome::Duplicate(_))
     ));
-    paired(j.on_response(response("a", 1, 0)));
+    paired(j.on_response("a", response("a", 1, 0)));
     assert!(matches!(
-        j.on_request(request("a", 0, 2)),
+        j.on_request("a", request("a", 0, 2)),
         Some(Outcome::Duplicate(_))
     ));
     assert!(matches!(
-        j.on_response(response("a", 1, 1)),
+        j.on_response("a", response("a", 1, 1)),
         Some(Outcome::Duplicate(_))
     ));
-    j.on_response(response("b", 1, 2));
+    j.on_response("b", response("b", 1, 2));
     assert!(matches!(
-        j.on_response(response("b", 1, 3)),
+        j.on_response("b", response("b", 1, 3)),
         Some(Outcome::Duplicate(_))
     ));
 }
@@ -115,12 +115,12 @@ fn a_second_delivery_of_either_half_is_a_duplicate_before_and_after_pairing() {
 #[test]
 fn waiting_requests_share_their_names_and_id() {
     let mut j = joiner();
-    j.on_request(request("a", 0, 0));
-    j.on_request(request("b", 0, 1));
-    let Some(Outcome::Paired { request: a, .. }) = j.on_response(response("a", 1, 0)) else {
+    j.on_request("a", request("a", 0, 0));
+    j.on_request("b", request("b", 0, 1));
+    let Some(Outcome::Paired { request: a, .. }) = j.on_response("a", response("a", 1, 0)) else {
         panic!()
     };
-    let Some(Outcome::Paired { request: b, .. }) = j.on_response(response("b", 1, 1)) else {
+    let Some(Outcome::Paired { request: b, .. }) = j.on_response("b", response("b", 1, 1)) else {
         panic!()
     };
     assert!(
@@ -134,7 +134,7 @@ fn waiting_requests_share_their_names_and_id() {
 #[test]
 fn a_request_without_response_times_out_once_the_watermark_passes_its_ttl() {
     let mut j = joiner();
-    j.on_request(request("a", 0, 0));
+    j.on_request("a", request("a", 0, 0));
     assert!(
         j.advance(t(300), false).is_empty(),
         "not before timestamp + TTL"
@@ -143,7 +143,7 @@ fn a_request_without_response_times_out_once_the_watermark_passes_its_ttl() {
     assert!(matches!(&outcomes[..], [Outcome::TimedOut(r)] if &*r.value.request_id == "a"));
     assert_eq!(j.ended("a"), Some(Ended::TimedOut));
     // Its response, arriving now, is an orphan: the request was already counted.
-    let late = j.on_response(response("a", 2, 0));
+    let late = j.on_response("a", response("a", 2, 0));
     assert!(matches!(
         late,
         Some(Outcome::Orphaned {
@@ -156,7 +156,7 @@ fn a_request_without_response_times_out_once_the_watermark_passes_its_ttl() {
 #[test]
 fn a_response_without_request_becomes_an_orphan() {
     let mut j = joiner();
-    j.on_response(response("a", 10, 0));
+    j.on_response("a", response("a", 10, 0));
     assert!(j.advance(t(310), false).is_empty());
     let outcomes = j.advance(t(311), false);
     assert!(matches!(
@@ -168,7 +168,7 @@ fn a_response_without_request_becomes_an_orphan() {
     ));
     // The request, arriving after its response was given up on, had no answer in time.
     assert!(matches!(
-        j.on_request(request("a", 9, 0)),
+        j.on_request("a", request("a", 9, 0)),
         Some(Outcome::TimedOut(_))
     ));
 }
@@ -176,8 +176,8 @@ fn a_response_without_request_becomes_an_orphan() {
 #[test]
 fn finished_ids_are_forgotten_one_ttl_later_and_release_their_offsets() {
     let mut j = joiner();
-    j.on_request(request("a", 0, 4));
-    paired(j.on_response(response("a", 10, 7)));
+    j.on_request("a", request("a", 0, 4));
+    paired(j.on_response("a", response("a", 10, 7)));
     assert_eq!(j.needed().min(Input::Requests, 0), Some(4));
     assert_eq!(j.needed().min(Input::Responses, 0), Some(7));
     j.advance(t(310), false);
@@ -191,8 +191,8 @@ fn finished_ids_are_forgotten_one_ttl_later_and_release_their_offsets() {
 #[test]
 fn pending_halves_hold_their_offsets_until_they_end() {
     let mut j = joiner();
-    j.on_response(response("b", 0, 3));
-    j.on_request(request("a", 0, 5));
+    j.on_response("b", response("b", 0, 3));
+    j.on_request("a", request("a", 0, 5));
     assert_eq!(j.needed().min(Input::Requests, 0), Some(5));
     assert_eq!(j.needed().min(Input::Responses, 0), Some(3));
     j.advance(t(301), false); // both end, and are remembered for another TTL
@@ -220,15 +220,15 @@ fn too_late_call(response_waits: bool, request_first: bool) -> Vec<&'static str>
     };
     let mut ended = Vec::new();
     if request_first {
-        ended.extend(kinds(j.too_late_request(request("a", 0, 1))));
-        ended.extend(kinds(j.too_late_response(response("a", 1, 1))));
+        ended.extend(kinds(j.too_late_request("a", request("a", 0, 1))));
+        ended.extend(kinds(j.too_late_response("a", response("a", 1, 1))));
     } else if response_waits {
         // The response was read in time and waits; its request comes too late.
-        assert!(j.on_response(response("a", 1, 1)).is_none());
-        ended.extend(kinds(j.too_late_request(request("a", 0, 1))));
+        assert!(j.on_response("a", response("a", 1, 1)).is_none());
+        ended.extend(kinds(j.too_late_request("a", request("a", 0, 1))));
     } else {
-        ended.extend(kinds(j.too_late_response(response("a", 1, 1))));
-        ended.extend(kinds(j.too_late_request(request("a", 0, 1))));
+        ended.extend(kinds(j.too_late_response("a", response("a", 1, 1))));
+        ended.extend(kinds(j.too_late_request("a", request("a", 0, 1))));
     }
     assert_eq!(
         j.pending_requests() + j.pending_responses(),
@@ -253,7 +253,7 @@ fn a_call_too_late_to_be_joined_is_a_timeout_and_an_orphan_in_any_order() {
 #[test]
 fn a_second_delivery_of_a_call_too_late_to_be_joined_is_a_duplicate() {
     let mut j = joiner();
-    j.too_late_request(request("a", 0, 1));
-    let again = j.too_late_request(request("a", 0, 2));
+    j.too_late_request("a", request("a", 0, 1));
+    let again = j.too_late_request("a", request("a", 0, 2));
     assert!(matches!(again[..], [Outcome::Duplicate(_)]), "{again:?}");
 }

@@ -20,7 +20,7 @@ fn names(model: &str) -> Names {
 
 fn response(latency_ms: u64, error: Option<&str>) -> ResponseEvent {
     ResponseEvent {
-        request_id: "r".into(),
+        request_id: "r".parse().unwrap(),
         timestamp: t(1),
         latency_ms,
         completion_tokens: 20,

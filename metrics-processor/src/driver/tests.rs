@@ -407,6 +407,36 @@ fn a_half_read_behind_the_watermark_is_not_taken_for_settled_after_a_restart() {
     assert_eq!((requests, completed, timeouts), (2, 2, 0));
 }
 
+/// Two instances stepping in turns, committing every `every` steps, until both have read
+/// everything; then each commits its last windows.
+fn run_both_to_the_end(
+    instances: [&mut Instance; 2],
+    topics: &Topics,
+    store: &mut Store,
+    seed: &mut u64,
+    every: usize,
+) {
+    let [a, b] = instances;
+    let mut n = 0;
+    loop {
+        let more_a = a.step(topics, store, next(seed));
+        let more_b = b.step(topics, store, next(seed));
+        n += 1;
+        if n % every == 0 {
+            a.commit(store);
+            b.commit(store);
+        }
+        if !more_a && !more_b {
+            break;
+        }
+    }
+    for instance in [a, b] {
+        instance.at_end();
+        instance.now += TimeDelta::hours(1);
+        assert!(instance.commit(store));
+    }
+}
+
 /// Two instances in one group: the first owns everything, then gives a partition to a second
 /// (committing before it lets go, as the rebalance callback does); both run to the end.
 fn run_with_rebalance(topics: &Topics, seed: u64, handover: usize, every: usize) -> Store {
@@ -423,24 +453,7 @@ fn run_with_rebalance(topics: &Topics, seed: u64, handover: usize, every: usize)
     }
     a.revoke(&mut store, &[1]);
     let mut b = Instance::start_on(&mut store, [1]);
-    let mut n = 0;
-    loop {
-        let more_a = a.step(topics, &mut store, next(&mut s));
-        let more_b = b.step(topics, &mut store, next(&mut s));
-        n += 1;
-        if n % every == 0 {
-            a.commit(&mut store);
-            b.commit(&mut store);
-        }
-        if !more_a && !more_b {
-            break;
-        }
-    }
-    for instance in [&mut a, &mut b] {
-        instance.at_end();
-        instance.now += TimeDelta::hours(1);
-        assert!(instance.commit(&mut store));
-    }
+    run_both_to_the_end([&mut a, &mut b], topics, &mut store, &mut s, every);
     store
 }
 
@@ -461,24 +474,7 @@ fn run_with_takeover(topics: &Topics, seed: u64, handover: usize, every: usize) 
         }
     }
     let mut b = Instance::start_on(&mut store, [1]);
-    let mut n = 0;
-    loop {
-        let more_a = a.step(topics, &mut store, next(&mut s));
-        let more_b = b.step(topics, &mut store, next(&mut s));
-        n += 1;
-        if n % every == 0 {
-            a.commit(&mut store);
-            b.commit(&mut store);
-        }
-        if !more_a && !more_b {
-            break;
-        }
-    }
-    for instance in [&mut a, &mut b] {
-        instance.at_end();
-        instance.now += TimeDelta::hours(1);
-        assert!(instance.commit(&mut store));
-    }
+    run_both_to_the_end([&mut a, &mut b], topics, &mut store, &mut s, every);
     assert!(
         !a.driver.engine().owns(1),
         "the stale instance let partition 1 go"

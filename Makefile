@@ -18,9 +18,11 @@ test: lint stack-up chromium
 	@$(STACK_ENV); \
 	export TEST_KAFKA_BROKERS=$$KAFKA_BROKERS TEST_DATABASE_URL=$$POSTGRES_DSN; \
 	cargo test --workspace
-	@# The short abuse and fault runs (see README, Reliability).
+	@# The short abuse run, the OpenTelemetry SDK run and the short fault run (see README,
+	@# Reliability and OpenTelemetry).
 	cargo build --bins -p ingestion-api -p metrics-processor -p metrics-api -p admin -p loadgen
 	@$(STACK_ENV); CHAOS_PROFILE=debug ABUSE_EXAMPLES=25 scripts/abuse.sh
+	@$(STACK_ENV); CHAOS_PROFILE=debug scripts/otel.sh
 	@$(STACK_ENV); CHAOS_PROFILE=debug CHAOS_SECONDS=100 CHAOS_RATE=50 CHAOS_PG_DOWN_SECS=20 \
 		scripts/chaos.sh ci
 

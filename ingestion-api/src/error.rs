@@ -23,6 +23,9 @@ pub enum ApiError {
     /// 400: the body could not be read or is not JSON.
     #[error("the body is not valid JSON: {0}")]
     MalformedJson(String),
+    /// 400: a body on the OpenTelemetry path that is no OTLP export request.
+    #[error("{0}")]
+    MalformedOtlp(String),
     /// 400: JSON, but fields are missing or wrong; each one is named.
     #[error("{} invalid", plural(.0.len()))]
     Invalid(Vec<FieldError>),
@@ -64,7 +67,9 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } | ApiError::TooManyItems { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
-            ApiError::MalformedJson(_) | ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ApiError::MalformedJson(_) | ApiError::MalformedOtlp(_) | ApiError::Invalid(_) => {
+                StatusCode::BAD_REQUEST
+            }
             ApiError::Unavailable(_) | ApiError::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -79,6 +84,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType { .. } => "unsupported_media_type",
             ApiError::PayloadTooLarge { .. } | ApiError::TooManyItems { .. } => "payload_too_large",
             ApiError::MalformedJson(_) => "malformed_json",
+            ApiError::MalformedOtlp(_) => "malformed_otlp",
             ApiError::Invalid(_) => "invalid_event",
             ApiError::Unavailable(_) => "broker_unavailable",
             ApiError::Unauthenticated(_) => "unauthenticated",

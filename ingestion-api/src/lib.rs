@@ -6,7 +6,9 @@
 //!
 //! - [`settings`]: configuration from the environment.
 //! - [`startup`]: binds, connects, builds the router, runs until told to stop.
-//! - [`routes`]: the HTTP handlers (single events, batches, health, metrics, OpenAPI).
+//! - [`routes`]: the HTTP handlers (single events, batches, OpenTelemetry traces, health,
+//!   metrics, OpenAPI).
+//! - [`otlp`]: OTLP export requests decoded, and GenAI spans mapped to calls.
 //! - [`publisher`]: the durable write to Kafka, behind a trait so handlers can be tested alone.
 //! - [`limit`]: per-key rate limiting.
 //! - [`error`]: how every failure becomes a status code and a JSON body.
@@ -15,6 +17,7 @@
 pub mod error;
 pub mod limit;
 pub mod metrics;
+pub mod otlp;
 pub mod publisher;
 pub mod routes;
 pub mod settings;

@@ -17,6 +17,13 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// What became of an OpenTelemetry span: `accepted` (a call, written), `skipped` (no model
+/// call), `rejected` (a model call that could not be taken).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -25,6 +32,7 @@ pub struct Metrics {
     pub events_rejected: Family<KindLabels, Counter>,
     pub produce_errors: Family<ReasonLabels, Counter>,
     pub produce_duration: Histogram,
+    pub spans: Family<OutcomeLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -40,6 +48,7 @@ impl Default for Metrics {
         let events_rejected = Family::<KindLabels, Counter>::default();
         let produce_errors = Family::<ReasonLabels, Counter>::default();
         let produce_duration = latency_histogram();
+        let spans = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "events_accepted",
             "Events acknowledged by the broker",
@@ -60,6 +69,11 @@ impl Default for Metrics {
             "Time from handing a batch of records to the producer until every acknowledgement",
             produce_duration.clone(),
         );
+        registry.register(
+            "otlp_spans",
+            "OpenTelemetry spans received, by outcome",
+            spans.clone(),
+        );
         Self {
             registry,
             http,
@@ -67,6 +81,7 @@ impl Default for Metrics {
             events_rejected,
             produce_errors,
             produce_duration,
+            spans,
         }
     }
 }

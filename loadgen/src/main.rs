@@ -20,6 +20,7 @@ mod faults;
 mod harness;
 mod http;
 mod oracle;
+mod otel;
 mod poison;
 mod raw;
 
@@ -72,6 +73,9 @@ enum Mode {
     /// bodies, a slow client and poison records; exits 1 on any 5xx, unclear rejection,
     /// crash or stalled processor
     Abuse(abuse::AbuseArgs),
+    /// The OpenTelemetry run: the OpenTelemetry Python SDK exports GenAI spans through
+    /// /v1/traces; exits 1 unless every window the metrics API shows matches them
+    Otel(otel::OtelArgs),
 }
 
 #[derive(Debug, ClapArgs)]
@@ -266,7 +270,10 @@ fn histogram(args: &HistogramArgs) -> serde_json::Value {
 async fn main() -> anyhow::Result<()> {
     let mode = Cli::parse().mode;
     // The modes that give a verdict exit 1 when it is not "ok".
-    let judged = matches!(mode, Mode::Check(_) | Mode::Chaos(_) | Mode::Abuse(_));
+    let judged = matches!(
+        mode,
+        Mode::Check(_) | Mode::Chaos(_) | Mode::Abuse(_) | Mode::Otel(_)
+    );
     let report = match mode {
         Mode::Raw(args) => raw::run(&args).await?,
         Mode::Batch(args) => http::batch(&args).await?,
@@ -282,6 +289,7 @@ async fn main() -> anyhow::Result<()> {
         Mode::Histogram(args) => histogram(&args),
         Mode::Chaos(args) => faults::run(&args).await?,
         Mode::Abuse(args) => abuse::run(&args).await?,
+        Mode::Otel(args) => otel::run(&args).await?,
     };
     println!("{report}");
     if judged && report["ok"] != serde_json::Value::Bool(true) {

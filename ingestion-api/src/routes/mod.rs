@@ -2,7 +2,9 @@
 
 mod events;
 mod health;
+mod traces;
 
+use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -12,6 +14,7 @@ use axum::Router;
 use infra::http::{measure_and_bound, Guard};
 use infra::kafka::Topics;
 use metrics_core::validation::Limits;
+use tower_http::decompression::RequestDecompressionLayer;
 
 use infra::keys::Auth;
 
@@ -78,6 +81,12 @@ fn routes(max_batch_bytes: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(events::post_request))
         .routes(routes!(events::post_response))
         .routes(routes!(events::post_batch).layer(batch_limit))
+        // OTLP exporters may gzip; the batch limit holds for the body once inflated.
+        .routes(
+            routes!(traces::post_traces)
+                .layer::<_, Infallible>(batch_limit)
+                .layer::<_, Infallible>(RequestDecompressionLayer::new().gzip(true)),
+        )
         .routes(routes!(health::live))
         .routes(routes!(health::ready))
         .routes(routes!(health::metrics))

@@ -5,3 +5,4 @@ mod auth;
 mod broker;
 mod handlers;
 mod helpers;
+mod traces;

@@ -105,7 +105,6 @@ fn epochs_of(claimed: &Claimed) -> Epochs {
         .collect()
 }
 
-
 /// Ten minutes ago, on the minute: the window of the calls below.
 fn at() -> DateTime<Utc> {
     let now = Utc::now() - TimeDelta::minutes(10);

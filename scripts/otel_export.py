@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""GenAI spans exported by the stock OpenTelemetry Python SDK and its OTLP/HTTP exporter,
+built to known totals (streamlens-loadgen otel runs it and checks what StreamLens stored).
+
+    otel_export.py ENDPOINT KEY CALLS
+
+The exporter reads nothing but its endpoint and headers, as an application's would. Prints
+one JSON object: the windows the spans must produce, keyed "route|model|minute"."""
+import json, random, sys, time
+
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import Status, StatusCode
+
+endpoint, key, calls = sys.argv[1], sys.argv[2], int(sys.argv[3])
+provider = TracerProvider(resource=Resource.create({"service.name": "otel-support-bot"}))
+exporter = OTLPSpanExporter(endpoint=endpoint, headers={"Authorization": f"Bearer {key}"})
+provider.add_span_processor(BatchSpanProcessor(exporter, max_export_batch_size=64))
+tracer = provider.get_tracer("streamlens.check")
+
+rng = random.Random(7)
+now_ns = time.time_ns()
+# Calls spread over the three minutes before the last whole one, so every window closes soon.
+minute_ns = 60 * 10**9
+first = (now_ns // minute_ns - 4) * minute_ns
+windows = {}
+# In time order, as an application exports its spans: a call's two halves are stamped at its
+# start and its end, and the processor joins what arrives within its join TTL of the newest.
+starts = sorted(first + rng.randrange(3 * minute_ns) for _ in range(calls))
+for i, start in enumerate(starts):
+    model = ["gpt-4o", "claude-sonnet-4"][i % 2]
+    route = "/otel-chat" if i % 3 else None  # else the service name
+    latency_ms = rng.randrange(50, 5000)
+    input_tokens, output_tokens = rng.randrange(1, 4000), rng.randrange(1, 800)
+    failed = i % 17 == 0
+    with tracer.start_as_current_span("agent turn", start_time=start, end_on_exit=False) as parent:
+        # A span that is no model call: skipped, never counted.
+        parent.end(end_time=start + 1)
+        span = tracer.start_span(f"chat {model}", start_time=start)
+        span.set_attribute("gen_ai.operation.name", "chat")
+        span.set_attribute("gen_ai.provider.name", "openai" if model.startswith("gpt") else "anthropic")
+        span.set_attribute("gen_ai.request.model", model)
+        span.set_attribute("gen_ai.usage.input_tokens", input_tokens)
+        span.set_attribute("gen_ai.usage.output_tokens", output_tokens)
+        span.set_attribute("gen_ai.response.finish_reasons", ["stop"])
+        if route:
+            span.set_attribute("streamlens.route", route)
+        if failed:
+            span.set_attribute("error.type", "rate_limit_exceeded")
+            span.set_status(Status(StatusCode.ERROR, "429 from the provider"))
+        span.end(end_time=start + latency_ms * 10**6)
+    window = windows.setdefault(
+        f"{route or 'otel-support-bot'}|{model}|{start // minute_ns * 60}",
+        {"requests": 0, "errors": 0, "prompt_tokens": 0, "completion_tokens": 0},
+    )
+    window["requests"] += 1
+    window["errors"] += int(failed)
+    window["prompt_tokens"] += input_tokens
+    window["completion_tokens"] += output_tokens
+
+provider.force_flush()
+provider.shutdown()
+print(json.dumps({"calls": calls, "windows": windows}))

@@ -13,7 +13,7 @@ use clap::Args;
 use serde_json::{json, Value};
 
 use crate::faults::Stack;
-use crate::harness::{Run, Service};
+use crate::harness::{Run, Service, Services};
 
 fn say(line: &str) {
     crate::harness::say("abuse", line);
@@ -42,31 +42,20 @@ pub async fn run(args: &AbuseArgs) -> anyhow::Result<Value> {
     let mut run = Run::new("abuse", "abuse", &stack.bin()?, &args.out, &stack.dsn).await?;
     let tag = format!("abuse-{}", chrono::Utc::now().timestamp());
     for (variable, value) in [
-        ("KAFKA_BROKERS", stack.brokers.clone()),
-        ("TOPIC_REQUESTS", format!("{tag}.requests")),
-        ("TOPIC_RESPONSES", format!("{tag}.responses")),
-        ("TOPIC_METRICS", format!("{tag}.metrics")),
-        ("TOPIC_DLQ", format!("{tag}.dlq")),
-        ("TOPIC_PARTITIONS", "3".into()),
-        ("CONSUMER_GROUP", tag.clone()),
-        ("KAFKA_DELIVERY_TIMEOUT_MS", "2000".into()),
-        ("HTTP_REQUEST_TIMEOUT_MS", "5000".into()),
-        ("API_KEY_CACHE_SECS", "0".into()),
-        ("RATE_LIMIT_EVENTS_PER_SEC", "0".into()),
+        ("KAFKA_DELIVERY_TIMEOUT_MS", "2000"),
+        ("HTTP_REQUEST_TIMEOUT_MS", "5000"),
+        ("API_KEY_CACHE_SECS", "0"),
+        ("RATE_LIMIT_EVENTS_PER_SEC", "0"),
     ] {
         run.set(variable, value);
     }
-    run.admin(&["migrate"]).await?;
-    run.admin(&["topics"]).await?;
-    let key = run
-        .admin(&["keys", "create", "--tenant", "acme", "--name", "abuse"])
-        .await?;
-    let mut ingestion = run.service("ingestion-api", "ingestion", &[])?;
-    let mut processor = run.service("metrics-processor", "processor", &[])?;
-    let mut query = run.service("metrics-api", "query", &[])?;
-    for service in [&ingestion, &processor, &query] {
-        service.wait_for("/ready").await?;
-    }
+    run.own_topics(&stack.brokers, &tag, 3).await?;
+    let Services {
+        key,
+        mut ingestion,
+        mut processor,
+        mut query,
+    } = run.all_services("acme").await?;
 
     let mut report = json!({"mode": "abuse"});
     let mut ok = true;

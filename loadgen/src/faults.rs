@@ -213,14 +213,7 @@ async fn run_scenario(
         .as_ref()
         .map_or(stack.brokers.clone(), inject::Broker::address);
     for (variable, value) in [
-        ("KAFKA_BROKERS", brokers.clone()),
-        ("AUTH_MODE", "disabled".into()),
-        ("TOPIC_REQUESTS", format!("{tag}.requests")),
-        ("TOPIC_RESPONSES", format!("{tag}.responses")),
-        ("TOPIC_METRICS", format!("{tag}.metrics")),
-        ("TOPIC_DLQ", format!("{tag}.dlq")),
-        ("TOPIC_PARTITIONS", "6".into()),
-        ("CONSUMER_GROUP", tag.clone()),
+        ("AUTH_MODE", "disabled".to_owned()),
         ("KAFKA_SESSION_TIMEOUT_MS", SESSION_MS.to_string()),
         ("JOIN_TTL_SECS", JOIN_TTL_SECS.to_string()),
         ("UNREAD_PARTITION_SECS", "10".into()),
@@ -228,8 +221,7 @@ async fn run_scenario(
     ] {
         run.set(variable, value);
     }
-    run.admin(&["migrate"]).await?;
-    run.admin(&["topics"]).await?;
+    run.own_topics(&brokers, &tag, 6).await?;
     let ingestion = run.service("ingestion-api", "ingestion", &[])?;
     ingestion.wait_for("/ready").await?;
     let mut system = System {

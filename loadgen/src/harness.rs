@@ -73,6 +73,48 @@ impl Run {
         found.map_or("", |(_, v)| v)
     }
 
+    /// Topics `<tag>.requests`, `.responses`, `.metrics` and `.dlq` of `partitions` each and
+    /// the consumer group `<tag>` on `brokers`, for every service started from now on;
+    /// created, and the run's database migrated.
+    pub async fn own_topics(
+        &mut self,
+        brokers: &str,
+        tag: &str,
+        partitions: u32,
+    ) -> anyhow::Result<()> {
+        for (variable, value) in [
+            ("KAFKA_BROKERS", brokers.to_owned()),
+            ("TOPIC_REQUESTS", format!("{tag}.requests")),
+            ("TOPIC_RESPONSES", format!("{tag}.responses")),
+            ("TOPIC_METRICS", format!("{tag}.metrics")),
+            ("TOPIC_DLQ", format!("{tag}.dlq")),
+            ("TOPIC_PARTITIONS", partitions.to_string()),
+            ("CONSUMER_GROUP", tag.to_owned()),
+        ] {
+            self.set(variable, value);
+        }
+        self.admin(&["migrate"]).await?;
+        self.admin(&["topics"]).await?;
+        Ok(())
+    }
+
+    /// The three services, ready, and an API key for `tenant`.
+    pub async fn all_services(&self, tenant: &str) -> anyhow::Result<Services> {
+        let key = self
+            .admin(&["keys", "create", "--tenant", tenant, "--name", &self.name])
+            .await?;
+        let services = Services {
+            key,
+            ingestion: self.service("ingestion-api", "ingestion", &[])?,
+            processor: self.service("metrics-processor", "processor", &[])?,
+            query: self.service("metrics-api", "query", &[])?,
+        };
+        for service in [&services.ingestion, &services.processor, &services.query] {
+            service.wait_for("/ready").await?;
+        }
+        Ok(services)
+    }
+
     /// A file of the run's, `<out>/<run>.<what>`.
     pub fn file(&self, what: &str) -> PathBuf {
         self.out.join(format!("{}.{what}", self.name))
@@ -130,6 +172,15 @@ fn spawn_logged(mut command: Command, log: &Path) -> anyhow::Result<Child> {
     let file = OpenOptions::new().create(true).append(true).open(log)?;
     command.stdout(file.try_clone()?).stderr(file);
     Ok(command.spawn()?)
+}
+
+/// The whole system of a run, and the key it is called with.
+#[derive(Debug)]
+pub struct Services {
+    pub key: String,
+    pub ingestion: Service,
+    pub processor: Service,
+    pub query: Service,
 }
 
 /// A service process of the run and the loopback port it answers on.

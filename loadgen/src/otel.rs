@@ -12,7 +12,7 @@ use clap::Args;
 use serde_json::{json, Value};
 
 use crate::faults::Stack;
-use crate::harness::{say, Run, Service};
+use crate::harness::{say, Run, Service, Services};
 
 #[derive(Debug, Args)]
 pub struct OtelArgs {
@@ -38,32 +38,21 @@ pub async fn run(args: &OtelArgs) -> anyhow::Result<Value> {
     let mut run = Run::new("otel", "otel", &stack.bin()?, &args.out, &stack.dsn).await?;
     let tag = format!("otel-{}", chrono::Utc::now().timestamp());
     for (variable, value) in [
-        ("KAFKA_BROKERS", stack.brokers.clone()),
-        ("TOPIC_REQUESTS", format!("{tag}.requests")),
-        ("TOPIC_RESPONSES", format!("{tag}.responses")),
-        ("TOPIC_METRICS", format!("{tag}.metrics")),
-        ("TOPIC_DLQ", format!("{tag}.dlq")),
-        ("TOPIC_PARTITIONS", "3".into()),
-        ("CONSUMER_GROUP", tag.clone()),
-        ("RATE_LIMIT_EVENTS_PER_SEC", "0".into()),
-        ("COMMIT_INTERVAL_MS", "200".into()),
-        ("PARTITION_IDLE_SECS", "1".into()),
-        ("WINDOW_GRACE_SECS", "1".into()),
-        ("JOIN_TTL_SECS", "65".into()),
+        ("RATE_LIMIT_EVENTS_PER_SEC", "0"),
+        ("COMMIT_INTERVAL_MS", "200"),
+        ("PARTITION_IDLE_SECS", "1"),
+        ("WINDOW_GRACE_SECS", "1"),
+        ("JOIN_TTL_SECS", "65"),
     ] {
         run.set(variable, value);
     }
-    run.admin(&["migrate"]).await?;
-    run.admin(&["topics"]).await?;
-    let key = run
-        .admin(&["keys", "create", "--tenant", "otel", "--name", "otel-sdk"])
-        .await?;
-    let ingestion = run.service("ingestion-api", "ingestion", &[])?;
-    let processor = run.service("metrics-processor", "processor", &[])?;
-    let query = run.service("metrics-api", "query", &[])?;
-    for service in [&ingestion, &processor, &query] {
-        service.wait_for("/ready").await?;
-    }
+    run.own_topics(&stack.brokers, &tag, 3).await?;
+    let Services {
+        key,
+        ingestion,
+        processor: _processor,
+        query,
+    } = run.all_services("otel").await?;
 
     say(
         "otel",

@@ -407,6 +407,27 @@ fn a_half_read_behind_the_watermark_is_not_taken_for_settled_after_a_restart() {
     assert_eq!((requests, completed, timeouts), (2, 2, 0));
 }
 
+impl Instance {
+    /// Up to `steps` steps (fewer when the input ends), committing every `every` steps.
+    fn run_alone(
+        &mut self,
+        topics: &Topics,
+        store: &mut Store,
+        seed: &mut u64,
+        steps: usize,
+        every: usize,
+    ) {
+        for n in 1..=steps {
+            if !self.step(topics, store, next(seed)) {
+                break;
+            }
+            if n % every == 0 {
+                self.commit(store);
+            }
+        }
+    }
+}
+
 /// Two instances stepping in turns, committing every `every` steps, until both have read
 /// everything; then each commits its last windows.
 fn run_both_to_the_end(
@@ -443,14 +464,7 @@ fn run_with_rebalance(topics: &Topics, seed: u64, handover: usize, every: usize)
     let mut store = Store::default();
     let mut s = seed ^ 0x5EED;
     let mut a = Instance::start(topics, &mut store);
-    for n in 1..=handover {
-        if !a.step(topics, &mut store, next(&mut s)) {
-            break;
-        }
-        if n % every == 0 {
-            a.commit(&mut store);
-        }
-    }
+    a.run_alone(topics, &mut store, &mut s, handover, every);
     a.revoke(&mut store, &[1]);
     let mut b = Instance::start_on(&mut store, [1]);
     run_both_to_the_end([&mut a, &mut b], topics, &mut store, &mut s, every);
@@ -465,14 +479,7 @@ fn run_with_takeover(topics: &Topics, seed: u64, handover: usize, every: usize) 
     let mut store = Store::default();
     let mut s = seed ^ 0x7A4E;
     let mut a = Instance::start(topics, &mut store);
-    for n in 1..=handover {
-        if !a.step(topics, &mut store, next(&mut s)) {
-            break;
-        }
-        if n % every == 0 {
-            a.commit(&mut store);
-        }
-    }
+    a.run_alone(topics, &mut store, &mut s, handover, every);
     let mut b = Instance::start_on(&mut store, [1]);
     run_both_to_the_end([&mut a, &mut b], topics, &mut store, &mut s, every);
     assert!(

@@ -31,7 +31,7 @@ export KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT TOPIC_REQUESTS=$tag.requests TOPIC_RE
   TOPIC_METRICS=$tag.metrics TOPIC_DLQ=$tag.dlq TOPIC_PARTITIONS=6 CONSUMER_GROUP=bench-$tag \
   AUTH_MODE=disabled RATE_LIMIT_EVENTS_PER_SEC=0 HTTP_HOST=127.0.0.1 RUST_LOG=warn
 "$BIN/streamlens-admin" topics >/dev/null 2>&1
-HTTP_PORT=$INGEST_PORT "$BIN/ingestion-api" >/dev/null 2>&1 &
+HTTP_PORT=$INGEST_PORT OTLP_GRPC_PORT=0 "$BIN/ingestion-api" >/dev/null 2>&1 &
 pids+=($!)
 start_processor() { HTTP_PORT=$PROC_PORT "$BIN/metrics-processor" >>"$ROOT/target/replay-processor.log" 2>&1 & proc=$!; pids+=($proc); }
 metric() { # the sum of a processor metric's series

@@ -47,7 +47,7 @@ export POSTGRES_DSN=${POSTGRES_DSN%/*}/$DB KAFKA_BROKERS=$BROKERS HTTP_HOST=127.
 declare -A KEYS
 for tenant in acme globex initech; do KEYS[$tenant]=$("$BIN/streamlens-admin" keys create --tenant "$tenant"); done
 
-HTTP_PORT=$INGESTION_PORT "$BIN/ingestion-api" & ingestion=$!
+HTTP_PORT=$INGESTION_PORT OTLP_GRPC_PORT=0 "$BIN/ingestion-api" & ingestion=$!
 HTTP_PORT=$PROCESSOR_PORT JOIN_TTL_SECS=$JOIN_TTL "$BIN/metrics-processor" & processor=$!
 HTTP_PORT=$QUERY_PORT "$BIN/metrics-api" & query=$!
 pids+=($ingestion $processor $query)

@@ -1,26 +1,33 @@
 #!/usr/bin/env python3
-"""GenAI spans exported by the stock OpenTelemetry Python SDK and its OTLP/HTTP exporter,
-built to known totals (streamlens-loadgen otel runs it and checks what StreamLens stored).
+"""GenAI spans exported by the stock OpenTelemetry Python SDK and its OTLP exporter (HTTP or
+gRPC), built to known totals (streamlens-loadgen otel runs it and checks what StreamLens stored).
 
-    otel_export.py ENDPOINT KEY CALLS
+    otel_export.py http|grpc ENDPOINT KEY CALLS
 
-The exporter reads nothing but its endpoint and headers, as an application's would. Prints
-one JSON object: the windows the spans must produce, keyed "route|model|minute"."""
+The exporter is given nothing but its endpoint and headers, as an application's would. Prints
+one JSON object: the windows the spans must produce, keyed "route|model|minute"; the routes
+and the service name carry the protocol, so that the two runs' windows stay apart."""
 import json, random, sys, time
 
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Status, StatusCode
 
-endpoint, key, calls = sys.argv[1], sys.argv[2], int(sys.argv[3])
-provider = TracerProvider(resource=Resource.create({"service.name": "otel-support-bot"}))
-exporter = OTLPSpanExporter(endpoint=endpoint, headers={"Authorization": f"Bearer {key}"})
+protocol, endpoint, key, calls = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+if protocol == "grpc":
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    exporter = OTLPSpanExporter(endpoint=endpoint, insecure=True,
+                                headers=(("authorization", f"Bearer {key}"),))
+else:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    exporter = OTLPSpanExporter(endpoint=endpoint, headers={"Authorization": f"Bearer {key}"})
+service = f"otel-support-bot-{protocol}"
+provider = TracerProvider(resource=Resource.create({"service.name": service}))
 provider.add_span_processor(BatchSpanProcessor(exporter, max_export_batch_size=64))
 tracer = provider.get_tracer("streamlens.check")
 
-rng = random.Random(7)
+rng = random.Random(7 if protocol == "http" else 11)
 now_ns = time.time_ns()
 # Calls spread over the three minutes before the last whole one, so every window closes soon.
 minute_ns = 60 * 10**9
@@ -31,7 +38,7 @@ windows = {}
 starts = sorted(first + rng.randrange(3 * minute_ns) for _ in range(calls))
 for i, start in enumerate(starts):
     model = ["gpt-4o", "claude-sonnet-4"][i % 2]
-    route = "/otel-chat" if i % 3 else None  # else the service name
+    route = f"/otel-chat-{protocol}" if i % 3 else None  # else the service name
     latency_ms = rng.randrange(50, 5000)
     input_tokens, output_tokens = rng.randrange(1, 4000), rng.randrange(1, 800)
     failed = i % 17 == 0
@@ -52,7 +59,7 @@ for i, start in enumerate(starts):
             span.set_status(Status(StatusCode.ERROR, "429 from the provider"))
         span.end(end_time=start + latency_ms * 10**6)
     window = windows.setdefault(
-        f"{route or 'otel-support-bot'}|{model}|{start // minute_ns * 60}",
+        f"{route or service}|{model}|{start // minute_ns * 60}",
         {"requests": 0, "errors": 0, "prompt_tokens": 0, "completion_tokens": 0},
     )
     window["requests"] += 1

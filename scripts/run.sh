@@ -2,6 +2,7 @@
 # Runs the three services on the local stack (started by `make run`), with demo traffic from
 # three tenants, until Ctrl-C; then stops everything it started.
 #   BIN_DIR (target/release)  INGESTION_PORT (8080)  PROCESSOR_PORT (9091)  QUERY_PORT (8081)
+#   OTLP_GRPC_PORT (4317)
 #   DEMO_RATE events/s (20, 0 for none)  DEMO_BACKFILL_MINUTES (30)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -9,6 +10,7 @@ BIN=${BIN_DIR:-${CARGO_TARGET_DIR:-$ROOT/target}/release}
 INGESTION_PORT=${INGESTION_PORT:-8080}
 PROCESSOR_PORT=${PROCESSOR_PORT:-9091}
 QUERY_PORT=${QUERY_PORT:-8081}
+export OTLP_GRPC_PORT=${OTLP_GRPC_PORT:-4317}
 DEMO_RATE=${DEMO_RATE:-20}
 DEMO_BACKFILL_MINUTES=${DEMO_BACKFILL_MINUTES:-30}
 : "${KAFKA_BROKERS:?run through make run, which starts the stack}" "${POSTGRES_DSN:?}"
@@ -61,6 +63,7 @@ cat <<MSG
 StreamLens is running, with $demo.
   dashboard          http://127.0.0.1:$QUERY_PORT/#key=$KEY
   ingestion API      http://127.0.0.1:$INGESTION_PORT   (OpenAPI: /openapi.json, metrics: /metrics)
+  OpenTelemetry      http://127.0.0.1:$INGESTION_PORT/v1/traces (OTLP/HTTP), 127.0.0.1:$OTLP_GRPC_PORT (OTLP/gRPC)
   metrics processor  http://127.0.0.1:$PROCESSOR_PORT   (/health, /ready, /metrics)
   metrics API        http://127.0.0.1:$QUERY_PORT   (OpenAPI: /openapi.json)
   API key (tenant acme, shown once): $KEY

@@ -69,7 +69,7 @@ impl Encoding {
 
 /// The first few reasons, so that an exporter's log says what to fix without growing with
 /// the batch.
-fn refusal_message(rejected: &[String]) -> String {
+pub(crate) fn refusal_message(rejected: &[String]) -> String {
     const SHOWN: usize = 5;
     let mut message = rejected[..rejected.len().min(SHOWN)].join("; ");
     if rejected.len() > SHOWN {

@@ -14,6 +14,8 @@ pub struct Settings {
     pub host: IpAddr,
     /// `0` picks a free port (tests).
     pub port: u16,
+    /// OTLP/gRPC (`OTLP_GRPC_PORT`, 4317 as in the OTLP specification); `0` picks a free one.
+    pub otlp_grpc_port: u16,
     pub kafka: KafkaSettings,
     pub topics: Topics,
     /// How long a produce may wait for the broker's acknowledgement before the API gives up
@@ -44,6 +46,7 @@ impl Settings {
         let settings = Self {
             host: e.parse(&["HTTP_HOST"], IpAddr::from([0, 0, 0, 0])),
             port: e.parse(&["HTTP_PORT"], 8080),
+            otlp_grpc_port: e.parse(&["OTLP_GRPC_PORT"], 4317),
             kafka: KafkaSettings::from_env(e),
             topics: Topics::from_env(e),
             delivery_timeout: ms(e.parse(&["KAFKA_DELIVERY_TIMEOUT_MS"], 5_000)),

@@ -10,12 +10,16 @@ use tokio::net::TcpListener;
 use crate::limit::RateLimiter;
 use crate::metrics::Metrics;
 use crate::publisher::{KafkaPublisher, Publisher};
-use crate::routes::{router, AppState, HttpConfig};
+use crate::routes::{otlp_grpc, router, AppState, HttpConfig};
+use futures::FutureExt;
+use tonic::transport::server::TcpIncoming;
 use crate::settings::Settings;
 
 /// A bound, connected, not yet serving ingestion API.
 pub struct Application {
     listener: TcpListener,
+    /// OTLP/gRPC.
+    grpc: TcpListener,
     state: AppState,
     shutdown_timeout: Duration,
 }
@@ -51,6 +55,13 @@ impl Application {
         let listener = TcpListener::bind(address)
             .await
             .with_context(|| format!("cannot listen on {}:{}", address.0, address.1))?;
+        let grpc_address = (settings.host, settings.otlp_grpc_port);
+        let grpc = TcpListener::bind(grpc_address).await.with_context(|| {
+            format!(
+                "cannot listen for OTLP/gRPC on {}:{} (OTLP_GRPC_PORT)",
+                grpc_address.0, grpc_address.1
+            )
+        })?;
         let auth = if settings.auth.enabled {
             let pool = infra::db::connect(&settings.dsn, 4)
                 .await
@@ -80,6 +91,7 @@ impl Application {
         };
         Ok(Self {
             listener,
+            grpc,
             state,
             shutdown_timeout: settings.shutdown_timeout,
         })
@@ -89,14 +101,26 @@ impl Application {
         infra::http::port(&self.listener)
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish
-    /// their produces, and flushes the producer.
+    pub fn otlp_grpc_port(&self) -> u16 {
+        infra::http::port(&self.grpc)
+    }
+
+    /// Serves HTTP and OTLP/gRPC until `shutdown` resolves, then stops accepting, lets
+    /// in-flight requests finish their produces, and flushes the producer.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let publisher = Arc::clone(&self.state.publisher);
-        infra::http::serve("ingestion API", self.listener, router(self.state), shutdown).await?;
+        let shutdown = shutdown.shared();
+        tracing::info!(address = %self.grpc.local_addr()?, "OTLP/gRPC listening");
+        let grpc = tonic::transport::Server::builder()
+            .add_service(otlp_grpc(self.state.clone()))
+            .serve_with_incoming_shutdown(TcpIncoming::from(self.grpc), shutdown.clone());
+        let http = infra::http::serve("ingestion API", self.listener, router(self.state), shutdown);
+        let (http, grpc) = tokio::join!(http, grpc);
+        http?;
+        grpc.context("OTLP/gRPC server failed")?;
         publisher.flush(self.shutdown_timeout).await;
         tracing::info!("ingestion API stopped");
         Ok(())

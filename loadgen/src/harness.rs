@@ -56,6 +56,8 @@ impl Run {
             env: vec![
                 ("POSTGRES_DSN".into(), dsn.clone()),
                 ("HTTP_HOST".into(), "127.0.0.1".into()),
+                // Set to a port of its own where a run calls OTLP/gRPC.
+                ("OTLP_GRPC_PORT".into(), "0".into()),
                 ("RUST_LOG".into(), "warn".into()),
             ],
             dsn,

@@ -25,44 +25,11 @@ pub async fn batch(args: &BatchArgs) -> anyhow::Result<Value> {
             serde_json::to_vec(&items).unwrap_or_default()
         })
         .collect();
-    let bodies = Arc::new(bodies);
-    let next = Arc::new(AtomicUsize::new(0));
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let client = reqwest::Client::new();
-    let started = Instant::now();
-    let mut workers = Vec::new();
-    for _ in 0..concurrency {
-        let (bodies, next, accepted, client, url) = (
-            bodies.clone(),
-            next.clone(),
-            accepted.clone(),
-            client.clone(),
-            url.clone(),
-        );
-        workers.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(body) = bodies.get(i) else { break };
-                let response = client
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .body(body.clone())
-                    .send()
-                    .await;
-                if let Ok(r) = response {
-                    if let Ok(report) = r.json::<Value>().await {
-                        let n = report["accepted"].as_u64().unwrap_or(0) as usize;
-                        accepted.fetch_add(n, Ordering::Relaxed);
-                    }
-                }
-            }
-        }));
-    }
-    for w in workers {
-        w.await?;
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    let accepted = accepted.load(Ordering::Relaxed);
+    let (accepted, seconds) = post_all(&url, "application/json", bodies, concurrency, |_, body| {
+        let report: Value = serde_json::from_slice(body).unwrap_or_default();
+        report["accepted"].as_u64().unwrap_or(0) as usize
+    })
+    .await?;
     Ok(json!({
         "mode": "batch",
         "events": total,
@@ -72,6 +39,57 @@ pub async fn batch(args: &BatchArgs) -> anyhow::Result<Value> {
         "seconds": seconds,
         "events_per_sec": accepted as f64 / seconds,
     }))
+}
+
+/// Posts every body, `concurrency` in flight, as fast as the service takes them. Returns how
+/// many events were accepted (`accepted` reads that from an answer's status and body) and the
+/// seconds it took; building the bodies is not timed.
+pub async fn post_all(
+    url: &str,
+    content_type: &'static str,
+    bodies: Vec<Vec<u8>>,
+    concurrency: usize,
+    accepted: fn(u16, &[u8]) -> usize,
+) -> anyhow::Result<(usize, f64)> {
+    let bodies = Arc::new(bodies);
+    let next = Arc::new(AtomicUsize::new(0));
+    let total = Arc::new(AtomicUsize::new(0));
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (bodies, next, total, client, url) = (
+            bodies.clone(),
+            next.clone(),
+            total.clone(),
+            client.clone(),
+            url.to_owned(),
+        );
+        workers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(body) = bodies.get(i) else { break };
+                let response = client
+                    .post(&url)
+                    .header("content-type", content_type)
+                    .body(body.clone())
+                    .send()
+                    .await;
+                let Ok(response) = response else { continue };
+                let status = response.status().as_u16();
+                if let Ok(answer) = response.bytes().await {
+                    total.fetch_add(accepted(status, &answer), Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for w in workers {
+        w.await?;
+    }
+    Ok((
+        total.load(Ordering::Relaxed),
+        started.elapsed().as_secs_f64(),
+    ))
 }
 
 /// Single-event posts, `--concurrency` in flight, with latency percentiles.

@@ -21,6 +21,7 @@ mod harness;
 mod http;
 mod oracle;
 mod otel;
+mod otlp;
 mod poison;
 mod raw;
 
@@ -44,6 +45,9 @@ enum Mode {
     Batch(BatchArgs),
     /// Single-event posts to the ingestion API, with latency percentiles
     Single(SingleArgs),
+    /// OTLP protobuf exports of GenAI spans to the ingestion API's /v1/traces, several in
+    /// flight
+    Otlp(OtlpArgs),
     /// Reads PREFIX.requests and PREFIX.responses from the start to their end, doing nothing
     /// with the records: the yardstick for the processor
     Consume(TopicArgs),
@@ -126,6 +130,21 @@ pub struct BatchArgs {
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch_size: u64,
     /// Batches in flight
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..))]
+    pub concurrency: u64,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct OtlpArgs {
+    #[command(flatten)]
+    pub ingestion: Ingestion,
+    /// GenAI spans to export (rounded up to whole exports)
+    #[arg(long, default_value_t = 100_000)]
+    pub spans: usize,
+    /// Spans per export (the OpenTelemetry SDKs' batch processors send up to 512)
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..))]
+    pub spans_per_export: u64,
+    /// Exports in flight
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..))]
     pub concurrency: u64,
 }
@@ -278,6 +297,7 @@ async fn main() -> anyhow::Result<()> {
         Mode::Raw(args) => raw::run(&args).await?,
         Mode::Batch(args) => http::batch(&args).await?,
         Mode::Single(args) => http::single(&args).await?,
+        Mode::Otlp(args) => otlp::run(&args).await?,
         Mode::Consume(args) => consume::run(&args)?,
         Mode::Query(args) => http::query(&args).await?,
         Mode::Demo(args) => demo::run(&args).await?,

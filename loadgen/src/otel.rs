@@ -1,8 +1,8 @@
-//! The OpenTelemetry run: the stock OpenTelemetry Python SDK and its OTLP/HTTP exporter, with
-//! nothing set but the endpoint and the key, export GenAI spans built to known totals (and a
-//! parent span per call that is no model call) through the ingestion API into the processor.
-//! Every window the metrics API then shows must equal what the spans make, and nothing else
-//! may appear.
+//! The OpenTelemetry run: the stock OpenTelemetry Python SDK with its OTLP/HTTP exporter, and
+//! again with its OTLP/gRPC exporter, each given nothing but the endpoint and the key, export
+//! GenAI spans built to known totals (and a parent span per call that is no model call)
+//! through the ingestion API into the processor. Every window the metrics API then shows must
+//! equal what the spans make, and nothing else may appear.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -12,11 +12,11 @@ use clap::Args;
 use serde_json::{json, Value};
 
 use crate::faults::Stack;
-use crate::harness::{say, Run, Service, Services};
+use crate::harness::{free_port, say, Run, Service, Services};
 
 #[derive(Debug, Args)]
 pub struct OtelArgs {
-    /// Model calls (GenAI spans) to export
+    /// Model calls (GenAI spans) to export, over each protocol
     #[arg(long, env = "OTEL_CALLS", default_value_t = 600)]
     pub calls: u64,
     /// A Python with opentelemetry-sdk and opentelemetry-exporter-otlp-proto-http
@@ -42,10 +42,14 @@ pub async fn run(args: &OtelArgs) -> anyhow::Result<Value> {
         ("COMMIT_INTERVAL_MS", "200"),
         ("PARTITION_IDLE_SECS", "1"),
         ("WINDOW_GRACE_SECS", "1"),
-        ("JOIN_TTL_SECS", "65"),
+        // The second exporter's calls are as old as the first's, so the two halves of each
+        // must still meet after the first export moved reading on by minutes.
+        ("JOIN_TTL_SECS", "600"),
     ] {
         run.set(variable, value);
     }
+    let grpc_port = free_port();
+    run.set("OTLP_GRPC_PORT", grpc_port.to_string());
     run.own_topics(&stack.brokers, &tag, 3).await?;
     let Services {
         key,
@@ -54,29 +58,33 @@ pub async fn run(args: &OtelArgs) -> anyhow::Result<Value> {
         query,
     } = run.all_services("otel").await?;
 
-    say(
-        "otel",
-        &format!(
-            "the OpenTelemetry Python SDK exports {} GenAI spans",
-            args.calls
-        ),
-    );
-    let output = tokio::process::Command::new(&args.python)
-        .arg(&args.script)
-        .arg(ingestion.url("/v1/traces"))
-        .arg(&key)
-        .arg(args.calls.to_string())
-        .output()
-        .await
-        .map_err(|e| anyhow::anyhow!("running {}: {e}", args.python.display()))?;
-    std::fs::write(run.file("export.log"), &output.stderr)?;
-    anyhow::ensure!(
-        output.status.success(),
-        "the exporting script failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let sent: Value = serde_json::from_slice(&output.stdout)?;
-    let expected = sent["windows"].as_object().cloned().unwrap_or_default();
+    let mut expected = serde_json::Map::new();
+    for (protocol, endpoint) in [
+        ("http", ingestion.url("/v1/traces")),
+        ("grpc", format!("http://127.0.0.1:{grpc_port}")),
+    ] {
+        say(
+            "otel",
+            &format!(
+                "the OpenTelemetry Python SDK exports {} GenAI spans over OTLP/{protocol}",
+                args.calls
+            ),
+        );
+        let output = tokio::process::Command::new(&args.python)
+            .arg(&args.script)
+            .args([protocol, &endpoint, &key, &args.calls.to_string()])
+            .output()
+            .await
+            .map_err(|e| anyhow::anyhow!("running {}: {e}", args.python.display()))?;
+        std::fs::write(run.file(&format!("export-{protocol}.log")), &output.stderr)?;
+        anyhow::ensure!(
+            output.status.success(),
+            "the exporting script failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let sent: Value = serde_json::from_slice(&output.stdout)?;
+        expected.extend(sent["windows"].as_object().cloned().unwrap_or_default());
+    }
 
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut differences;
@@ -94,7 +102,7 @@ pub async fn run(args: &OtelArgs) -> anyhow::Result<Value> {
         *count = ingestion.metric("_otlp_spans_total", &with).await?;
     }
     let [accepted, skipped, rejected] = spans;
-    let calls = args.calls as f64;
+    let calls = 2.0 * args.calls as f64;
     let ok = differences.is_empty() && accepted == calls && skipped == calls && rejected == 0.0;
     say(
         "otel",

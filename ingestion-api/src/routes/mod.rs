@@ -27,6 +27,7 @@ use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
 
 pub use events::{Accepted, BatchReport, ItemFailure, ItemRejection};
+pub use traces::grpc::service as otlp_grpc;
 
 /// What handlers need; cloned per request.
 #[derive(Clone)]

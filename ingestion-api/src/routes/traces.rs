@@ -16,6 +16,50 @@ use super::AppState;
 use crate::error::ApiError;
 use crate::metrics::OutcomeLabels;
 use crate::otlp::{mapping, Encoding};
+use metrics_core::ids::TenantId;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+
+pub mod grpc;
+
+/// Maps one export for the caller (`tenant`, from `headers`' key), holds it to the key's rate
+/// and writes its calls; what it refused, each with why. Shared by OTLP/HTTP and OTLP/gRPC.
+async fn take(
+    state: &AppState,
+    headers: &HeaderMap,
+    tenant: Option<TenantId>,
+    export: &ExportTraceServiceRequest,
+) -> Result<Vec<String>, ApiError> {
+    let mapped = mapping::map(
+        export,
+        tenant.as_ref(),
+        Utc::now(),
+        &state.config.limits,
+    );
+    let spans = &state.metrics.spans;
+    for (outcome, n) in [
+        ("skipped", mapped.skipped),
+        ("rejected", mapped.rejected.len()),
+    ] {
+        spans.get_or_create(&OutcomeLabels { outcome }).inc_by(n as u64);
+    }
+    state.limit(headers, mapped.events.len())?;
+
+    let trace: Option<Arc<str>> = trace_id(headers).map(Into::into);
+    let records: Vec<_> = mapped
+        .events
+        .iter()
+        .map(|event| state.record(event, trace.clone()))
+        .collect();
+    if let Some(Err(e)) = state.publish(&records).await.into_iter().find(Result::is_err) {
+        // The exporter sends the whole export again; what was written is counted once.
+        return Err(ApiError::Unavailable(e));
+    }
+    let calls = (records.len() / 2) as u64;
+    spans
+        .get_or_create(&OutcomeLabels { outcome: "accepted" })
+        .inc_by(calls);
+    Ok(mapped.rejected)
+}
 
 /// Takes an OTLP trace export (protobuf or JSON, optionally gzip). Each span with
 /// `gen_ai.operation.name` becomes a call (a request at its start, a response at its end);
@@ -55,40 +99,8 @@ pub async fn post_traces(
     let bytes = body.map_err(|r| ApiError::from_body(r, state.config.max_batch_bytes))?;
     let tenant = state.caller(&headers).await?;
     let export = encoding.decode(&bytes).map_err(ApiError::MalformedOtlp)?;
-    let mapped = mapping::map(&export, tenant.as_ref(), Utc::now(), &state.config.limits);
-    let spans = &state.metrics.spans;
-    for (outcome, n) in [
-        ("skipped", mapped.skipped),
-        ("rejected", mapped.rejected.len()),
-    ] {
-        spans
-            .get_or_create(&OutcomeLabels { outcome })
-            .inc_by(n as u64);
-    }
-    state.limit(&headers, mapped.events.len())?;
-
-    let trace: Option<Arc<str>> = trace_id(&headers).map(Into::into);
-    let records: Vec<_> = mapped
-        .events
-        .iter()
-        .map(|event| state.record(event, trace.clone()))
-        .collect();
-    if let Some(Err(e)) = state
-        .publish(&records)
-        .await
-        .into_iter()
-        .find(Result::is_err)
-    {
-        // The exporter sends the whole export again; what was written is counted once.
-        return Err(ApiError::Unavailable(e));
-    }
-    let calls = (records.len() / 2) as u64;
-    spans
-        .get_or_create(&OutcomeLabels {
-            outcome: "accepted",
-        })
-        .inc_by(calls);
-    let body = encoding.answer(&mapped.rejected);
+    let rejected = take(&state, &headers, tenant, &export).await?;
+    let body = encoding.answer(&rejected);
     Ok((
         StatusCode::OK,
         [(header::CONTENT_TYPE, encoding.content_type())],

@@ -116,6 +116,7 @@ pub fn test_settings(extra: &[(&str, &str)]) -> Settings {
     let defaults = [
         ("HTTP_HOST", "127.0.0.1"),
         ("HTTP_PORT", "0"),
+        ("OTLP_GRPC_PORT", "0"),
         ("MAX_BODY_BYTES", "4096"),
         ("MAX_BATCH_ITEMS", "50"),
         ("AUTH_MODE", "disabled"),
@@ -222,6 +223,8 @@ pub async fn post_json(app: &Router, path: &str, body: &Value) -> Answer {
 pub struct TestApp {
     pub base: String,
     pub settings: Settings,
+    /// OTLP/gRPC's port.
+    pub grpc_port: u16,
     pub client: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -248,6 +251,7 @@ impl TestApp {
             .await
             .expect("the app starts");
         let base = format!("http://127.0.0.1:{}", app.port());
+        let grpc_port = app.otlp_grpc_port();
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(app.run_until_stopped(async {
             let _ = stopped.await;
@@ -255,6 +259,7 @@ impl TestApp {
         TestApp {
             base,
             settings,
+            grpc_port,
             client: reqwest::Client::new(),
             stop: Some(stop),
             task: Some(task),

@@ -238,3 +238,31 @@ async fn the_batch_limit_holds_for_the_inflated_body() {
     assert_eq!(sent.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert!(publisher.records().is_empty());
 }
+
+/// OTLP/gRPC against the real service and broker: the calls land on the topics, a span that
+/// cannot be a call comes back in partial_success, and the server stops cleanly with the HTTP
+/// one.
+#[tokio::test]
+async fn an_export_over_grpc_reaches_the_broker() {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+
+    let brokers = brokers();
+    let app = TestApp::spawn(&brokers, &[]).await;
+    let mut client = TraceServiceClient::connect(format!("http://127.0.0.1:{}", app.grpc_port))
+        .await
+        .expect("the gRPC listener answers");
+    let answer = client
+        .export(export(vec![span(1, true, Some("gpt-4o")), span(2, true, None)]))
+        .await
+        .expect("the export is taken")
+        .into_inner();
+    assert_eq!(answer.partial_success.map(|p| p.rejected_spans), Some(1));
+    let topics = app.settings.topics.clone();
+    let requests = read_all(&brokers, &topics.requests);
+    let responses = read_all(&brokers, &topics.responses);
+    let id = format!("{}-{}", "09".repeat(16), "01".repeat(8));
+    assert_eq!(requests.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(), [id.as_str()]);
+    assert_eq!(responses.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(), [id.as_str()]);
+    drop(client);
+    app.stop().await;
+}

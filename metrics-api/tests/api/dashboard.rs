@@ -145,6 +145,7 @@ async fn make_run_serves_a_dashboard_that_draws_the_demo_traffic_and_stops_on_ct
             ("INGESTION_PORT", ingestion.to_string()),
             ("PROCESSOR_PORT", processor.to_string()),
             ("QUERY_PORT", query.to_string()),
+            ("OTLP_GRPC_PORT", free_port().to_string()),
             ("KAFKA_BROKERS", world.brokers().to_owned()),
             ("POSTGRES_DSN", dsn.clone()),
             ("TOPIC_REQUESTS", topics[0].clone()),

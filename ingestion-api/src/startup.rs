@@ -11,9 +11,9 @@ use crate::limit::RateLimiter;
 use crate::metrics::Metrics;
 use crate::publisher::{KafkaPublisher, Publisher};
 use crate::routes::{otlp_grpc, router, AppState, HttpConfig};
+use crate::settings::Settings;
 use futures::FutureExt;
 use tonic::transport::server::TcpIncoming;
-use crate::settings::Settings;
 
 /// A bound, connected, not yet serving ingestion API.
 pub struct Application {

@@ -29,18 +29,15 @@ async fn take(
     tenant: Option<TenantId>,
     export: &ExportTraceServiceRequest,
 ) -> Result<Vec<String>, ApiError> {
-    let mapped = mapping::map(
-        export,
-        tenant.as_ref(),
-        Utc::now(),
-        &state.config.limits,
-    );
+    let mapped = mapping::map(export, tenant.as_ref(), Utc::now(), &state.config.limits);
     let spans = &state.metrics.spans;
     for (outcome, n) in [
         ("skipped", mapped.skipped),
         ("rejected", mapped.rejected.len()),
     ] {
-        spans.get_or_create(&OutcomeLabels { outcome }).inc_by(n as u64);
+        spans
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc_by(n as u64);
     }
     state.limit(headers, mapped.events.len())?;
 
@@ -50,13 +47,20 @@ async fn take(
         .iter()
         .map(|event| state.record(event, trace.clone()))
         .collect();
-    if let Some(Err(e)) = state.publish(&records).await.into_iter().find(Result::is_err) {
+    if let Some(Err(e)) = state
+        .publish(&records)
+        .await
+        .into_iter()
+        .find(Result::is_err)
+    {
         // The exporter sends the whole export again; what was written is counted once.
         return Err(ApiError::Unavailable(e));
     }
     let calls = (records.len() / 2) as u64;
     spans
-        .get_or_create(&OutcomeLabels { outcome: "accepted" })
+        .get_or_create(&OutcomeLabels {
+            outcome: "accepted",
+        })
         .inc_by(calls);
     Ok(mapped.rejected)
 }

@@ -252,7 +252,10 @@ async fn an_export_over_grpc_reaches_the_broker() {
         .await
         .expect("the gRPC listener answers");
     let answer = client
-        .export(export(vec![span(1, true, Some("gpt-4o")), span(2, true, None)]))
+        .export(export(vec![
+            span(1, true, Some("gpt-4o")),
+            span(2, true, None),
+        ]))
         .await
         .expect("the export is taken")
         .into_inner();
@@ -261,8 +264,14 @@ async fn an_export_over_grpc_reaches_the_broker() {
     let requests = read_all(&brokers, &topics.requests);
     let responses = read_all(&brokers, &topics.responses);
     let id = format!("{}-{}", "09".repeat(16), "01".repeat(8));
-    assert_eq!(requests.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(), [id.as_str()]);
-    assert_eq!(responses.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(), [id.as_str()]);
+    assert_eq!(
+        requests.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
+        [id.as_str()]
+    );
+    assert_eq!(
+        responses.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
+        [id.as_str()]
+    );
     drop(client);
     app.stop().await;
 }

@@ -44,7 +44,9 @@ impl TraceService for Traces {
             rejected_spans: rejected.len() as i64,
             error_message: crate::otlp::refusal_message(&rejected),
         });
-        Ok(Response::new(ExportTraceServiceResponse { partial_success }))
+        Ok(Response::new(ExportTraceServiceResponse {
+            partial_success,
+        }))
     }
 }
 

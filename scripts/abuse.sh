@@ -11,10 +11,12 @@ BIN=${CARGO_TARGET_DIR:-$ROOT/target}/${CHAOS_PROFILE:-release}
 VENV=${STREAMLENS_TOOLS:-$HOME/.cache/streamlens}/venv
 SCHEMATHESIS_VERSION=4.32.5
 : "${KAFKA_BROKERS:?run through make abuse, which starts the stack}" "${POSTGRES_DSN:?}"
-if ! "$VENV/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+INSTALLED=$VENV/installed-schemathesis-$SCHEMATHESIS_VERSION
+if [ ! -f "$INSTALLED" ]; then
   echo "[abuse] installing schemathesis $SCHEMATHESIS_VERSION from PyPI into $VENV (once)" >&2
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION"
+  touch "$INSTALLED"
 fi
 exec "$BIN/streamlens-loadgen" abuse --bin-dir "$BIN" --schemathesis "$VENV/bin/schemathesis" \
   --hooks "$ROOT/scripts" "$@"

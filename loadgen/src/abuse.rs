@@ -12,8 +12,7 @@ use std::time::Duration;
 use clap::Args;
 use serde_json::{json, Value};
 
-use crate::faults::Stack;
-use crate::harness::{Run, Service, Services};
+use crate::harness::{Run, Service, Services, Stack};
 
 fn say(line: &str) {
     crate::harness::say("abuse", line);

@@ -16,7 +16,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
-use crate::harness::{free_port, port_open, Run, Service};
+use crate::harness::{free_port, port_open, Run, Service, Stack};
 
 #[derive(Debug, Args)]
 pub struct FaultArgs {
@@ -46,38 +46,6 @@ pub struct FaultArgs {
     pub out: PathBuf,
     #[command(flatten)]
     pub stack: Stack,
-}
-
-/// The local stack a run works on, and where the binaries are.
-#[derive(Debug, Args)]
-pub struct Stack {
-    /// The stack's broker
-    #[arg(long, env = "KAFKA_BROKERS")]
-    pub brokers: String,
-    /// The stack's Postgres; each run makes a database of its own on that server
-    #[arg(long, env = "POSTGRES_DSN")]
-    pub dsn: String,
-    /// The Tansu binary, for the scenarios that run a broker of their own
-    #[arg(long, env = "TANSU_BIN", default_value = "tansu")]
-    pub tansu: PathBuf,
-    /// The stack script, which stops and starts Postgres
-    #[arg(long, env = "STACK_SCRIPT", default_value = "scripts/stack.sh")]
-    pub stack_script: PathBuf,
-    /// Where the service binaries are (default: beside this one)
-    #[arg(long, env = "BIN_DIR")]
-    pub bin_dir: Option<PathBuf>,
-}
-
-impl Stack {
-    pub fn bin(&self) -> anyhow::Result<PathBuf> {
-        match &self.bin_dir {
-            Some(dir) => Ok(dir.clone()),
-            None => Ok(std::env::current_exe()?
-                .parent()
-                .expect("a binary lives in a directory")
-                .to_owned()),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

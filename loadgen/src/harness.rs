@@ -1,6 +1,7 @@
-//! The real system, started for a fault or abuse run: the service binaries built beside this
-//! one, on topics, a consumer group and a database of the run's own on the local stack. Every
-//! process a run starts is killed when its handle is dropped, whichever way the run ends.
+//! The real system, started for a fault, abuse or OpenTelemetry run: the service binaries built
+//! beside this one, on topics, a consumer group and a database of the run's own on the local
+//! stack. Every process a run starts is killed when its handle is dropped, whichever way the run
+//! ends.
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
@@ -8,10 +9,43 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context;
+use clap::Args;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use rand::Rng;
 use tokio::process::{Child, Command};
+
+/// The local stack a run works on, and where the binaries are.
+#[derive(Debug, Args)]
+pub struct Stack {
+    /// The stack's broker
+    #[arg(long, env = "KAFKA_BROKERS")]
+    pub brokers: String,
+    /// The stack's Postgres; each run makes a database of its own on that server
+    #[arg(long, env = "POSTGRES_DSN")]
+    pub dsn: String,
+    /// The Tansu binary, for the scenarios that run a broker of their own
+    #[arg(long, env = "TANSU_BIN", default_value = "tansu")]
+    pub tansu: PathBuf,
+    /// The stack script, which stops and starts Postgres
+    #[arg(long, env = "STACK_SCRIPT", default_value = "scripts/stack.sh")]
+    pub stack_script: PathBuf,
+    /// Where the service binaries are (default: beside this one)
+    #[arg(long, env = "BIN_DIR")]
+    pub bin_dir: Option<PathBuf>,
+}
+
+impl Stack {
+    pub fn bin(&self) -> anyhow::Result<PathBuf> {
+        match &self.bin_dir {
+            Some(dir) => Ok(dir.clone()),
+            None => Ok(std::env::current_exe()?
+                .parent()
+                .expect("a binary lives in a directory")
+                .to_owned()),
+        }
+    }
+}
 
 /// One run: where its binaries and logs are, and the environment every service of it gets.
 #[derive(Debug)]

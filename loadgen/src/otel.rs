@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use serde_json::{json, Value};
 
-use crate::faults::Stack;
-use crate::harness::{free_port, say, Run, Service, Services};
+use crate::harness::{free_port, say, Run, Service, Services, Stack};
 
 #[derive(Debug, Args)]
 pub struct OtelArgs {

@@ -39,6 +39,12 @@ async fn take(
             .get_or_create(&OutcomeLabels { outcome })
             .inc_by(n as u64);
     }
+    // The batch path's bound on what one body may hand the broker: two events a call.
+    let max = state.config.max_batch_items;
+    if mapped.events.len() > max {
+        let got = mapped.events.len();
+        return Err(ApiError::TooManyItems { max, got });
+    }
     state.limit(headers, mapped.events.len())?;
 
     let trace: Option<Arc<str>> = trace_id(headers).map(Into::into);
@@ -83,7 +89,7 @@ async fn take(
         (status = 200, description = "Every call in it was written; an ExportTraceServiceResponse in the request's encoding, with `partial_success` when spans were refused"),
         (status = 400, description = "The body is not an OTLP export request", body = metrics_core::error::ErrorBody),
         (status = 401, description = "No API key, or not a live one", body = metrics_core::error::ErrorBody),
-        (status = 413, description = "The body (after gzip) is over the batch limit", body = metrics_core::error::ErrorBody),
+        (status = 413, description = "The body (after gzip) is over the batch limit, or its calls make more than MAX_BATCH_ITEMS events (two a call)", body = metrics_core::error::ErrorBody),
         (status = 415, description = "Neither application/x-protobuf nor application/json", body = metrics_core::error::ErrorBody),
         (status = 429, description = "Over the key's rate; retry after Retry-After", body = metrics_core::error::ErrorBody),
         (status = 503, description = "Not all calls were written; retry after Retry-After (a repeated call is counted once)", body = metrics_core::error::ErrorBody),

@@ -229,6 +229,23 @@ async fn what_is_not_an_otlp_export_is_a_4xx_saying_why() {
 }
 
 #[tokio::test]
+async fn an_export_of_more_events_than_a_batch_may_hold_is_refused_whole() {
+    let publisher = RecordingPublisher::new(Mode::Acknowledge);
+    let app = test_router(publisher.clone());
+    // The test settings allow 50 items a batch: 26 calls are 52 events.
+    let spans = (1..=26).map(|id| span(id, true, Some("gpt-4o"))).collect();
+    let sent = send(
+        &app,
+        "application/x-protobuf",
+        false,
+        export(spans).encode_to_vec(),
+    )
+    .await;
+    assert_eq!(sent.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(publisher.records().is_empty());
+}
+
+#[tokio::test]
 async fn the_batch_limit_holds_for_the_inflated_body() {
     let publisher = RecordingPublisher::new(Mode::Acknowledge);
     let app = test_router(publisher.clone());

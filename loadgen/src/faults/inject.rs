@@ -11,8 +11,8 @@ use sqlx::postgres::PgPoolOptions;
 use tokio::process::{Child, Command};
 use tokio::time::sleep;
 
-use super::{FaultArgs, Scenario, Stack, System, SESSION_MS};
-use crate::harness::{port_open, Run};
+use super::{FaultArgs, Scenario, System, SESSION_MS};
+use crate::harness::{port_open, Run, Stack};
 
 pub async fn inject(system: &mut System, args: &FaultArgs, rng: &mut StdRng) -> anyhow::Result<()> {
     let load = args.seconds;

@@ -189,12 +189,8 @@ async fn stack_command(stack: &Stack, what: &str) -> anyhow::Result<()> {
 }
 
 async fn broker_crash(system: &mut System, back_after_secs: u64) -> anyhow::Result<()> {
-    broker_gone(system, back_after_secs).await?;
-    system.note(format!(
-        "broker killed (kill -9) and restarted after {back_after_secs} s"
-    ));
-    recovered(system).await;
-    Ok(())
+    let fault = format!("broker killed (kill -9) and restarted after {back_after_secs} s");
+    broker_gone(system, back_after_secs, fault).await
 }
 
 /// Away under load: the ingestion API must answer 503, not lose. Killed rather than stopped:
@@ -202,15 +198,12 @@ async fn broker_crash(system: &mut System, back_after_secs: u64) -> anyhow::Resu
 /// producers' next write; after SIGSTOP/SIGCONT the processors' group may never be joined
 /// again (see README).
 async fn broker_away(system: &mut System, secs: u64) -> anyhow::Result<()> {
-    broker_gone(system, secs).await?;
-    system.note(format!(
-        "broker gone under load for {secs} s (kill -9), then restarted"
-    ));
-    recovered(system).await;
-    Ok(())
+    let fault = format!("broker gone under load for {secs} s (kill -9), then restarted");
+    broker_gone(system, secs, fault).await
 }
 
-async fn broker_gone(system: &mut System, secs: u64) -> anyhow::Result<()> {
+/// kill -9 of the scenario's broker, back on the same storage `secs` later; noted as `fault`.
+async fn broker_gone(system: &mut System, secs: u64, fault: String) -> anyhow::Result<()> {
     let System { run, broker, .. } = system;
     let broker = broker
         .as_mut()
@@ -218,6 +211,8 @@ async fn broker_gone(system: &mut System, secs: u64) -> anyhow::Result<()> {
     let _ = broker.child.kill().await;
     sleep(Duration::from_secs(secs)).await;
     broker.child = Broker::spawn(run, &broker.tansu, &broker.db, broker.port).await?;
+    system.note(fault);
+    recovered(system).await;
     Ok(())
 }
 

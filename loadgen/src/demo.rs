@@ -12,6 +12,9 @@ use std::collections::{BTreeMap, BinaryHeap};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
+use rand::distributions::{Distribution, WeightedIndex};
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng};
 use serde_json::{json, Value};
 
 use crate::{DemoArgs, Tenants};
@@ -46,26 +49,18 @@ const ROUTES: [(&str, f64, f64); 4] = [
 /// Tenants in order of traffic; each weighs routes and models its own way.
 const TENANT_SHARE: [f64; 3] = [0.5, 0.3, 0.2];
 
-/// A small deterministic generator (splitmix64): the same seed gives the same traffic.
+/// The draws behind the generated traffic, from a seed: the same seed gives the same traffic.
 #[derive(Debug)]
-pub struct Rng(u64);
+pub struct Rng(StdRng);
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        Self(StdRng::seed_from_u64(seed))
     }
 
     /// Uniform in [0, 1).
     pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+        self.0.gen()
     }
 
     /// Lognormal with the given median and spread (sigma of the underlying normal).
@@ -76,16 +71,9 @@ impl Rng {
         median * (sigma * z).exp()
     }
 
-    /// An index drawn with the given weights.
+    /// An index drawn with the given weights (positive, as every table here has them).
     pub fn pick(&mut self, weights: &[f64]) -> usize {
-        let mut x = self.unit() * weights.iter().sum::<f64>();
-        for (i, w) in weights.iter().enumerate() {
-            if x < *w {
-                return i;
-            }
-            x -= w;
-        }
-        weights.len() - 1
+        WeightedIndex::new(weights).map_or(0, |w| w.sample(&mut self.0))
     }
 }
 

@@ -16,6 +16,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::{PgPool, Row};
 
+use metrics_core::ids::TenantId;
 use metrics_core::settings::Env;
 
 pub const PREFIX: &str = "slk_";
@@ -104,7 +105,7 @@ pub async fn revoke(pool: &PgPool, id: i64) -> Result<bool, sqlx::Error> {
 }
 
 /// Cached answers by key digest: the tenant (`None`: unknown or revoked) and when it was read.
-type Answers = HashMap<Vec<u8>, (Option<String>, Instant)>;
+type Answers = HashMap<Vec<u8>, (Option<TenantId>, Instant)>;
 
 /// Key lookups with a short memory.
 #[derive(Debug)]
@@ -127,8 +128,10 @@ impl KeyCache {
         &self.pool
     }
 
-    /// The tenant of a live key, `None` for an unknown or revoked one.
-    pub async fn tenant(&self, key: &str) -> Result<Option<String>, sqlx::Error> {
+    /// The tenant of a live key, `None` for an unknown or revoked one. Keys are made for valid
+    /// tenant ids (`streamlens-admin` checks); a row edited by hand to something else acts for
+    /// no tenant.
+    pub async fn tenant(&self, key: &str) -> Result<Option<TenantId>, sqlx::Error> {
         let hash = digest(key);
         if let Some((tenant, at)) = self.lock().get(&hash) {
             if at.elapsed() < self.ttl {
@@ -141,6 +144,13 @@ impl KeyCache {
         .bind(&hash)
         .fetch_optional(&self.pool)
         .await?;
+        let tenant = tenant.and_then(|t| match TenantId::parse(t) {
+            Ok(tenant) => Some(tenant),
+            Err(e) => {
+                tracing::warn!(reason = %e, "an API key's tenant is not a valid tenant id; the key is refused");
+                None
+            }
+        });
         let mut entries = self.lock();
         if entries.len() >= CACHE_ENTRIES {
             entries.clear();
@@ -230,7 +240,7 @@ impl Auth {
     }
 
     /// The tenant the caller acts for: `Some` with keys, `None` when auth is disabled.
-    pub async fn tenant(&self, presented: Option<&str>) -> Result<Option<String>, AuthError> {
+    pub async fn tenant(&self, presented: Option<&str>) -> Result<Option<TenantId>, AuthError> {
         match self {
             Auth::Disabled => Ok(None),
             Auth::Keys(cache) => {

@@ -126,7 +126,7 @@ async fn tenant(
 ) -> Result<String, ApiError> {
     match (state.auth.tenant(Auth::presented(headers)).await?, asked) {
         (Some(own), Some(asked)) if own != asked => Err(ApiError::Forbidden(asked.to_owned())),
-        (Some(own), _) => Ok(own),
+        (Some(own), _) => Ok(own.into_string()),
         (None, Some(asked)) => Ok(asked.to_owned()),
         // The parser requires tenant_id when auth is disabled.
         (None, None) => Err(ApiError::BadParameters(vec![

@@ -44,16 +44,13 @@ impl Encoding {
         }
     }
 
-    /// The success answer: empty, or with `partial_success` naming what was refused.
+    /// The success answer, encoded: [`response`].
     pub fn answer(self, rejected: &[String]) -> Vec<u8> {
-        let partial_success = (!rejected.is_empty()).then(|| ExportTracePartialSuccess {
-            rejected_spans: rejected.len() as i64,
-            error_message: refusal_message(rejected),
-        });
+        let response = response(rejected);
         match self {
-            Encoding::Protobuf => ExportTraceServiceResponse { partial_success }.encode_to_vec(),
+            Encoding::Protobuf => response.encode_to_vec(),
             Encoding::Json => {
-                let body = match partial_success {
+                let body = match response.partial_success {
                     // int64 as a string, as proto3 JSON writes it.
                     Some(p) => serde_json::json!({"partialSuccess": {
                         "rejectedSpans": p.rejected_spans.to_string(),
@@ -67,9 +64,18 @@ impl Encoding {
     }
 }
 
+/// The success answer of an export: empty, or with `partial_success` naming what was refused.
+pub fn response(rejected: &[String]) -> ExportTraceServiceResponse {
+    let partial_success = (!rejected.is_empty()).then(|| ExportTracePartialSuccess {
+        rejected_spans: rejected.len() as i64,
+        error_message: refusal_message(rejected),
+    });
+    ExportTraceServiceResponse { partial_success }
+}
+
 /// The first few reasons, so that an exporter's log says what to fix without growing with
 /// the batch.
-pub(crate) fn refusal_message(rejected: &[String]) -> String {
+fn refusal_message(rejected: &[String]) -> String {
     const SHOWN: usize = 5;
     let mut message = rejected[..rejected.len().min(SHOWN)].join("; ");
     if rejected.len() > SHOWN {

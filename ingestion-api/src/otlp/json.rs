@@ -143,16 +143,22 @@ impl Int {
     }
 }
 
-fn u64_any<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+/// A number in any of the forms above, parsed as `T`; `what` names `T` in the error.
+fn number<'de, D: Deserializer<'de>, T: std::str::FromStr>(
+    d: D,
+    what: &str,
+) -> Result<Option<T>, D::Error> {
     let Some(int) = Option::<Int>::deserialize(d)? else {
-        return Ok(0);
+        return Ok(None);
     };
-    int.text().parse().map_err(|_| {
-        D::Error::custom(format!(
-            "{} is not a non-negative 64-bit integer",
-            int.text()
-        ))
-    })
+    let text = int.text();
+    text.parse()
+        .map(Some)
+        .map_err(|_| D::Error::custom(format!("{text} is not {what}")))
+}
+
+fn u64_any<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    Ok(number(d, "a non-negative 64-bit integer")?.unwrap_or(0))
 }
 
 fn i64_any<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
@@ -160,24 +166,12 @@ fn i64_any<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
 }
 
 fn some_i64_any<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
-    let Some(int) = Option::<Int>::deserialize(d)? else {
-        return Ok(None);
-    };
-    int.text()
-        .parse()
-        .map(Some)
-        .map_err(|_| D::Error::custom(format!("{} is not a 64-bit integer", int.text())))
+    number(d, "a 64-bit integer")
 }
 
 /// A double as a number, or as the strings proto3 JSON allows ("NaN", "Infinity", digits).
 fn some_f64_any<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
-    let Some(int) = Option::<Int>::deserialize(d)? else {
-        return Ok(None);
-    };
-    int.text()
-        .parse()
-        .map(Some)
-        .map_err(|_| D::Error::custom(format!("{} is not a number", int.text())))
+    number(d, "a number")
 }
 
 impl From<ResourceSpans> for trace::ResourceSpans {

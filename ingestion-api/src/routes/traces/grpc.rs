@@ -7,7 +7,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use tonic::codec::CompressionEncoding;
 use tonic::{Code, Request, Response, Status};
@@ -40,13 +40,7 @@ impl TraceService for Traces {
         let rejected = take(&self.state, &headers, tenant, request.get_ref())
             .await
             .map_err(status)?;
-        let partial_success = (!rejected.is_empty()).then(|| ExportTracePartialSuccess {
-            rejected_spans: rejected.len() as i64,
-            error_message: crate::otlp::refusal_message(&rejected),
-        });
-        Ok(Response::new(ExportTraceServiceResponse {
-            partial_success,
-        }))
+        Ok(Response::new(crate::otlp::response(&rejected)))
     }
 }
 

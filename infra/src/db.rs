@@ -3,11 +3,14 @@
 
 use std::time::Duration;
 
-use metrics_core::aggregate::Aggregate;
+use std::collections::BTreeMap;
+
+use metrics_core::aggregate::{Aggregate, Breakdown};
 use metrics_core::histogram::{self, HistogramError};
 use metrics_core::settings::Env;
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::{PgPoolOptions, PgRow};
+use sqlx::types::Json;
 use sqlx::{PgPool, Row};
 
 /// The migrations under `migrations/`, applied at start-up and by `streamlens-admin migrate`.
@@ -76,6 +79,8 @@ impl StoredAggregate for Aggregate {
             ("prompt_tokens", &mut self.prompt_tokens),
             ("completion_tokens", &mut self.completion_tokens),
             ("cached_prompt_tokens", &mut self.cached_prompt_tokens),
+            ("cache_creation_tokens", &mut self.cache_creation_tokens),
+            ("reasoning_tokens", &mut self.reasoning_tokens),
             ("cost_nanos", &mut self.cost_nanos),
             ("unpriced", &mut self.unpriced),
         ] {
@@ -90,6 +95,20 @@ impl StoredAggregate for Aggregate {
                 histogram::add_encoded(h, bytes)?;
             }
         }
+        for (name, breakdown) in [
+            ("providers", &mut self.providers),
+            ("error_types", &mut self.error_types),
+        ] {
+            let stored: Json<BTreeMap<String, i64>> = row.try_get(name)?;
+            for (key, n) in stored.0 {
+                breakdown.add(&key, u64::try_from(n).unwrap_or(0));
+            }
+        }
         Ok(())
     }
+}
+
+/// A breakdown as its JSONB column holds it: `{"name": count}`.
+pub fn breakdown_json(b: &Breakdown) -> Json<&BTreeMap<String, u64>> {
+    Json(b.as_map())
 }

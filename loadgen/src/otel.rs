@@ -119,6 +119,20 @@ pub async fn run(args: &OtelArgs) -> anyhow::Result<Value> {
     )
 }
 
+/// What the spans' windows are checked on: the counts, every token type, and the requests per
+/// provider and errors per type.
+const FIGURES: [&str; 9] = [
+    "requests",
+    "errors",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_prompt_tokens",
+    "cache_creation_tokens",
+    "reasoning_tokens",
+    "providers",
+    "error_types",
+];
+
 /// The counted figures of every window the metrics API shows the key's tenant, keyed
 /// `route|model|minute` (seconds since the epoch).
 async fn windows(query: &Service, key: &str) -> anyhow::Result<BTreeMap<String, Value>> {
@@ -140,8 +154,7 @@ async fn windows(query: &Service, key: &str) -> anyhow::Result<BTreeMap<String, 
             row["route"].as_str().unwrap_or_default(),
             row["model"].as_str().unwrap_or_default()
         );
-        let figures = ["requests", "errors", "prompt_tokens", "completion_tokens"]
-            .map(|f| (f.to_owned(), row[f].clone()));
+        let figures = FIGURES.map(|f| (f.to_owned(), row[f].clone()));
         shown.insert(key, Value::Object(figures.into_iter().collect()));
     }
     Ok(shown)

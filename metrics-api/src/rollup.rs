@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use infra::db::{RowError, StoredAggregate};
-use metrics_core::aggregate::Aggregate;
+use metrics_core::aggregate::{Aggregate, Breakdown};
 use serde::Serialize;
 use sqlx::postgres::PgRow;
 use utoipa::ToSchema;
@@ -85,7 +85,6 @@ pub struct MetricsItem {
     pub avg_ttft_ms: Option<f64>,
     pub avg_prompt_tokens: f64,
     pub avg_completion_tokens: f64,
-    pub cached_prompt_tokens: i64,
 }
 
 fn i64_of(v: u64) -> i64 {
@@ -118,7 +117,6 @@ impl MetricsItem {
             avg_ttft_ms: a.avg_ttft_ms(),
             avg_prompt_tokens: a.avg_prompt_tokens(),
             avg_completion_tokens: a.avg_completion_tokens(),
-            cached_prompt_tokens: i64_of(a.cached_prompt_tokens),
         }
     }
 }
@@ -166,9 +164,24 @@ pub struct Figures {
     pub prompt_tokens: i64,
     pub completion_tokens: i64,
     pub total_tokens: i64,
+    /// Prompt tokens read from the provider's cache (part of `prompt_tokens`).
+    pub cached_prompt_tokens: i64,
+    /// Prompt tokens written to the provider's cache (part of `prompt_tokens`).
+    pub cache_creation_tokens: i64,
+    /// Completion tokens spent reasoning (part of `completion_tokens`).
+    pub reasoning_tokens: i64,
     pub estimated_cost_usd: f64,
     /// Calls of models without a price: not in `estimated_cost_usd`.
     pub unpriced: i64,
+    /// Requests per provider, for the requests that name one.
+    pub providers: BTreeMap<String, i64>,
+    /// Errors per type (`_OTHER` for failures without one); adds up to `errors`.
+    pub error_types: BTreeMap<String, i64>,
+}
+
+/// A breakdown as the API shows it.
+pub fn counts(b: &Breakdown) -> BTreeMap<String, i64> {
+    b.iter().map(|(k, n)| (k.to_owned(), i64_of(n))).collect()
 }
 
 impl Figures {
@@ -185,9 +198,14 @@ impl Figures {
             p99_latency_ms: a.latency_quantile_ms(0.99) as f64,
             prompt_tokens: i64_of(a.prompt_tokens),
             completion_tokens: i64_of(a.completion_tokens),
-            total_tokens: i64_of(a.prompt_tokens + a.completion_tokens),
+            total_tokens: i64_of(a.prompt_tokens.saturating_add(a.completion_tokens)),
+            cached_prompt_tokens: i64_of(a.cached_prompt_tokens),
+            cache_creation_tokens: i64_of(a.cache_creation_tokens),
+            reasoning_tokens: i64_of(a.reasoning_tokens),
             estimated_cost_usd: a.cost_nanos as f64 / 1e9,
             unpriced: i64_of(a.unpriced),
+            providers: counts(&a.providers),
+            error_types: counts(&a.error_types),
         }
     }
 }
@@ -262,11 +280,14 @@ mod tests {
 
     use super::*;
 
+    /// A call of `latency_ms`; every seventh fails, every fourteenth with a type; a tenth of
+    /// the completion spent reasoning.
     fn response(latency_ms: u64, error: bool) -> ResponseEvent {
         serde_json::from_value(serde_json::json!({
             "request_id": "r", "timestamp": "2024-05-01T00:00:00Z", "latency_ms": latency_ms,
-            "completion_tokens": 10, "finish_reason": "stop",
+            "completion_tokens": 10, "reasoning_tokens": 1, "finish_reason": "stop",
             "error": if error { Some("boom") } else { None },
+            "error_type": if error && latency_ms.is_multiple_of(2) { Some("rate_limit") } else { None },
         }))
         .unwrap()
     }
@@ -276,6 +297,11 @@ mod tests {
         for &l in latencies {
             aggregate.record_paired(
                 100,
+                Some(if model == "big" {
+                    "anthropic"
+                } else {
+                    "openai"
+                }),
                 &response(l, l % 7 == 0),
                 Cost {
                     nanos: 1_000,
@@ -356,20 +382,31 @@ mod tests {
         let mut pricey = window("/b", "big", 2, &[900]);
         pricey.aggregate.cost_nanos = 50_000_000;
         let windows = vec![
-            window("/a", "small", 0, &[10, 20, 30]),
-            window("/a", "small", 1, &[40]),
+            window("/a", "small", 0, &[10, 21, 30]),
+            window("/a", "small", 1, &[70]),
             pricey,
         ];
         let from = "2024-05-01T00:00:00Z".parse().unwrap();
         let s = summarize("t", from, from + TimeDelta::hours(1), windows, 5).unwrap();
         assert_eq!(s.totals.requests, 5);
-        assert_eq!(s.totals.avg_latency_ms, 200.0);
+        assert_eq!(s.totals.avg_latency_ms, 206.2); // 1031 / 5
         let names = |r: &[Ranked]| r.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
         assert_eq!(names(&s.top_models_by_requests), ["small", "big"]);
         assert_eq!(names(&s.top_models_by_cost), ["big", "small"]);
         assert_eq!(names(&s.top_routes_by_requests), ["/a", "/b"]);
         assert_eq!(names(&s.top_routes_by_cost), ["/b", "/a"]);
         assert_eq!(s.top_models_by_requests[0].figures.requests, 4);
+        // Breakdowns and token sums add up across windows like every other count.
+        assert_eq!(
+            s.totals.providers,
+            BTreeMap::from([("anthropic".into(), 1), ("openai".into(), 4)])
+        );
+        assert_eq!(s.totals.errors, 2); // 21 ms (no type) and 70 ms (rate_limit)
+        assert_eq!(
+            s.totals.error_types,
+            BTreeMap::from([("_OTHER".into(), 1), ("rate_limit".into(), 1)])
+        );
+        assert_eq!(s.totals.reasoning_tokens, 5);
     }
 
     proptest! {

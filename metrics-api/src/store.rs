@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 use metrics_core::aggregate::Aggregate;
 use sqlx::postgres::PgRow;
+use sqlx::types::Json;
 use sqlx::{PgPool, Row};
 
 use crate::query::MetricsQuery;
@@ -21,7 +22,8 @@ pub async fn latest(
         "SELECT route, model, window_start, window_end, requests, errors, timeouts,
                 avg_latency_ms, p50_latency_ms, p95_latency_ms, p99_latency_ms, max_latency_ms,
                 avg_ttft_ms, avg_prompt_tokens, avg_completion_tokens, prompt_tokens,
-                completion_tokens, cached_prompt_tokens, estimated_cost_usd, unpriced
+                completion_tokens, cached_prompt_tokens, cache_creation_tokens, reasoning_tokens,
+                estimated_cost_usd, unpriced, providers, error_types
          FROM llm_metrics WHERE tenant_id = $1",
     );
     let mut n = 1;
@@ -80,15 +82,19 @@ pub async fn latest(
                     p99_latency_ms: r.try_get("p99_latency_ms")?,
                     prompt_tokens,
                     completion_tokens,
-                    total_tokens: prompt_tokens + completion_tokens,
+                    total_tokens: prompt_tokens.saturating_add(completion_tokens),
+                    cached_prompt_tokens: r.try_get("cached_prompt_tokens")?,
+                    cache_creation_tokens: r.try_get("cache_creation_tokens")?,
+                    reasoning_tokens: r.try_get("reasoning_tokens")?,
                     estimated_cost_usd: r.try_get("estimated_cost_usd")?,
                     unpriced: r.try_get("unpriced")?,
+                    providers: r.try_get::<Json<_>, _>("providers")?.0,
+                    error_types: r.try_get::<Json<_>, _>("error_types")?.0,
                 },
                 max_latency_ms: r.try_get("max_latency_ms")?,
                 avg_ttft_ms: r.try_get("avg_ttft_ms")?,
                 avg_prompt_tokens: r.try_get("avg_prompt_tokens")?,
                 avg_completion_tokens: r.try_get("avg_completion_tokens")?,
-                cached_prompt_tokens: r.try_get("cached_prompt_tokens")?,
             })
         })
         .collect()

@@ -2,8 +2,76 @@
 //! behind every percentile. Everything adds up under [`Aggregate::merge`], so partials from
 //! restarts, partitions, processor instances and roll-ups over many windows combine exactly.
 
+use std::collections::BTreeMap;
+
 use crate::events::ResponseEvent;
 use crate::histogram::{self, Latencies};
+
+/// The name under which a breakdown counts what it has no name for: a failure without a type,
+/// and the names past [`Breakdown::MAX_NAMES`] (OpenTelemetry's fallback for `error.type`).
+pub const OTHER: &str = "_OTHER";
+
+/// Counts per name (calls per provider, errors per type), adding up under merge.
+///
+/// A window keeps at most [`Breakdown::MAX_NAMES`] names besides [`OTHER`], so a producer
+/// that sends a new name with every call cannot grow a row without bound; past that, calls are
+/// counted under `_OTHER`. Up to the bound every count is exact and merging is order-free;
+/// the total is exact whatever the names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Breakdown(BTreeMap<String, u64>);
+
+impl Breakdown {
+    pub const MAX_NAMES: usize = 32;
+
+    pub fn add(&mut self, name: &str, n: u64) {
+        if n == 0 {
+            return;
+        }
+        if let Some(count) = self.0.get_mut(name) {
+            add(count, n);
+            return;
+        }
+        let named = self.0.len() - usize::from(self.0.contains_key(OTHER));
+        let name = if named < Self::MAX_NAMES || name == OTHER {
+            name
+        } else {
+            OTHER
+        };
+        add(self.0.entry(name.to_owned()).or_default(), n);
+    }
+
+    pub fn merge(&mut self, other: &Breakdown) {
+        for (name, n) in &other.0 {
+            self.add(name, *n);
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), *v))
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.values().fold(0, |t, n| t.saturating_add(*n))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn as_map(&self) -> &BTreeMap<String, u64> {
+        &self.0
+    }
+}
+
+impl FromIterator<(String, u64)> for Breakdown {
+    fn from_iter<I: IntoIterator<Item = (String, u64)>>(iter: I) -> Self {
+        let mut b = Self::default();
+        for (name, n) in iter {
+            b.add(&name, n);
+        }
+        b
+    }
+}
 
 /// The cost of one call, and whether the model had a price of its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,11 +98,19 @@ pub struct Aggregate {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub cached_prompt_tokens: u64,
+    /// Prompt tokens written to the provider's cache (part of `prompt_tokens`).
+    pub cache_creation_tokens: u64,
+    /// Completion tokens spent reasoning (part of `completion_tokens`).
+    pub reasoning_tokens: u64,
     pub cost_nanos: u64,
     /// Paired requests whose model has no price of its own.
     pub unpriced: u64,
     pub latency: Latencies,
     pub ttft: Latencies,
+    /// Requests per provider, for the requests that name one.
+    pub providers: Breakdown,
+    /// Errors per type; adds up to `errors`.
+    pub error_types: Breakdown,
 }
 
 impl Default for Aggregate {
@@ -50,19 +126,36 @@ impl Default for Aggregate {
             prompt_tokens: 0,
             completion_tokens: 0,
             cached_prompt_tokens: 0,
+            cache_creation_tokens: 0,
+            reasoning_tokens: 0,
             cost_nanos: 0,
             unpriced: 0,
             latency: histogram::new(),
             ttft: histogram::new(),
+            providers: Breakdown::default(),
+            error_types: Breakdown::default(),
         }
     }
 }
 
 impl Aggregate {
-    pub fn record_paired(&mut self, prompt_tokens: u64, response: &ResponseEvent, cost: Cost) {
+    /// A call whose response came: `prompt_tokens` and `provider` are its request's.
+    pub fn record_paired(
+        &mut self,
+        prompt_tokens: u64,
+        provider: Option<&str>,
+        response: &ResponseEvent,
+        cost: Cost,
+    ) {
         add(&mut self.requests, 1);
         add(&mut self.completed, 1);
-        add(&mut self.errors, u64::from(response.is_error()));
+        if let Some(provider) = provider {
+            self.providers.add(provider, 1);
+        }
+        if let Some(error_type) = response.failure_type() {
+            add(&mut self.errors, 1);
+            self.error_types.add(error_type, 1);
+        }
         add(&mut self.latency_sum_ms, response.latency_ms);
         histogram::record(&mut self.latency, response.latency_ms);
         if let Some(ttft) = response.time_to_first_token_ms {
@@ -72,20 +165,35 @@ impl Aggregate {
         }
         add(&mut self.prompt_tokens, prompt_tokens);
         add(&mut self.completion_tokens, response.completion_tokens);
+        // Cache reads and writes are parts of the prompt: never more than it, together.
+        let cached = response
+            .cached_prompt_tokens
+            .unwrap_or(0)
+            .min(prompt_tokens);
+        let created = response
+            .cache_creation_tokens
+            .unwrap_or(0)
+            .min(prompt_tokens - cached);
+        add(&mut self.cached_prompt_tokens, cached);
+        add(&mut self.cache_creation_tokens, created);
         add(
-            &mut self.cached_prompt_tokens,
+            &mut self.reasoning_tokens,
             response
-                .cached_prompt_tokens
+                .reasoning_tokens
                 .unwrap_or(0)
-                .min(prompt_tokens),
+                .min(response.completion_tokens),
         );
         add(&mut self.cost_nanos, cost.nanos);
         add(&mut self.unpriced, u64::from(!cost.priced));
     }
 
-    pub fn record_timeout(&mut self) {
+    /// A request whose response never came; `provider` is the request's.
+    pub fn record_timeout(&mut self, provider: Option<&str>) {
         add(&mut self.requests, 1);
         add(&mut self.timeouts, 1);
+        if let Some(provider) = provider {
+            self.providers.add(provider, 1);
+        }
     }
 
     pub fn merge(&mut self, other: &Aggregate) {
@@ -99,11 +207,15 @@ impl Aggregate {
         add(&mut self.prompt_tokens, other.prompt_tokens);
         add(&mut self.completion_tokens, other.completion_tokens);
         add(&mut self.cached_prompt_tokens, other.cached_prompt_tokens);
+        add(&mut self.cache_creation_tokens, other.cache_creation_tokens);
+        add(&mut self.reasoning_tokens, other.reasoning_tokens);
         add(&mut self.cost_nanos, other.cost_nanos);
         add(&mut self.unpriced, other.unpriced);
         // Same configuration everywhere, so adding cannot fail.
         let _ = self.latency.add(&other.latency);
         let _ = self.ttft.add(&other.ttft);
+        self.providers.merge(&other.providers);
+        self.error_types.merge(&other.error_types);
     }
 
     fn ratio(sum: u64, count: u64) -> f64 {
@@ -149,5 +261,113 @@ impl Aggregate {
     /// The stored columns of a window row, in the order a row is read back.
     pub const COLUMNS: &'static str = "requests, errors, timeouts, completed, latency_sum_ms, \
         ttft_sum_ms, ttft_count, prompt_tokens, completion_tokens, cached_prompt_tokens, \
-        cost_nanos, unpriced, latency_histogram, ttft_histogram";
+        cache_creation_tokens, reasoning_tokens, cost_nanos, unpriced, latency_histogram, \
+        ttft_histogram, providers, error_types";
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn response(completion: u64, cached: u64, created: u64, reasoning: u64) -> ResponseEvent {
+        serde_json::from_value(serde_json::json!({
+            "request_id": "r", "timestamp": "2024-05-01T00:00:00Z", "latency_ms": 10,
+            "completion_tokens": completion, "finish_reason": "stop",
+            "cached_prompt_tokens": cached, "cache_creation_tokens": created,
+            "reasoning_tokens": reasoning,
+        }))
+        .unwrap()
+    }
+
+    const PRICED: Cost = Cost {
+        nanos: 1,
+        priced: true,
+    };
+
+    #[test]
+    fn cache_reads_and_writes_together_never_exceed_the_prompt() {
+        let mut a = Aggregate::default();
+        a.record_paired(100, None, &response(50, 70, 20, 10), PRICED);
+        a.record_paired(100, None, &response(50, 70, 60, 80), PRICED);
+        assert_eq!(a.cached_prompt_tokens, 140);
+        assert_eq!(a.cache_creation_tokens, 20 + 30); // the second capped at 100 - 70
+        assert_eq!(a.reasoning_tokens, 10 + 50); // capped at the completion
+    }
+
+    #[test]
+    fn a_breakdown_keeps_its_names_up_to_the_bound_and_counts_the_rest_as_other() {
+        let mut b = Breakdown::default();
+        for i in 0..40 {
+            b.add(&format!("type-{i:02}"), 2);
+        }
+        b.add("type-00", 1);
+        b.add(OTHER, 1);
+        assert_eq!(b.iter().count(), Breakdown::MAX_NAMES + 1);
+        assert_eq!(b.total(), 40 * 2 + 2);
+        let other = b.iter().find(|(name, _)| *name == OTHER).unwrap().1;
+        assert_eq!(other, 8 * 2 + 1);
+        assert_eq!(b.iter().find(|(n, _)| *n == "type-00").unwrap().1, 3);
+    }
+
+    proptest! {
+        /// However the calls are split into partials and in whatever order the partials merge
+        /// (restarts, partitions, instances, roll-ups), the result is the one aggregate of all.
+        #[test]
+        fn partials_merge_into_the_aggregate_of_all_calls(
+            calls in prop::collection::vec(
+                (0u64..1000, 0u64..1200, 0u64..1200, 0u64..300, 0u64..400,
+                 prop::option::of(0usize..6), prop::option::of(0usize..6), any::<bool>()),
+                1..60,
+            ),
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
+            order in any::<u64>(),
+        ) {
+            let providers = ["openai", "anthropic", "gcp.gemini", "mistral_ai", "aws.bedrock", "x"];
+            let errors = ["timeout", "rate_limit", "500", "invalid_request", "_OTHER", "429"];
+            let record = |a: &mut Aggregate, call: &(u64, u64, u64, u64, u64, Option<usize>, Option<usize>, bool)| {
+                let (prompt, cached, created, completion, reasoning, provider, error, paired) = *call;
+                let provider = provider.map(|p| providers[p]);
+                if !paired {
+                    a.record_timeout(provider);
+                    return;
+                }
+                let mut r = response(completion, cached, created, reasoning.min(completion));
+                r.error_type = error.map(|e| errors[e].parse().unwrap());
+                a.record_paired(prompt, provider, &r, PRICED);
+            };
+            let mut whole = Aggregate::default();
+            for call in &calls {
+                record(&mut whole, call);
+            }
+            let mut at: Vec<usize> = cuts.iter().map(|i| i.index(calls.len())).collect();
+            at.extend([0, calls.len()]);
+            at.sort_unstable();
+            let mut partials: Vec<Aggregate> = at
+                .windows(2)
+                .map(|w| {
+                    let mut a = Aggregate::default();
+                    for call in &calls[w[0]..w[1]] {
+                        record(&mut a, call);
+                    }
+                    a
+                })
+                .collect();
+            let n = partials.len();
+            partials.rotate_left((order as usize) % n);
+            if order % 2 == 1 {
+                partials.reverse();
+            }
+            let mut merged = Aggregate::default();
+            for p in &partials {
+                merged.merge(p);
+            }
+            prop_assert_eq!(&merged, &whole);
+            prop_assert_eq!(whole.error_types.total(), whole.errors);
+            prop_assert!(whole.providers.total() <= whole.requests);
+            prop_assert!(whole.cached_prompt_tokens + whole.cache_creation_tokens <= whole.prompt_tokens);
+            prop_assert!(whole.reasoning_tokens <= whole.completion_tokens);
+        }
+    }
 }

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 use validator::Validate;
 
-use crate::ids::{Model, RequestId, Route, TenantId};
+use crate::ids::{ErrorType, Model, Provider, RequestId, Route, TenantId};
 use crate::validation::small_object;
 
 /// The largest token count a single event may report.
@@ -29,6 +29,11 @@ pub struct RequestEvent {
     pub route: Route,
     #[schema(value_type = String, min_length = 1, max_length = 255)]
     pub model: Model,
+    /// Who serves the model (`openai`, `anthropic`, ...); each window counts its calls per
+    /// provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 255)]
+    pub provider: Option<Provider>,
     /// RFC 3339; within `EVENT_MAX_FUTURE_SKEW_SECS` ahead of the server clock and
     /// `EVENT_MAX_AGE_SECS` behind it.
     #[serde(
@@ -75,6 +80,12 @@ pub struct ResponseEvent {
     #[validate(length(max = 1024, message = "must be at most 1024 characters"))]
     #[schema(max_length = 1024)]
     pub error: Option<String>,
+    /// The class of the failure (`timeout`, `rate_limit`, `500`): each window counts its
+    /// errors per type. Also marks the call as failed; a failure without a type counts as
+    /// `_OTHER`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 255)]
+    pub error_type: Option<ErrorType>,
     /// At most `latency_ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_to_first_token_ms: Option<u64>,
@@ -84,6 +95,23 @@ pub struct ResponseEvent {
     #[validate(range(max = MAX_TOKENS, message = "must be at most 100000000"))]
     #[schema(maximum = 100_000_000)]
     pub cached_prompt_tokens: Option<u64>,
+    /// Prompt tokens written to the provider's cache by this call; like cached ones, part of
+    /// the request's `prompt_tokens`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[validate(range(max = MAX_TOKENS, message = "must be at most 100000000"))]
+    #[schema(maximum = 100_000_000)]
+    pub cache_creation_tokens: Option<u64>,
+    /// Output tokens the model spent reasoning; part of `completion_tokens`, so at most that.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[validate(range(max = MAX_TOKENS, message = "must be at most 100000000"))]
+    #[schema(maximum = 100_000_000)]
+    pub reasoning_tokens: Option<u64>,
+    /// The model that answered, when the provider names it differently from the one asked
+    /// for (a dated snapshot of an alias, say). Carried to the topic; windows stay keyed by
+    /// the requested model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 255)]
+    pub response_model: Option<Model>,
     /// The tenant the response belongs to. With API keys the ingestion API sets it to the
     /// key's tenant, whatever the body said, and the processor pairs a response only with a
     /// request of the same tenant.
@@ -94,7 +122,15 @@ pub struct ResponseEvent {
 
 impl ResponseEvent {
     pub fn is_error(&self) -> bool {
-        self.error.as_deref().is_some_and(|e| !e.is_empty())
+        self.error.as_deref().is_some_and(|e| !e.is_empty()) || self.error_type.is_some()
+    }
+
+    /// The failure's type, as the window counts it: `None` for a call that did not fail.
+    pub fn failure_type(&self) -> Option<&str> {
+        match &self.error_type {
+            Some(t) => Some(t),
+            None => self.is_error().then_some(crate::aggregate::OTHER),
+        }
     }
 }
 

@@ -176,6 +176,18 @@ name_type!(
     Model,
     check_identifier
 );
+name_type!(
+    /// Who serves the model (`openai`, `anthropic`, `aws.bedrock`), as the OpenTelemetry
+    /// GenAI conventions' `gen_ai.provider.name` names it.
+    Provider,
+    check_identifier
+);
+name_type!(
+    /// Why a call failed, as a low-cardinality class (`timeout`, `rate_limit`, `500`), the
+    /// way OpenTelemetry's `error.type` is.
+    ErrorType,
+    check_identifier
+);
 
 #[cfg(test)]
 mod tests {

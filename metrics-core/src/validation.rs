@@ -20,7 +20,7 @@ use serde_json::{Map, Value};
 use validator::{Validate, ValidationError, ValidationErrors};
 
 use crate::events::{Event, RequestEvent, ResponseEvent};
-use crate::ids::{Invalid, Model, RequestId, Route, TenantId};
+use crate::ids::{ErrorType, Invalid, Model, Provider, RequestId, Route, TenantId};
 
 /// Largest `metadata` object accepted, measured as compact JSON.
 pub const MAX_METADATA_BYTES: usize = 4096;
@@ -77,6 +77,7 @@ pub fn parse_request(
         tenant_id: f.required_name::<TenantId>("tenant_id"),
         route: f.required_name::<Route>("route"),
         model: f.required_name::<Model>("model"),
+        provider: f.optional_name::<Provider>("provider"),
         timestamp: f.required_timestamp("timestamp"),
         prompt_tokens: f.required_count("prompt_tokens"),
         user_id_hash: f.optional_str("user_id_hash"),
@@ -111,8 +112,12 @@ pub fn parse_response(
         completion_tokens: f.required_count("completion_tokens"),
         finish_reason: f.required_str("finish_reason"),
         error: f.optional_str("error"),
+        error_type: f.optional_name::<ErrorType>("error_type"),
         time_to_first_token_ms: f.optional_count("time_to_first_token_ms"),
         cached_prompt_tokens: f.optional_count("cached_prompt_tokens"),
+        cache_creation_tokens: f.optional_count("cache_creation_tokens"),
+        reasoning_tokens: f.optional_count("reasoning_tokens"),
+        response_model: f.optional_name::<Model>("response_model"),
         tenant_id: f.optional_name::<TenantId>("tenant_id"),
     };
     check_response(f, event, now, limits)
@@ -128,6 +133,14 @@ fn check_response(
     f.check_timestamp("timestamp", event.timestamp, now, limits);
     f.check_tokens("completion_tokens", Some(event.completion_tokens));
     f.check_tokens("cached_prompt_tokens", event.cached_prompt_tokens);
+    f.check_tokens("cache_creation_tokens", event.cache_creation_tokens);
+    f.check_tokens("reasoning_tokens", event.reasoning_tokens);
+    if event
+        .reasoning_tokens
+        .is_some_and(|n| n > event.completion_tokens)
+    {
+        f.fail("reasoning_tokens", "must not exceed completion_tokens");
+    }
     let ceiling = limits.max_latency_ms;
     if event.latency_ms > ceiling {
         f.fail("latency_ms", format!("must be at most {ceiling}"));
@@ -223,6 +236,7 @@ struct AnyEvent {
     tenant_id: Option<TenantId>,
     route: Option<Route>,
     model: Option<Model>,
+    provider: Option<Provider>,
     #[serde(default, deserialize_with = "rfc3339_some")]
     timestamp: Option<DateTime<Utc>>,
     prompt_tokens: Option<u64>,
@@ -232,8 +246,12 @@ struct AnyEvent {
     completion_tokens: Option<u64>,
     finish_reason: Option<String>,
     error: Option<String>,
+    error_type: Option<ErrorType>,
     time_to_first_token_ms: Option<u64>,
     cached_prompt_tokens: Option<u64>,
+    cache_creation_tokens: Option<u64>,
+    reasoning_tokens: Option<u64>,
+    response_model: Option<Model>,
 }
 
 impl AnyEvent {
@@ -245,6 +263,7 @@ impl AnyEvent {
                 tenant_id: self.tenant_id?,
                 route: self.route?,
                 model: self.model?,
+                provider: self.provider,
                 timestamp: self.timestamp?,
                 prompt_tokens: self.prompt_tokens?,
                 user_id_hash: self.user_id_hash,
@@ -257,8 +276,12 @@ impl AnyEvent {
                 completion_tokens: self.completion_tokens?,
                 finish_reason: self.finish_reason?,
                 error: self.error,
+                error_type: self.error_type,
                 time_to_first_token_ms: self.time_to_first_token_ms,
                 cached_prompt_tokens: self.cached_prompt_tokens,
+                cache_creation_tokens: self.cache_creation_tokens,
+                reasoning_tokens: self.reasoning_tokens,
+                response_model: self.response_model,
                 tenant_id: self.tenant_id,
             })),
             _ => None,
@@ -378,7 +401,7 @@ macro_rules! name {
         }
     )*};
 }
-name!(RequestId, TenantId, Route, Model);
+name!(RequestId, TenantId, Route, Model, Provider, ErrorType);
 
 /// Reads typed fields out of a JSON object, remembering every failure.
 struct Fields<'a> {

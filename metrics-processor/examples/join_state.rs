@@ -38,6 +38,7 @@ fn main() {
             tenant_id: "acme".parse().expect("a valid tenant"),
             route: "/v1/chat/completions".parse().expect("a valid route"),
             model: "gpt-4o-mini".parse().expect("a valid model"),
+            provider: None,
             timestamp: base + TimeDelta::milliseconds(i as i64),
             prompt_tokens: 512,
             user_id_hash: None,

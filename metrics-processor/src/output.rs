@@ -1,9 +1,12 @@
 //! A window row as `llm.metrics` carries it: the full row for one (key, window_start), so a
 //! record delivered twice is harmless.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::postgres::PgRow;
+use sqlx::types::Json;
 use sqlx::Row;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -27,10 +30,16 @@ pub struct MetricRow {
     pub prompt_tokens: i64,
     pub completion_tokens: i64,
     pub cached_prompt_tokens: i64,
+    pub cache_creation_tokens: i64,
+    pub reasoning_tokens: i64,
     pub total_tokens: i64,
     pub estimated_cost_usd: f64,
     pub cost_nanos: i64,
     pub unpriced: i64,
+    /// Requests per provider, for the requests that name one.
+    pub providers: BTreeMap<String, i64>,
+    /// Errors per type (`_OTHER` for failures without one); adds up to `errors`.
+    pub error_types: BTreeMap<String, i64>,
     pub updated_at: DateTime<Utc>,
     /// Grows with every change of the row: the record with the highest revision of a
     /// (key, window_start) is its newest content, and is published last.
@@ -61,10 +70,14 @@ impl MetricRow {
             prompt_tokens,
             completion_tokens,
             cached_prompt_tokens: row.try_get("cached_prompt_tokens")?,
+            cache_creation_tokens: row.try_get("cache_creation_tokens")?,
+            reasoning_tokens: row.try_get("reasoning_tokens")?,
             total_tokens: prompt_tokens + completion_tokens,
             estimated_cost_usd: row.try_get("estimated_cost_usd")?,
             cost_nanos: row.try_get("cost_nanos")?,
             unpriced: row.try_get("unpriced")?,
+            providers: row.try_get::<Json<_>, _>("providers")?.0,
+            error_types: row.try_get::<Json<_>, _>("error_types")?.0,
             updated_at: row.try_get("updated_at")?,
             revision: row.try_get("revision")?,
         })

@@ -9,7 +9,7 @@ use crate::domain::join::Ended;
 use crate::domain::offsets::{Input, Source};
 use crate::domain::window::{Aggregate, WindowKey, WINDOW};
 use crate::driver::{Claimed, Epochs, PositionStore};
-use infra::db::StoredAggregate;
+use infra::db::{breakdown_json, StoredAggregate};
 
 mod group;
 mod publish;
@@ -349,8 +349,8 @@ impl PositionStore for Blocking {
 pub const COLUMNS: &str =
     "tenant_id, route, model, window_start, window_end, requests, errors, timeouts,
     completed, latency_sum_ms, ttft_sum_ms, ttft_count, prompt_tokens, completion_tokens,
-    cached_prompt_tokens, cost_nanos, unpriced, latency_histogram, ttft_histogram,
-    avg_latency_ms, p50_latency_ms, p95_latency_ms, p99_latency_ms, max_latency_ms, avg_ttft_ms,
+    cached_prompt_tokens, cache_creation_tokens, reasoning_tokens, cost_nanos, unpriced,
+    latency_histogram, ttft_histogram, providers, error_types, avg_latency_ms, p50_latency_ms, p95_latency_ms, p99_latency_ms, max_latency_ms, avg_ttft_ms,
     avg_prompt_tokens, avg_completion_tokens, estimated_cost_usd, created_at, updated_at,
     revision";
 
@@ -398,7 +398,9 @@ async fn merge_window(
             latency_histogram = $17, ttft_histogram = $18,
             avg_latency_ms = $19, p50_latency_ms = $20, p95_latency_ms = $21, p99_latency_ms = $22,
             max_latency_ms = $23, avg_ttft_ms = $24, avg_prompt_tokens = $25,
-            avg_completion_tokens = $26, estimated_cost_usd = $27, updated_at = clock_timestamp(),
+            avg_completion_tokens = $26, estimated_cost_usd = $27, cache_creation_tokens = $28,
+            reasoning_tokens = $29, providers = $30, error_types = $31,
+            updated_at = clock_timestamp(),
             revision = revision + 1
          WHERE tenant_id = $1 AND route = $2 AND model = $3 AND window_start = $4",
     )
@@ -429,6 +431,10 @@ async fn merge_window(
     .bind(a.avg_prompt_tokens())
     .bind(a.avg_completion_tokens())
     .bind(a.cost_nanos as f64 / 1e9)
+    .bind(i64_of(a.cache_creation_tokens))
+    .bind(i64_of(a.reasoning_tokens))
+    .bind(breakdown_json(&a.providers))
+    .bind(breakdown_json(&a.error_types))
     .execute(&mut **tx)
     .await?;
     Ok(())

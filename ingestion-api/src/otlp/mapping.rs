@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use metrics_core::events::{Event, RequestEvent, ResponseEvent};
-use metrics_core::ids::{Model, RequestId, Route, TenantId};
+use metrics_core::ids::{ErrorType, Model, Provider, RequestId, Route, TenantId};
 use metrics_core::validation::{self, Limits};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
@@ -202,6 +202,15 @@ fn call(
         .or_else(|| attributes.text("gen_ai.response.model"))
         .ok_or("gen_ai.request.model or gen_ai.response.model: is required")?;
     let model = Model::parse(model).map_err(|e| format!("gen_ai.request.model: {e}"))?;
+    let response_model = attributes
+        .text("gen_ai.response.model")
+        .map(|m| Model::parse(m).map_err(|e| format!("gen_ai.response.model: {e}")))
+        .transpose()?;
+    let provider = ["gen_ai.provider.name", "gen_ai.system"]
+        .into_iter()
+        .find_map(|key| Some((key, attributes.text(key)?)))
+        .map(|(key, p)| Provider::parse(p).map_err(|e| format!("{key}: {e}")))
+        .transpose()?;
     if span.end_time_unix_nano < span.start_time_unix_nano || span.start_time_unix_nano == 0 {
         return Err("the span must start before it ends".into());
     }
@@ -216,7 +225,23 @@ fn call(
             "gen_ai.usage.completion_tokens",
         ])?
         .unwrap_or(0);
-    let cached_prompt_tokens = attributes.count(&["gen_ai.usage.cache_read.input_tokens"])?;
+    // The conventions' names first, then OpenLLMetry's.
+    let cached_prompt_tokens = attributes.count(&[
+        "gen_ai.usage.cache_read.input_tokens",
+        "gen_ai.usage.cache_read_input_tokens",
+    ])?;
+    let cache_creation_tokens = attributes.count(&[
+        "gen_ai.usage.cache_creation.input_tokens",
+        "gen_ai.usage.cache_creation_input_tokens",
+    ])?;
+    // Part of the output tokens by the conventions; an instrumentation that counts them apart
+    // still has its call counted, with reasoning capped at the output.
+    let reasoning_tokens = attributes
+        .count(&[
+            "gen_ai.usage.reasoning.output_tokens",
+            "gen_ai.usage.reasoning_tokens",
+        ])?
+        .map(|n| n.min(completion_tokens));
     let status = span.status.as_ref();
     let error_type = attributes.text("error.type");
     let failed = error_type.is_some() || status.is_some_and(|s| s.code == StatusCode::Error as i32);
@@ -224,6 +249,9 @@ fn call(
         let message = status.map(|s| s.message.as_str()).filter(|m| !m.is_empty());
         error_type.or(message).unwrap_or("error").to_owned()
     });
+    let error_type = error_type
+        .map(|t| ErrorType::parse(t).map_err(|e| format!("error.type: {e}")))
+        .transpose()?;
     let finish_reason = attributes
         .first_text("gen_ai.response.finish_reasons")
         .unwrap_or(if failed { "error" } else { "unknown" });
@@ -236,6 +264,7 @@ fn call(
         tenant_id: tenant_id.clone(),
         route,
         model,
+        provider,
         timestamp: time(span.start_time_unix_nano),
         prompt_tokens,
         user_id_hash: None,
@@ -248,8 +277,12 @@ fn call(
         completion_tokens,
         finish_reason: finish_reason.chars().take(64).collect(),
         error: error.map(|e| e.chars().take(1024).collect()),
+        error_type,
         time_to_first_token_ms,
         cached_prompt_tokens,
+        cache_creation_tokens,
+        reasoning_tokens,
+        response_model,
         tenant_id: Some(tenant_id),
     };
     Ok((request, response))

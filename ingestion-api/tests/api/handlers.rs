@@ -137,6 +137,55 @@ async fn unknown_fields_are_ignored() {
 }
 
 #[tokio::test]
+async fn the_optional_call_details_are_carried_to_the_topics() {
+    let publisher = RecordingPublisher::new(Mode::Acknowledge);
+    let app = test_router(publisher.clone());
+    let mut request = request_event("req-9");
+    request["provider"] = json!("anthropic");
+    let mut response = response_event("req-9");
+    for (field, value) in [
+        ("error_type", json!("overloaded")),
+        ("cache_creation_tokens", json!(12)),
+        ("reasoning_tokens", json!(3)),
+        ("response_model", json!("claude-sonnet-4-20250514")),
+    ] {
+        response[field] = value;
+    }
+    for (path, event) in [
+        ("/v1/llm/request", &request),
+        ("/v1/llm/response", &response),
+    ] {
+        let answer = post_json(&app, path, event).await;
+        assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.text);
+    }
+    let records = publisher.records();
+    let written: Vec<Value> = records
+        .iter()
+        .map(|r| serde_json::from_slice(&r.payload).unwrap())
+        .collect();
+    assert_eq!(written[0]["provider"], "anthropic");
+    for field in [
+        "error_type",
+        "cache_creation_tokens",
+        "reasoning_tokens",
+        "response_model",
+    ] {
+        assert_eq!(written[1][field], response[field], "{field}");
+    }
+    // And a bad one is named like any other field.
+    let mut bad = response_event("req-10");
+    bad["reasoning_tokens"] = json!("many");
+    let answer = post_json(&app, "/v1/llm/response", &bad).await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        answer.json()["fields"][0]["field"],
+        "reasoning_tokens",
+        "{}",
+        answer.text
+    );
+}
+
+#[tokio::test]
 async fn when_the_broker_does_not_acknowledge_the_answer_is_503_never_202() {
     let app = test_router(RecordingPublisher::new(Mode::Fail));
     let answer = post_json(&app, "/v1/llm/request", &request_event("req-8")).await;

@@ -24,6 +24,10 @@ pub struct Call {
     pub at: DateTime<Utc>,
     pub latency_ms: u64,
     pub error: bool,
+    /// The failure's type, for some of the failed calls.
+    pub error_type: Option<&'static str>,
+    /// Who served it, for two calls in three.
+    pub provider: Option<&'static str>,
 }
 
 pub const ROUTES: [&str; 2] = ["/chat", "/embed"];
@@ -49,6 +53,8 @@ pub fn calls(tenant: &str) -> Vec<Call> {
                         at: base + TimeDelta::minutes(minute) + TimeDelta::seconds(k as i64 * 7),
                         latency_ms: 40 + (i * 37) % 2000,
                         error: i % 9 == 4,
+                        error_type: (i % 18 == 4).then_some("rate_limit"),
+                        provider: (!i.is_multiple_of(3)).then_some("openai"),
                     });
                 }
             }
@@ -124,6 +130,14 @@ impl World {
                                           "tenant_id": self.tenant});
                 if c.error {
                     response["error"] = json!("upstream 500");
+                }
+                if let Some(t) = c.error_type {
+                    response["error_type"] = json!(t);
+                    response["reasoning_tokens"] = json!(3);
+                }
+                let mut request = request;
+                if let Some(p) = c.provider {
+                    request["provider"] = json!(p);
                 }
                 [(names[0].clone(), c.id.clone(), request), (names[1].clone(), c.id.clone(), response)]
             })

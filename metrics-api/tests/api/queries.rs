@@ -162,7 +162,20 @@ async fn every_query_shape_answers_from_the_windows_the_processor_wrote() {
         .await;
     let all = expected(&calls, |_| ());
     assert_eq!(body["count"], 1, "{body}");
-    assert_eq!(figures(&body["metrics"][0]), all[&()]);
+    let bucket = &body["metrics"][0];
+    assert_eq!(figures(bucket), all[&()]);
+    // Errors per type and requests per provider, merged from the stored rows' breakdowns.
+    let count = |f: &dyn Fn(&&Call) -> bool| calls.iter().filter(f).count();
+    let typed = count(&|c| c.error_type.is_some());
+    let untyped = count(&|c| c.error && c.error_type.is_none());
+    assert!(typed > 0 && untyped > 0, "both kinds of failure are made");
+    assert_eq!(
+        bucket["error_types"],
+        serde_json::json!({"rate_limit": typed, "_OTHER": untyped})
+    );
+    let named = count(&|c| c.provider.is_some());
+    assert_eq!(bucket["providers"], serde_json::json!({"openai": named}));
+    assert_eq!(bucket["reasoning_tokens"], 3 * typed);
 
     // The summary: totals and the top models and routes.
     let (status, body) = api

@@ -483,3 +483,47 @@ fn the_fast_path_never_changes_the_verdict() {
         }
     }
 }
+
+#[test]
+fn the_optional_call_details_are_read_and_checked() {
+    let request = with(request(), "provider", json!("aws.bedrock"));
+    let event = parse_request(&request, now(), &Limits::default()).unwrap();
+    assert_eq!(event.provider.as_ref().unwrap(), "aws.bedrock");
+    let response = with(response(), "cache_creation_tokens", json!(64));
+    let response = with(response, "reasoning_tokens", json!(30));
+    let response = with(response, "error_type", json!("rate_limit"));
+    let response = with(response, "response_model", json!("gpt-4o-2024-08-06"));
+    let event = parse_response(&response, now(), &Limits::default()).unwrap();
+    assert_eq!(event.cache_creation_tokens, Some(64));
+    assert_eq!(event.reasoning_tokens, Some(30));
+    assert_eq!(event.failure_type(), Some("rate_limit"));
+    assert!(event.is_error(), "a type alone marks the call failed");
+    assert_eq!(event.response_model.as_ref().unwrap(), "gpt-4o-2024-08-06");
+    // The typed fast path reads the same fields.
+    let bytes = serde_json::to_vec(&response).unwrap();
+    let fast = parse_response_bytes(&bytes, now(), &Limits::default()).unwrap();
+    assert_eq!(fast, event);
+
+    assert_eq!(
+        request_error(with(request, "provider", json!("a|b")), "provider"),
+        "must not contain '|' or control characters"
+    );
+    assert_eq!(
+        response_error(
+            with(response.clone(), "reasoning_tokens", json!(41)),
+            "reasoning_tokens"
+        ),
+        "must not exceed completion_tokens"
+    );
+    assert_eq!(
+        response_error(
+            with(response.clone(), "cache_creation_tokens", json!(-1)),
+            "cache_creation_tokens"
+        ),
+        "must not be negative"
+    );
+    assert_eq!(
+        response_error(with(response, "error_type", json!("")), "error_type"),
+        "must not be empty"
+    );
+}

@@ -485,7 +485,12 @@ impl Engine {
                 let late = state
                     .windows
                     .add(key, &[request.source, response.source], |a| {
-                        a.record_paired(request.value.prompt_tokens, &response.value, cost);
+                        a.record_paired(
+                            request.value.prompt_tokens,
+                            request.value.names.provider.as_deref(),
+                            &response.value,
+                            cost,
+                        );
                     });
                 if late {
                     effects.push(Effect::Late);
@@ -495,9 +500,10 @@ impl Engine {
                 let key = state
                     .windows
                     .key_of(&request.value.names, request.value.timestamp);
+                let provider = request.value.names.provider.as_deref();
                 if state
                     .windows
-                    .add(key, &[request.source], Aggregate::record_timeout)
+                    .add(key, &[request.source], |a| a.record_timeout(provider))
                 {
                     effects.push(Effect::Late);
                 }

@@ -38,12 +38,13 @@ impl Waiting {
     }
 }
 
-/// Tenant, route and model, shared by every request that names the same three.
+/// Tenant, route, model and provider, shared by every request that names the same four.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct Names {
     pub tenant: Arc<str>,
     pub route: Arc<str>,
     pub model: Arc<str>,
+    pub provider: Option<Arc<str>>,
 }
 
 /// What a request keeps while it waits: what its window and cost need, nothing more. The id
@@ -203,10 +204,12 @@ impl Joiner {
     }
 
     fn names(&mut self, event: &RequestEvent) -> Arc<Names> {
+        let provider = event.provider.as_ref().map_or("", |p| p.as_str());
         let key = (
             event.tenant_id.as_str(),
             event.route.as_str(),
             event.model.as_str(),
+            provider,
         );
         if let Some(names) = self.names.get(&key as &dyn NamesKey) {
             return Arc::clone(names);
@@ -215,8 +218,9 @@ impl Joiner {
             tenant: event.tenant_id.as_str().into(),
             route: event.route.as_str().into(),
             model: event.model.as_str().into(),
+            provider: event.provider.as_ref().map(|p| p.as_str().into()),
         });
-        let owned = (key.0.into(), key.1.into(), key.2.into());
+        let owned = (key.0.into(), key.1.into(), key.2.into(), key.3.into());
         self.names.insert(owned, Arc::clone(&names));
         names
     }
@@ -633,22 +637,23 @@ impl Joiner {
     }
 }
 
-/// Tenant, route and model as the key of the names already seen.
-type OwnedNames = (Box<str>, Box<str>, Box<str>);
+/// Tenant, route, model and provider (empty for none: no provider is named so) as the key of
+/// the names already seen.
+type OwnedNames = (Box<str>, Box<str>, Box<str>, Box<str>);
 
 /// Looks up interned names by borrowed strings, without allocating a key.
 trait NamesKey {
-    fn key(&self) -> (&str, &str, &str);
+    fn key(&self) -> (&str, &str, &str, &str);
 }
 
 impl NamesKey for OwnedNames {
-    fn key(&self) -> (&str, &str, &str) {
-        (&self.0, &self.1, &self.2)
+    fn key(&self) -> (&str, &str, &str, &str) {
+        (&self.0, &self.1, &self.2, &self.3)
     }
 }
 
-impl NamesKey for (&str, &str, &str) {
-    fn key(&self) -> (&str, &str, &str) {
+impl NamesKey for (&str, &str, &str, &str) {
+    fn key(&self) -> (&str, &str, &str, &str) {
         *self
     }
 }

@@ -20,6 +20,7 @@ pub fn request(tenant: &str, id: &str, at: DateTime<Utc>) -> Event {
         tenant_id: tenant.parse().unwrap(),
         route: "/chat".parse().unwrap(),
         model: "gpt-4o".parse().unwrap(),
+        provider: None,
         timestamp: at,
         prompt_tokens: 100,
         user_id_hash: None,
@@ -38,6 +39,10 @@ pub fn response(tenant: &str, id: &str, at: DateTime<Utc>) -> Event {
         error: None,
         time_to_first_token_ms: None,
         cached_prompt_tokens: None,
+        cache_creation_tokens: None,
+        reasoning_tokens: None,
+        error_type: None,
+        response_model: None,
         tenant_id: Some(tenant.parse().unwrap()),
     })
 }

@@ -165,10 +165,19 @@ async fn every_written_window_reaches_llm_metrics_with_its_full_row() {
     let mut events = Vec::new();
     for i in 0..5 {
         let id = format!("{}-{i}", world.tenant);
-        events.extend([
-            world.request(&id, at, "gpt-4o"),
-            world.response(&id, at, 100 * (i + 1), false),
-        ]);
+        // With the optional details a provider reports: four name their provider, one fails
+        // with a type, every one wrote to the cache and reasoned.
+        let mut request = world.request(&id, at, "gpt-4o");
+        if i < 4 {
+            request["provider"] = "openai".into();
+        }
+        let mut response = world.response(&id, at, 100 * (i + 1), false);
+        response["cache_creation_tokens"] = 10.into();
+        response["reasoning_tokens"] = 5.into();
+        if i == 0 {
+            response["error_type"] = "rate_limit".into();
+        }
+        events.extend([request, response]);
     }
     world.produce(&events).await;
     let processor = Processor::start(&world);
@@ -194,6 +203,11 @@ async fn every_written_window_reaches_llm_metrics_with_its_full_row() {
         5.0 * (100.0 * 2.5 + 20.0 * 10.0) / 1e6
     );
     assert_eq!(latest["window_start"], serde_json::json!(at));
+    assert_eq!(latest["errors"], 1);
+    assert_eq!(latest["error_types"], serde_json::json!({"rate_limit": 1}));
+    assert_eq!(latest["providers"], serde_json::json!({"openai": 4}));
+    assert_eq!(latest["cache_creation_tokens"], 50);
+    assert_eq!(latest["reasoning_tokens"], 25);
 }
 
 /// Crashes (kill -9) at different points, each followed by a restart, lose nothing and count

@@ -94,6 +94,10 @@ fn a_chat_span_is_a_request_at_its_start_and_a_response_at_its_end() {
             }),
         ),
         int("gen_ai.usage.cache_read.input_tokens", 512),
+        int("gen_ai.usage.cache_creation.input_tokens", 128),
+        int("gen_ai.usage.reasoning.output_tokens", 40),
+        text("gen_ai.provider.name", "openai"),
+        text("gen_ai.response.model", "gpt-4o-2024-08-06"),
         kv(
             "gen_ai.server.time_to_first_token",
             any_value::Value::DoubleValue(0.3),
@@ -117,6 +121,13 @@ fn a_chat_span_is_a_request_at_its_start_and_a_response_at_its_end() {
     assert_eq!(request.prompt_tokens, 800);
     assert_eq!(response.completion_tokens, 90);
     assert_eq!(response.cached_prompt_tokens, Some(512));
+    assert_eq!(response.cache_creation_tokens, Some(128));
+    assert_eq!(response.reasoning_tokens, Some(40));
+    assert_eq!(request.provider.as_ref().unwrap(), "openai");
+    assert_eq!(
+        response.response_model.as_ref().unwrap(),
+        "gpt-4o-2024-08-06"
+    );
     assert_eq!(response.latency_ms, 1250);
     assert_eq!(response.time_to_first_token_ms, Some(300));
     assert_eq!(response.finish_reason, "length");
@@ -162,8 +173,35 @@ fn a_failed_call_keeps_its_error_type_and_a_status_error_counts_too() {
     let (_, typed) = halves(&m.events[..2]);
     let (_, by_status) = halves(&m.events[2..]);
     assert_eq!(typed.error.as_deref(), Some("rate_limit_exceeded"));
+    assert_eq!(typed.failure_type(), Some("rate_limit_exceeded"));
     assert_eq!(typed.finish_reason, "error");
     assert_eq!(by_status.error.as_deref(), Some("upstream 500"));
+    // No type given: the window counts it as OpenTelemetry's fallback, `_OTHER`.
+    assert_eq!(by_status.error_type, None);
+    assert_eq!(by_status.failure_type(), Some("_OTHER"));
+}
+
+#[test]
+fn legacy_provider_and_token_names_stand_in_and_reasoning_never_exceeds_the_output() {
+    let s = span(
+        7,
+        10,
+        vec![
+            text("gen_ai.system", "anthropic"),
+            int("gen_ai.usage.cache_read_input_tokens", 5),
+            int("gen_ai.usage.cache_creation_input_tokens", 6),
+            // More than the 90 output tokens: an instrumentation counting them apart.
+            int("gen_ai.usage.reasoning_tokens", 500),
+        ],
+    );
+    let m = mapped(vec![s]);
+    assert!(m.rejected.is_empty(), "{:?}", m.rejected);
+    let (request, response) = halves(&m.events);
+    assert_eq!(request.provider.as_ref().unwrap(), "anthropic");
+    assert_eq!(response.cached_prompt_tokens, Some(5));
+    assert_eq!(response.cache_creation_tokens, Some(6));
+    assert_eq!(response.reasoning_tokens, Some(90));
+    assert_eq!(response.response_model, None);
 }
 
 #[test]

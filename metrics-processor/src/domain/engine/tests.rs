@@ -25,6 +25,7 @@ pub(crate) fn request(id: &str, at: i64, model: &str) -> Event {
         tenant_id: "acme".parse().unwrap(),
         route: "/chat".parse().unwrap(),
         model: model.parse().unwrap(),
+        provider: None,
         timestamp: t(at),
         prompt_tokens: 100,
         user_id_hash: None,
@@ -42,6 +43,10 @@ pub(crate) fn response(id: &str, at: i64, latency_ms: u64, error: bool) -> Event
         error: error.then(|| "upstream 500".into()),
         time_to_first_token_ms: latency_ms.is_multiple_of(3).then_some(latency_ms / 3),
         cached_prompt_tokens: Some(latency_ms % 50),
+        cache_creation_tokens: None,
+        reasoning_tokens: None,
+        error_type: None,
+        response_model: None,
         tenant_id: None,
     })
 }

@@ -22,6 +22,7 @@ fn request(id: &str, at: i64, offset: i64) -> Sourced<RequestEvent> {
             tenant_id: "acme".parse().unwrap(),
             route: "/chat".parse().unwrap(),
             model: "gpt-4o".parse().unwrap(),
+            provider: None,
             timestamp: t(at),
             prompt_tokens: 10,
             user_id_hash: Some("u".into()),
@@ -46,6 +47,10 @@ fn response(id: &str, at: i64, offset: i64) -> Sourced<ResponseEvent> {
             error: None,
             time_to_first_token_ms: None,
             cached_prompt_tokens: None,
+            cache_creation_tokens: None,
+            reasoning_tokens: None,
+            error_type: None,
+            response_model: None,
             tenant_id: None,
         },
     }

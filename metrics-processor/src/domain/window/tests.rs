@@ -15,6 +15,7 @@ fn names(model: &str) -> Names {
         tenant: "acme".into(),
         route: "/chat".into(),
         model: model.into(),
+        provider: None,
     }
 }
 
@@ -28,6 +29,10 @@ fn response(latency_ms: u64, error: Option<&str>) -> ResponseEvent {
         error: error.map(Into::into),
         time_to_first_token_ms: Some(latency_ms / 2),
         cached_prompt_tokens: Some(30),
+        cache_creation_tokens: None,
+        reasoning_tokens: None,
+        error_type: None,
+        response_model: None,
         tenant_id: None,
     }
 }
@@ -53,6 +58,7 @@ fn an_aggregate_counts_sums_and_histograms() {
     let mut a = Aggregate::default();
     a.record_paired(
         100,
+        Some("openai"),
         &response(100, None),
         Cost {
             nanos: 5,
@@ -61,6 +67,7 @@ fn an_aggregate_counts_sums_and_histograms() {
     );
     a.record_paired(
         100,
+        Some("openai"),
         &response(300, Some("boom")),
         Cost {
             nanos: 7,
@@ -69,13 +76,14 @@ fn an_aggregate_counts_sums_and_histograms() {
     );
     a.record_paired(
         100,
+        None,
         &response(200, Some("")),
         Cost {
             nanos: 1,
             priced: true,
         },
     );
-    a.record_timeout();
+    a.record_timeout(Some("anthropic"));
     assert_eq!(
         (a.requests, a.completed, a.errors, a.timeouts),
         (4, 3, 1, 1)
@@ -86,6 +94,11 @@ fn an_aggregate_counts_sums_and_histograms() {
     assert_eq!(a.avg_completion_tokens(), 20.0);
     assert_eq!(a.cached_prompt_tokens, 90);
     assert_eq!((a.cost_nanos, a.unpriced), (13, 1));
+    // Requests per provider, timeouts included; errors per type, untyped ones as _OTHER.
+    let providers: Vec<_> = a.providers.iter().collect();
+    assert_eq!(providers, [("anthropic", 1), ("openai", 2)]);
+    let error_types: Vec<_> = a.error_types.iter().collect();
+    assert_eq!(error_types, [("_OTHER", 1)]);
     let max = a.latency_quantile_ms(1.0);
     assert!((300..=303).contains(&max), "{max} is not 300 within 1%");
 }
@@ -94,7 +107,7 @@ fn an_aggregate_counts_sums_and_histograms() {
 fn a_window_closes_only_after_its_end_plus_grace() {
     let mut w = Windows::new(TimeDelta::seconds(2));
     let key = w.key_of(&names("m"), t(10));
-    w.add(key, &[at(0)], Aggregate::record_timeout);
+    w.add(key, &[at(0)], |a| a.record_timeout(None));
     assert!(w.close(t(61)).is_empty());
     let closed = w.close(t(62));
     assert_eq!(closed.len(), 1);
@@ -112,12 +125,12 @@ fn a_late_contribution_is_handed_out_as_a_partial_to_merge_not_a_replacement() {
     let mut w = Windows::new(TimeDelta::seconds(2));
     let key = w.key_of(&names("m"), t(10));
     for i in 0..3 {
-        assert!(!w.add(key.clone(), &[at(i)], Aggregate::record_timeout));
+        assert!(!w.add(key.clone(), &[at(i)], |a| a.record_timeout(None)));
     }
     let first = w.close(t(62));
     assert_eq!(first[0].1.requests, 3);
     assert!(
-        w.add(key.clone(), &[at(9)], Aggregate::record_timeout),
+        w.add(key.clone(), &[at(9)], |a| a.record_timeout(None)),
         "late"
     );
     let second = w.close(t(63));
@@ -132,9 +145,9 @@ fn a_late_contribution_is_handed_out_as_a_partial_to_merge_not_a_replacement() {
 fn an_open_window_holds_its_oldest_offset_per_input_partition() {
     let mut w = Windows::new(TimeDelta::seconds(2));
     let key = w.key_of(&names("m"), t(10));
-    w.add(key.clone(), &[at(8)], Aggregate::record_timeout);
-    w.add(key.clone(), &[at(5)], Aggregate::record_timeout);
-    w.add(key, &[at(9)], Aggregate::record_timeout);
+    w.add(key.clone(), &[at(8)], |a| a.record_timeout(None));
+    w.add(key.clone(), &[at(5)], |a| a.record_timeout(None));
+    w.add(key, &[at(9)], |a| a.record_timeout(None));
     assert_eq!(w.needed().min(Input::Requests, 0), Some(5));
 }
 

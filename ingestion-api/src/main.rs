@@ -6,10 +6,15 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use ingestion_api::settings::Settings;
 use ingestion_api::startup::Application;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let settings = Settings::from_env(metrics_core::settings::Env::process())?;
     infra::logging::init(settings.log_json);
-    let app = Application::build(settings).await?;
-    app.run_until_stopped(infra::shutdown::signal()).await
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(settings.worker_threads)
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let app = Application::build(settings).await?;
+            app.run_until_stopped(infra::shutdown::signal()).await
+        })
 }

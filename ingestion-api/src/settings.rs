@@ -37,6 +37,17 @@ pub struct Settings {
     /// Events a second per API key, and the burst above it; 0 turns the limit off.
     pub rate_per_sec: u32,
     pub rate_burst: u32,
+    /// Threads serving HTTP and gRPC (`WORKER_THREADS`): by default one fewer than the
+    /// machine's cores, at least one, which leaves a core to librdkafka's own threads (its
+    /// broker thread and the delivery-report thread) instead of having them preempt the
+    /// workers.
+    pub worker_threads: usize,
+}
+
+/// One fewer than the cores this process may use, at least one.
+pub fn default_worker_threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    cores.saturating_sub(1).max(1)
 }
 
 impl Settings {
@@ -66,7 +77,11 @@ impl Settings {
             dsn: infra::db::dsn_from_env(e),
             rate_per_sec: e.parse(&["RATE_LIMIT_EVENTS_PER_SEC"], 10_000),
             rate_burst: e.parse(&["RATE_LIMIT_BURST"], 20_000),
+            worker_threads: e.parse(&["WORKER_THREADS"], default_worker_threads()),
         };
+        if settings.worker_threads == 0 {
+            e.invalid("WORKER_THREADS must be at least 1");
+        }
         if settings.delivery_timeout < Duration::from_millis(100) {
             e.invalid("KAFKA_DELIVERY_TIMEOUT_MS must be at least 100");
         }

@@ -185,9 +185,7 @@ async fn single(
         });
     }
     let bytes = body.map_err(|r| ApiError::from_body(r, state.config.max_body_bytes))?;
-    let value: Value =
-        serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
-    let mut event = parse(&state, &value, kind).map_err(ApiError::Invalid)?;
+    let mut event = parse_single(&state, &bytes, kind)?;
     if bind_tenant(&mut event, tenant.as_ref()).is_err() {
         return Err(ApiError::Forbidden(
             event.tenant().map(ToString::to_string).unwrap_or_default(),
@@ -346,6 +344,32 @@ fn declared_kind(item: &[u8]) -> &'static str {
     }
 }
 
+/// A single event's body: read straight into the typed event, which is what well-formed
+/// events take; a body that does not read that way (malformed, or a field of the wrong type)
+/// goes through the field-by-field reading, which names every failing field.
+fn parse_single(state: &AppState, bytes: &[u8], kind: EventKind) -> Result<Event, ApiError> {
+    let typed = match kind {
+        EventKind::Request => serde_json::from_slice(bytes).ok().map(Event::Request),
+        EventKind::Response => serde_json::from_slice(bytes).ok().map(Event::Response),
+    };
+    let Some(event) = typed else {
+        let value: Value =
+            serde_json::from_slice(bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+        return parse(state, &value, kind).map_err(ApiError::Invalid);
+    };
+    validation::check_event(event, Utc::now(), &state.config.limits).map_err(|errors| {
+        rejected(state, kind);
+        ApiError::Invalid(errors)
+    })
+}
+
+fn rejected(state: &AppState, kind: EventKind) {
+    let labels = KindLabels {
+        kind: kind.as_str(),
+    };
+    state.metrics.events_rejected.get_or_create(&labels).inc();
+}
+
 fn parse(state: &AppState, value: &Value, kind: EventKind) -> Result<Event, Vec<FieldError>> {
     let (now, limits) = (Utc::now(), &state.config.limits);
     let parsed = match kind {
@@ -353,10 +377,7 @@ fn parse(state: &AppState, value: &Value, kind: EventKind) -> Result<Event, Vec<
         EventKind::Response => validation::parse_response(value, now, limits).map(Event::Response),
     };
     if parsed.is_err() {
-        let labels = KindLabels {
-            kind: kind.as_str(),
-        };
-        state.metrics.events_rejected.get_or_create(&labels).inc();
+        rejected(state, kind);
     }
     parsed
 }

@@ -73,7 +73,7 @@ soak: stack-up
 
 ## bench-ingest: the ingestion API against a raw librdkafka producer
 bench-ingest: stack-up
-	cargo build --release -p ingestion-api -p loadgen
+	cargo build --release -p ingestion-api -p loadgen -p admin
 	@$(STACK_ENV); scripts/bench-ingest.sh
 
 ## bench-processor: the processor against a raw consumer on the same preloaded data

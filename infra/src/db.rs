@@ -1,6 +1,7 @@
 //! Postgres: the pool every service uses, the migrations embedded at build time, and window
 //! rows read back into aggregates.
 
+use std::str::FromStr;
 use std::time::Duration;
 
 use std::collections::BTreeMap;
@@ -9,7 +10,7 @@ use metrics_core::aggregate::{Aggregate, Breakdown};
 use metrics_core::histogram::{self, HistogramError};
 use metrics_core::settings::Env;
 use sqlx::migrate::{MigrateError, Migrator};
-use sqlx::postgres::{PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::types::Json;
 use sqlx::{PgPool, Row};
 
@@ -31,6 +32,34 @@ pub async fn connect(dsn: &str, max_connections: u32) -> Result<PgPool, sqlx::Er
         .acquire_timeout(Duration::from_secs(5))
         .connect(dsn)
         .await
+}
+
+/// A pool for a service's queries: Postgres cancels any statement of it that runs longer than
+/// `statement_timeout`, and lists its connections under `application_name` in
+/// `pg_stat_activity`. Migrations go through [`connect`]: they may take longer.
+pub async fn connect_for_queries(
+    dsn: &str,
+    max_connections: u32,
+    statement_timeout: Duration,
+    application_name: &str,
+) -> Result<PgPool, sqlx::Error> {
+    let options = PgConnectOptions::from_str(dsn)?
+        .application_name(application_name)
+        .options([(
+            "statement_timeout",
+            format!("{}ms", statement_timeout.as_millis()),
+        )]);
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options)
+        .await
+}
+
+/// Whether Postgres cancelled the statement (SQLSTATE 57014, `query_canceled`): its statement
+/// timeout passed, or someone cancelled it.
+pub fn is_cancelled(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(e) if e.code().as_deref() == Some("57014"))
 }
 
 pub async fn migrate(pool: &PgPool) -> Result<(), MigrateError> {

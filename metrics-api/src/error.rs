@@ -18,6 +18,9 @@ pub enum ApiError {
     /// 403: a key asking for another tenant's data.
     #[error("this API key belongs to another tenant than {0:?}")]
     Forbidden(String),
+    /// 408: the query ran into the statement timeout; Postgres cancelled it.
+    #[error("the query took longer than the request timeout and was cancelled; ask for a shorter range or a coarser granularity")]
+    QueryTimeout,
     /// 503: the database did not answer.
     #[error("the database is unavailable; retry later")]
     Unavailable(String),
@@ -38,13 +41,19 @@ impl From<AuthError> for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
+        if infra::db::is_cancelled(&e) {
+            return ApiError::QueryTimeout;
+        }
         ApiError::Unavailable(e.to_string())
     }
 }
 
 impl From<infra::db::RowError> for ApiError {
     fn from(e: infra::db::RowError) -> Self {
-        ApiError::Unavailable(e.to_string())
+        match e {
+            infra::db::RowError::Database(e) => e.into(),
+            other => ApiError::Unavailable(other.to_string()),
+        }
     }
 }
 
@@ -54,6 +63,7 @@ impl ApiError {
             ApiError::BadParameters(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::QueryTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -65,6 +75,7 @@ impl ApiError {
             ApiError::BadParameters(_) => "invalid_parameters",
             ApiError::Unauthenticated(_) => "unauthenticated",
             ApiError::Forbidden(_) => "forbidden",
+            ApiError::QueryTimeout => "query_timeout",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",

@@ -19,6 +19,11 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub limits: QueryLimits,
     pub request_timeout: Duration,
+    /// How long Postgres lets one statement run before cancelling it
+    /// (`QUERY_STATEMENT_TIMEOUT_MS`): by default a tenth (at most a second) short of the
+    /// request timeout, so that a query too slow to be answered stops in Postgres as well,
+    /// before the request's 408, instead of running on with nobody waiting for it.
+    pub statement_timeout: Duration,
     /// Origins browsers may call from (`CORS_ALLOWED_ORIGINS`, comma-separated, `*` for any);
     /// empty: no cross-origin access.
     pub cors_origins: Vec<String>,
@@ -28,6 +33,12 @@ pub struct Settings {
 impl Settings {
     pub fn from_env(mut env: Env) -> Result<Self, SettingsError> {
         let e = &mut env;
+        let request_timeout = Duration::from_millis(e.parse(&["HTTP_REQUEST_TIMEOUT_MS"], 10_000));
+        let margin = (request_timeout / 10).min(Duration::from_secs(1));
+        let statement_timeout = Duration::from_millis(e.parse(
+            &["QUERY_STATEMENT_TIMEOUT_MS"],
+            u64::try_from((request_timeout - margin).as_millis()).unwrap_or(u64::MAX),
+        ));
         let settings = Self {
             host: e.parse(&["HTTP_HOST"], IpAddr::from([0, 0, 0, 0])),
             port: e.parse(&["HTTP_PORT"], 8081),
@@ -39,7 +50,8 @@ impl Settings {
                 max_limit: e.parse(&["QUERY_MAX_LIMIT"], 1000),
                 max_range: TimeDelta::days(e.parse(&["QUERY_MAX_RANGE_DAYS"], 400)),
             },
-            request_timeout: Duration::from_millis(e.parse(&["HTTP_REQUEST_TIMEOUT_MS"], 10_000)),
+            request_timeout,
+            statement_timeout,
             cors_origins: e
                 .string(&["CORS_ALLOWED_ORIGINS"], "")
                 .split(',')
@@ -51,6 +63,11 @@ impl Settings {
         };
         if settings.limits.max_limit < 60 {
             e.invalid("QUERY_MAX_LIMIT must be at least 60, the default limit");
+        }
+        if settings.statement_timeout.is_zero()
+            || settings.statement_timeout > settings.request_timeout
+        {
+            e.invalid("QUERY_STATEMENT_TIMEOUT_MS must be positive and at most HTTP_REQUEST_TIMEOUT_MS, or a query could run on in Postgres after its request was answered 408");
         }
         if settings.max_connections == 0 {
             e.invalid("DB_MAX_CONNECTIONS must be positive");
@@ -85,6 +102,27 @@ mod tests {
             (s.port, s.dsn.as_str(), s.auth.enabled),
             (9001, "postgres://a/b", false)
         );
+    }
+
+    #[test]
+    fn statements_stop_before_the_request_times_out() {
+        let ms = |s: Settings| {
+            (
+                s.request_timeout.as_millis(),
+                s.statement_timeout.as_millis(),
+            )
+        };
+        assert_eq!(ms(load(&[]).unwrap()), (10_000, 9_000));
+        assert_eq!(
+            ms(load(&[("HTTP_REQUEST_TIMEOUT_MS", "1500")]).unwrap()),
+            (1_500, 1_350)
+        );
+        let own = load(&[("QUERY_STATEMENT_TIMEOUT_MS", "4000")]).unwrap();
+        assert_eq!(ms(own), (10_000, 4_000));
+        let text = load(&[("QUERY_STATEMENT_TIMEOUT_MS", "20000")])
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("QUERY_STATEMENT_TIMEOUT_MS"), "{text}");
     }
 
     #[test]

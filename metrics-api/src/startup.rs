@@ -21,12 +21,22 @@ pub struct Application {
 impl Application {
     /// Connects to Postgres, applies migrations and binds the port.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let pool = infra::db::connect(&settings.dsn, settings.max_connections)
+        // Migrations on a connection of their own, without the queries' statement timeout.
+        let migrations = infra::db::connect(&settings.dsn, 1)
             .await
             .context("cannot connect to Postgres (POSTGRES_DSN / DATABASE_URL)")?;
-        infra::db::migrate(&pool)
+        infra::db::migrate(&migrations)
             .await
             .context("migrations failed")?;
+        migrations.close().await;
+        let pool = infra::db::connect_for_queries(
+            &settings.dsn,
+            settings.max_connections,
+            settings.statement_timeout,
+            "streamlens-metrics-api",
+        )
+        .await
+        .context("cannot connect to Postgres (POSTGRES_DSN / DATABASE_URL)")?;
         let address = (settings.host, settings.port);
         let listener = TcpListener::bind(address)
             .await

@@ -251,7 +251,12 @@ pub struct Api {
 
 impl Api {
     pub async fn start(dsn: &str, auth: bool) -> Self {
-        let env = [
+        Self::start_with(dsn, auth, &[]).await
+    }
+
+    /// Started with `more` settings on top of the tests' own.
+    pub async fn start_with(dsn: &str, auth: bool, more: &[(&str, &str)]) -> Self {
+        let mut env = vec![
             ("POSTGRES_DSN", dsn),
             ("HTTP_HOST", "127.0.0.1"),
             ("HTTP_PORT", "0"),
@@ -259,6 +264,7 @@ impl Api {
             ("API_KEY_CACHE_SECS", "0"),
             ("CORS_ALLOWED_ORIGINS", "https://dash.example"),
         ];
+        env.extend_from_slice(more);
         let settings =
             Settings::from_env(metrics_core::settings::Env::from_pairs(env)).expect("settings");
         let app = Application::build(settings).await.expect("the API starts");

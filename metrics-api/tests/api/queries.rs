@@ -378,3 +378,59 @@ async fn health_readiness_metrics_openapi_and_cors() {
         .get("access-control-allow-origin")
         .is_none());
 }
+
+/// A query slower than the request timeout is cancelled in Postgres before the answer, not
+/// left running with nobody waiting. The query is made slow on purpose: the test holds a lock
+/// on the windows table (of a database of its own, so that no other test waits behind it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_slower_than_its_request_is_cancelled_in_postgres_before_the_408() {
+    let admin = infra::db::connect(&test_support::database_url(), 1)
+        .await
+        .expect("Postgres answers");
+    let database = unique("slow_").replace('-', "_");
+    sqlx::query(&format!("CREATE DATABASE {database}"))
+        .execute(&admin)
+        .await
+        .expect("a database of the test's own");
+    let base = test_support::database_url();
+    let dsn = format!(
+        "{}/{database}",
+        &base[..base.rfind('/').expect("a DSN with a path")]
+    );
+    let api = Api::start_with(&dsn, false, &[("HTTP_REQUEST_TIMEOUT_MS", "1500")]).await;
+
+    let pool = infra::db::connect(&dsn, 1)
+        .await
+        .expect("the test's database");
+    let mut lock = pool.begin().await.expect("a transaction");
+    sqlx::query("LOCK TABLE llm_metrics IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .expect("the table locked");
+    let started = std::time::Instant::now();
+    let (status, body) = api.get("/v1/metrics?tenant_id=acme", None).await;
+    let took = started.elapsed();
+    assert_eq!(status, 408, "{body}");
+    // Still locked: a statement left running would still be waiting, active, in the test's
+    // database (where the lock's own transaction is idle).
+    let running: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND state = 'active'",
+    )
+    .bind(&database)
+    .fetch_one(&admin)
+    .await
+    .expect("pg_stat_activity");
+    assert_eq!(running, 0, "the query still runs in Postgres after its 408");
+    // Cancelled by the statement timeout, inside the request's time.
+    assert_eq!(body["error"], "query_timeout", "{body}");
+    assert!(took < std::time::Duration::from_millis(1500), "{took:?}");
+    lock.rollback().await.expect("unlocked");
+
+    // And with the table free again, the same query is answered.
+    let (status, body) = api.get("/v1/metrics?tenant_id=acme", None).await;
+    assert_eq!(status, 200, "{body}");
+    pool.close().await;
+    let _ = sqlx::query(&format!("DROP DATABASE {database} WITH (FORCE)"))
+        .execute(&admin)
+        .await;
+}

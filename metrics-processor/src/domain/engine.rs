@@ -40,7 +40,7 @@ use super::join::{Ended, Joiner, Outcome, Sourced};
 use super::offsets::{Input, Source};
 use super::watermark::Watermarks;
 use super::window::{Aggregate, WindowKey, Windows};
-use metrics_core::pricing::PricingTable;
+use metrics_core::pricing::{PricingTable, Tokens};
 
 #[derive(Debug, Clone, Copy)]
 pub struct EngineConfig {
@@ -476,11 +476,17 @@ impl Engine {
                 if state.already_written(&key, request.source, response.source) {
                     return;
                 }
+                let response_value = &response.value;
                 let cost = self.pricing.cost(
                     &request.value.names.model,
-                    request.value.prompt_tokens,
-                    response.value.cached_prompt_tokens.unwrap_or(0),
-                    response.value.completion_tokens,
+                    request.value.timestamp,
+                    Tokens {
+                        prompt: request.value.prompt_tokens,
+                        cached: response_value.cached_prompt_tokens.unwrap_or(0),
+                        cache_write: response_value.cache_creation_tokens.unwrap_or(0),
+                        completion: response_value.completion_tokens,
+                        reasoning: response_value.reasoning_tokens.unwrap_or(0),
+                    },
                 );
                 let late = state
                     .windows

@@ -293,3 +293,60 @@ fn old_pairs_read_after_an_idle_spell_are_paired_not_timed_out() {
     });
     assert_eq!((requests, completed, timeouts), (3, 3, 0));
 }
+
+/// A paired call is costed at the price in force at its request's time, each token type at
+/// its own rate: a price cut at the start of a minute applies to that minute's window on.
+#[test]
+fn a_call_is_costed_at_the_price_of_its_request_time_by_token_type() {
+    let from = t(60).to_rfc3339();
+    let json = format!(
+        r#"{{"models": {{"m": [{{"input": 2, "output": 10, "cached_input": 1, "cache_write": 4, "reasoning": 20}},
+            {{"valid_from": "{from}", "input": 1, "output": 5}}]}}}}"#
+    );
+    let mut engine = Engine::new(config(), PricingTable::with_file(&json).unwrap());
+    engine.assign(
+        0,
+        [(Input::Requests, None), (Input::Responses, None)],
+        Vec::new(),
+        t(0),
+    );
+    for (i, (id, at)) in [("before", 59), ("after", 60)].into_iter().enumerate() {
+        let Event::Response(mut r) = response(id, at + 1, 100, false) else {
+            unreachable!()
+        };
+        // 100 prompt tokens: 30 read from the cache, 20 written; 12 completion, 2 reasoning.
+        (r.cached_prompt_tokens, r.cache_creation_tokens) = (Some(30), Some(20));
+        (r.completion_tokens, r.reasoning_tokens) = (12, Some(2));
+        let offset = i64::try_from(i).unwrap();
+        engine.apply(
+            src(Input::Requests, offset),
+            request(id, at, "m"),
+            t(at + 1),
+        );
+        engine.apply(src(Input::Responses, offset), Event::Response(r), t(at + 1));
+    }
+    engine.reached_end(Input::Requests, 0);
+    engine.reached_end(Input::Responses, 0);
+    let (flush, _) = engine.flush(t(3600));
+    let costs: Vec<(i64, u64)> = flush
+        .windows()
+        .iter()
+        .map(|(key, a)| ((key.start - t(0)).num_seconds(), a.cost_nanos))
+        .collect();
+    // Before: 50 plain input × $2 + 30 read × $1 + 20 written × $4 + 10 output × $10 + 2
+    // reasoning × $20, per million tokens = $350 / 10⁶ = 350,000 nano-dollars. After (input
+    // $1 and output $5 for every type): 100 × $1 + 12 × $5 = $160 / 10⁶.
+    assert_eq!(
+        costs,
+        [
+            (0, (100 + 30 + 80 + 100 + 40) * 1_000),
+            (60, (100 + 60) * 1_000)
+        ]
+    );
+    let cache: Vec<(u64, u64)> = flush
+        .windows()
+        .iter()
+        .map(|(_, a)| (a.cache_creation_tokens, a.reasoning_tokens))
+        .collect();
+    assert_eq!(cache, [(20, 2), (20, 2)]);
+}

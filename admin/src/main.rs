@@ -1,12 +1,14 @@
-//! Operator commands: migrations, topics, API keys. `streamlens-admin --help` lists them,
+//! Operator commands: migrations, topics, API keys, prices. `streamlens-admin --help` lists them,
 //! `streamlens-admin COMMAND --help` their arguments.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use infra::kafka::{KafkaSettings, Topics};
 use metrics_core::ids::TenantId;
+use metrics_core::pricing::PricingTable;
 use metrics_core::settings::Env;
 
 /// Operator commands for StreamLens. The database comes from POSTGRES_DSN (or DATABASE_URL),
@@ -27,6 +29,23 @@ enum Command {
     /// API keys
     #[command(subcommand)]
     Keys(Keys),
+    /// Model prices
+    #[command(subcommand)]
+    Prices(Prices),
+}
+
+#[derive(Debug, Subcommand)]
+enum Prices {
+    /// Check a pricing file, and list the models of the stored windows it leaves without a
+    /// price (their calls are counted as unpriced); exits 1 when there is any
+    Check {
+        /// The pricing file, as the processor reads it; without one, the built-in prices
+        #[arg(long, env = "PRICING_FILE")]
+        file: Option<PathBuf>,
+        /// How many days of windows to look at
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -87,8 +106,87 @@ async fn main() -> anyhow::Result<()> {
             let pool = migrated(env).await?;
             keys(&pool, command).await?;
         }
+        Command::Prices(Prices::Check { file, days }) => {
+            let table = match &file {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    PricingTable::with_file(&text)
+                        .with_context(|| format!("{} is not a valid price table", path.display()))?
+                }
+                None => PricingTable::default(),
+            };
+            let pool = migrated(env).await?;
+            let seen = seen_models(&pool, &table, days).await?;
+            let missing = seen.iter().filter(|m| m.priced_as.is_none()).count();
+            println!(
+                "{:<40}  {:>12}  {:<25}  priced as",
+                "model", "requests", "last seen"
+            );
+            for m in &seen {
+                println!(
+                    "{:<40}  {:>12}  {:<25}  {}",
+                    m.model,
+                    m.requests,
+                    m.last_seen.to_rfc3339(),
+                    m.priced_as
+                        .as_deref()
+                        .unwrap_or("NO PRICE: counted as unpriced")
+                );
+            }
+            let source = file.map_or("the built-in prices".into(), |f| f.display().to_string());
+            if missing > 0 {
+                bail!(
+                    "{missing} of {} models seen in the last {days} days have no price in {source}",
+                    seen.len()
+                );
+            }
+            eprintln!("{source}: valid; every one of the {} models seen in the last {days} days has a price", seen.len());
+        }
     }
     Ok(())
+}
+
+/// A model of the stored windows and what prices it.
+#[derive(Debug)]
+struct Seen {
+    model: String,
+    requests: i64,
+    last_seen: chrono::DateTime<chrono::Utc>,
+    /// The price table's entry for it, at its last window; `None`: no price then.
+    priced_as: Option<String>,
+}
+
+/// Every model with windows in the last `days` days, each with the entry that prices it at
+/// its last window.
+async fn seen_models(
+    pool: &sqlx::PgPool,
+    table: &PricingTable,
+    days: u32,
+) -> anyhow::Result<Vec<Seen>> {
+    let rows: Vec<(String, i64, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "SELECT model, sum(requests)::BIGINT, max(window_start) FROM llm_metrics
+         WHERE window_start >= now() - make_interval(days => $1)
+         GROUP BY model ORDER BY model",
+    )
+    .bind(i32::try_from(days).unwrap_or(i32::MAX))
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(model, requests, last_seen)| {
+            let priced_as = table
+                .price(&model, last_seen)
+                .and(table.priced_as(&model))
+                .map(str::to_owned);
+            Seen {
+                model,
+                requests,
+                last_seen,
+                priced_as,
+            }
+        })
+        .collect())
 }
 
 /// The database, with every migration applied.
@@ -169,5 +267,44 @@ mod tests {
             Command::Keys(Keys::Create { tenant, name }) if tenant == "acme" && name.is_empty()
         ));
         assert!(parse(&["keys", "revoke", "x"]).is_err());
+    }
+
+    /// Against the real database: a model of the stored windows without a price is named, a
+    /// dated snapshot of a priced family is not, and a model whose price starts after its
+    /// windows counts as without one.
+    #[tokio::test]
+    async fn prices_check_names_the_seen_models_without_a_price() {
+        let pool = infra::db::connect(&test_support::database_url(), 1)
+            .await
+            .expect("Postgres answers");
+        infra::db::migrate(&pool).await.expect("migrations apply");
+        let tenant = test_support::unique("prices-");
+        let unknown = test_support::unique("in-house-");
+        let later = test_support::unique("priced-later-");
+        for model in ["gpt-4o-2024-08-06", unknown.as_str(), later.as_str()] {
+            sqlx::query(
+                "INSERT INTO llm_metrics (tenant_id, route, model, window_start, window_end, requests)
+                 VALUES ($1, '/r', $2, date_trunc('minute', now()) - interval '1 hour',
+                         date_trunc('minute', now()) - interval '59 minutes', 3)",
+            )
+            .bind(&tenant)
+            .bind(model)
+            .execute(&pool)
+            .await
+            .expect("a window");
+        }
+        let json = format!(
+            r#"{{"models": {{"{later}": [{{"valid_from": "2999-01-01T00:00:00Z", "input": 1, "output": 1}}]}}}}"#
+        );
+        let table = PricingTable::with_file(&json).unwrap();
+        let seen = seen_models(&pool, &table, 1).await.unwrap();
+        let find = |m: &str| seen.iter().find(|s| s.model == m).expect(m);
+        assert_eq!(
+            find("gpt-4o-2024-08-06").priced_as.as_deref(),
+            Some("gpt-4o")
+        );
+        assert_eq!(find(&unknown).priced_as, None);
+        assert_eq!(find(&later).priced_as, None);
+        assert!(find(&unknown).requests >= 3);
     }
 }

@@ -147,6 +147,9 @@ pub struct Summary {
     pub top_models_by_cost: Vec<Ranked>,
     pub top_routes_by_requests: Vec<Ranked>,
     pub top_routes_by_cost: Vec<Ranked>,
+    /// Every model with calls the price table had no price for (counted in `unpriced`, not
+    /// in the cost), most such calls first.
+    pub unpriced_models: Vec<Ranked>,
 }
 
 /// The figures of a window, a bucket or a range. Percentiles come from merged histograms.
@@ -258,6 +261,11 @@ pub fn summarize<C: Contribution>(
         models.entry(model.clone()).or_default().merge(a);
         routes.entry(route.clone()).or_default().merge(a);
     }
+    let unpriced: BTreeMap<String, Aggregate> = models
+        .iter()
+        .filter(|(_, a)| a.unpriced > 0)
+        .map(|(name, a)| (name.clone(), a.clone()))
+        .collect();
     Ok(Summary {
         tenant_id: tenant.to_owned(),
         from,
@@ -267,6 +275,7 @@ pub fn summarize<C: Contribution>(
         top_models_by_cost: top(&models, n, |a| a.cost_nanos),
         top_routes_by_requests: top(&routes, n, |a| a.requests),
         top_routes_by_cost: top(&routes, n, |a| a.cost_nanos),
+        unpriced_models: top(&unpriced, unpriced.len(), |a| a.unpriced),
     })
 }
 
@@ -407,6 +416,33 @@ mod tests {
             BTreeMap::from([("_OTHER".into(), 1), ("rate_limit".into(), 1)])
         );
         assert_eq!(s.totals.reasoning_tokens, 5);
+        assert!(s.unpriced_models.is_empty());
+    }
+
+    #[test]
+    fn a_summary_names_every_model_without_a_price() {
+        let priced = window("/a", "gpt-4o", 0, &[10, 20]);
+        let mut few = window("/a", "in-house", 1, &[5]);
+        few.aggregate.unpriced = 1;
+        let mut many = window("/b", "new-model", 2, &[5, 6, 7]);
+        many.aggregate.unpriced = 3;
+        let from = "2024-05-01T00:00:00Z".parse().unwrap();
+        // Named however many there are, beyond the top-n of the other lists.
+        let s = summarize(
+            "t",
+            from,
+            from + TimeDelta::hours(1),
+            vec![priced, few, many],
+            1,
+        )
+        .unwrap();
+        let unpriced: Vec<_> = s
+            .unpriced_models
+            .iter()
+            .map(|r| (r.name.as_str(), r.figures.unpriced))
+            .collect();
+        assert_eq!(unpriced, [("new-model", 3), ("in-house", 1)]);
+        assert_eq!(s.totals.unpriced, 4);
     }
 
     proptest! {

@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 /// Micro-dollars per million tokens.
@@ -161,7 +161,7 @@ impl PriceFile {
 
     fn dated(&self, what: &str) -> Result<Dated, PricingError> {
         if let Some(from) = self.valid_from {
-            if from.duration_trunc(TimeDelta::minutes(1)).ok() != Some(from) {
+            if from.timestamp().rem_euclid(60) != 0 || from.timestamp_subsec_nanos() != 0 {
                 return Err(PricingError::Invalid(format!(
                     "{what}.valid_from: {from} is not on a whole minute (prices change between windows)"
                 )));
@@ -237,11 +237,11 @@ impl PricingTable {
         Ok(table)
     }
 
-    /// The prices of `model`: an exact entry, else the longest entry that `model` extends
-    /// with a version suffix (`gpt-4o-2024-08-06` is priced as `gpt-4o`).
-    fn entry(&self, model: &str) -> Option<&[Dated]> {
+    /// The entry pricing `model`, by name: an exact entry, else the longest entry that `model`
+    /// extends with a version suffix (`gpt-4o-2024-08-06` is priced as `gpt-4o`).
+    fn entry<'a>(&'a self, model: &'a str) -> Option<(&'a str, &'a [Dated])> {
         if let Some(prices) = self.models.get(model) {
-            return Some(prices);
+            return Some((model, prices));
         }
         self.models
             .iter()
@@ -253,12 +253,18 @@ impl PricingTable {
                     )
             })
             .max_by_key(|(name, _)| name.len())
-            .map(|(_, prices)| prices.as_slice())
+            .map(|(name, prices)| (name.as_str(), prices.as_slice()))
+    }
+
+    /// The entry that prices `model` (its own name, or the family it is a version of), if any.
+    pub fn priced_as<'a>(&'a self, model: &'a str) -> Option<&'a str> {
+        self.entry(model).map(|(name, _)| name)
     }
 
     /// The price of `model` in force at `at`, if it has one then.
     pub fn price(&self, model: &str, at: DateTime<Utc>) -> Option<Price> {
         self.entry(model)?
+            .1
             .iter()
             .rev()
             .find(|d| d.from.is_none_or(|from| from <= at))
@@ -304,6 +310,8 @@ pub enum PricingError {
 
 #[cfg(test)]
 mod tests {
+    use chrono::TimeDelta;
+
     use super::*;
 
     fn at(text: &str) -> DateTime<Utc> {

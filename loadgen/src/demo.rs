@@ -31,6 +31,15 @@ const ERRORS: [&str; 3] = [
     "context_length_exceeded",
 ];
 
+/// Who serves each model of [`MODELS`] (`gen_ai.provider.name`).
+fn provider(model: &str) -> &'static str {
+    match model.split('-').next() {
+        Some("claude") => "anthropic",
+        Some("gemini") => "gcp.gemini",
+        _ => "openai",
+    }
+}
+
 /// Model, median latency (ms) and spread of its lognormal.
 const MODELS: [(&str, f64, f64); 5] = [
     ("gpt-4o", 1400.0, 0.55),
@@ -135,6 +144,7 @@ impl Traffic {
             "tenant_id": self.tenants[tenant],
             "route": route,
             "model": model,
+            "provider": provider(model),
             "timestamp": at.to_rfc3339(),
             "prompt_tokens": prompt_tokens,
         });
@@ -165,7 +175,10 @@ impl Traffic {
             "finish_reason": "error",
         });
         if failed {
-            response["error"] = json!(ERRORS[self.rng.pick(&[3.0, 1.0, 1.0])]);
+            let error = ERRORS[self.rng.pick(&[3.0, 1.0, 1.0])];
+            response["error"] = json!(error);
+            // The class, as an instrumentation's `error.type` gives it.
+            response["error_type"] = json!(error);
         } else {
             let completion = self.rng.lognormal(completion_median, 0.7).round().max(1.0);
             let ttft = latency as f64 * (0.1 + 0.25 * self.rng.unit());

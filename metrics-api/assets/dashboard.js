@@ -107,6 +107,7 @@ async function refresh() {
       get("/v1/summary", range()),
     ]);
     drawTotals(summary);
+    drawDetails(summary);
     drawCharts(series.metrics, totals.metrics, step, from, to);
     const truncated = series.count >= MAX_ITEMS ? " (oldest buckets cut: pick a larger step)" : "";
     status(`Tenant ${summary.tenant_id} · ${series.count} points · step ${step} · updated ${new Date().toLocaleTimeString()}${truncated}`);
@@ -132,6 +133,32 @@ function drawTotals(summary) {
     tile.firstChild.textContent = name;
     tile.lastChild.textContent = value;
     return tile;
+  }));
+}
+
+// Below the tiles: what the totals are made of, and the models the cost leaves out.
+function drawDetails(summary) {
+  const t = summary.totals;
+  const counts = (map) => Object.entries(map || {}).sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]))
+    .map(([name, n]) => `${name} ${compact(n)}`).join(", ");
+  const lines = [];
+  if (t.errors > 0) lines.push(["errors", "Errors by type", counts(t.error_types)]);
+  if (Object.keys(t.providers || {}).length) lines.push(["providers", "Requests by provider", counts(t.providers)]);
+  lines.push(["tokens", "Tokens", `prompt ${compact(t.prompt_tokens)} (cache reads ${compact(t.cached_prompt_tokens)}, cache writes ${compact(t.cache_creation_tokens)}), completion ${compact(t.completion_tokens)} (reasoning ${compact(t.reasoning_tokens)})`]);
+  const unpriced = summary.unpriced_models || [];
+  if (unpriced.length) {
+    lines.push(["unpriced", "No price", unpriced.map((r) => `${r.name} (${compact(r.unpriced)} calls)`).join(", ") +
+      ": counted as unpriced, not in the estimated cost"]);
+  }
+  $("details").replaceChildren(...lines.map(([id, name, text]) => {
+    const p = document.createElement("p");
+    p.dataset.detail = id;
+    if (id === "unpriced") p.className = "warn";
+    const label = document.createElement("span");
+    label.className = "name";
+    label.textContent = name + ": ";
+    p.append(label, text);
+    return p;
   }));
 }
 

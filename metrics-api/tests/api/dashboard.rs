@@ -219,6 +219,19 @@ async fn make_run_serves_a_dashboard_that_draws_the_demo_traffic_and_stops_on_ct
         "the status line names the tenant: {dom}"
     );
     assert!(!dom.contains("Could not load"), "{dom}");
+    // Below the tiles, what the totals are made of: the demo names its providers.
+    let detail = |id: &str| {
+        let at = dom
+            .find(&format!("data-detail=\"{id}\""))
+            .map(|i| &dom[i..]);
+        at.map(|rest| rest[..rest.find("</p>").unwrap_or(rest.len())].to_owned())
+    };
+    let providers = detail("providers").unwrap_or_else(|| panic!("no providers line: {dom}"));
+    assert!(providers.contains("openai"), "{providers}");
+    assert!(
+        detail("tokens").is_some_and(|t| t.contains("reasoning")),
+        "{dom}"
+    );
     let drawn = charts(&dom);
     let ids: Vec<&str> = drawn.iter().map(|(id, _)| id.as_str()).collect();
     assert_eq!(

@@ -115,6 +115,12 @@ impl StoredAggregate for Aggregate {
         ] {
             *sum = sum.saturating_add(count(row, name)?);
         }
+        for (name, sum) in Aggregate::COST_COLUMNS
+            .iter()
+            .zip(self.cost_parts_nanos.iter_mut())
+        {
+            *sum = sum.saturating_add(count(row, name)?);
+        }
         for (name, h) in [
             ("latency_histogram", &mut self.latency),
             ("ttft_histogram", &mut self.ttft),

@@ -145,6 +145,11 @@ function drawDetails(summary) {
   if (t.errors > 0) lines.push(["errors", "Errors by type", counts(t.error_types)]);
   if (Object.keys(t.providers || {}).length) lines.push(["providers", "Requests by provider", counts(t.providers)]);
   lines.push(["tokens", "Tokens", `prompt ${compact(t.prompt_tokens)} (cache reads ${compact(t.cached_prompt_tokens)}, cache writes ${compact(t.cache_creation_tokens)}), completion ${compact(t.completion_tokens)} (reasoning ${compact(t.reasoning_tokens)})`]);
+  const byType = Object.entries(t.cost_by_type_usd || {}).filter(([, usd]) => usd > 0);
+  if (byType.length) {
+    lines.push(["cost", "Cost by token type", byType.sort((a, b) => b[1] - a[1])
+      .map(([type, usd]) => `${type.replace("_", " ")} ${dollars(usd)}`).join(", ")]);
+  }
   const unpriced = summary.unpriced_models || [];
   if (unpriced.length) {
     lines.push(["unpriced", "No price", unpriced.map((r) => `${r.name} (${compact(r.unpriced)} calls)`).join(", ") +

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use infra::db::{RowError, StoredAggregate};
-use metrics_core::aggregate::{Aggregate, Breakdown};
+use metrics_core::aggregate::{Aggregate, Breakdown, TOKEN_TYPES};
 use serde::Serialize;
 use sqlx::postgres::PgRow;
 use utoipa::ToSchema;
@@ -174,12 +174,24 @@ pub struct Figures {
     /// Completion tokens spent reasoning (part of `completion_tokens`).
     pub reasoning_tokens: i64,
     pub estimated_cost_usd: f64,
+    /// `estimated_cost_usd` by token type: `input`, `cached_input`, `cache_write`, `output`,
+    /// `reasoning` (zeros for windows written before costs were split).
+    pub cost_by_type_usd: BTreeMap<String, f64>,
     /// Calls of models without a price: not in `estimated_cost_usd`.
     pub unpriced: i64,
     /// Requests per provider, for the requests that name one.
     pub providers: BTreeMap<String, i64>,
     /// Errors per type (`_OTHER` for failures without one); adds up to `errors`.
     pub error_types: BTreeMap<String, i64>,
+}
+
+/// Nano-dollars by token type, in USD under their names.
+pub fn cost_by_type(parts: [u64; 5]) -> BTreeMap<String, f64> {
+    TOKEN_TYPES
+        .iter()
+        .zip(parts)
+        .map(|(name, nanos)| ((*name).to_owned(), nanos as f64 / 1e9))
+        .collect()
 }
 
 /// A breakdown as the API shows it.
@@ -206,6 +218,7 @@ impl Figures {
             cache_creation_tokens: i64_of(a.cache_creation_tokens),
             reasoning_tokens: i64_of(a.reasoning_tokens),
             estimated_cost_usd: a.cost_nanos as f64 / 1e9,
+            cost_by_type_usd: cost_by_type(a.cost_parts_nanos),
             unpriced: i64_of(a.unpriced),
             providers: counts(&a.providers),
             error_types: counts(&a.error_types),
@@ -315,6 +328,7 @@ mod tests {
                 Cost {
                     nanos: 1_000,
                     priced: true,
+                    parts: [1_000, 0, 0, 0, 0],
                 },
             );
         }

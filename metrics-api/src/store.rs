@@ -7,7 +7,7 @@ use sqlx::types::Json;
 use sqlx::{PgPool, Row};
 
 use crate::query::MetricsQuery;
-use crate::rollup::{rate, Figures, MetricsItem, Window};
+use crate::rollup::{cost_by_type, rate, Figures, MetricsItem, Window};
 
 /// The stored windows themselves, newest first (the original API's answer). Every figure is
 /// read as the processor wrote it; no histogram is decoded.
@@ -23,7 +23,9 @@ pub async fn latest(
                 avg_latency_ms, p50_latency_ms, p95_latency_ms, p99_latency_ms, max_latency_ms,
                 avg_ttft_ms, avg_prompt_tokens, avg_completion_tokens, prompt_tokens,
                 completion_tokens, cached_prompt_tokens, cache_creation_tokens, reasoning_tokens,
-                estimated_cost_usd, unpriced, providers, error_types
+                estimated_cost_usd, unpriced, providers, error_types, cost_input_nanos,
+                cost_cached_input_nanos, cost_cache_write_nanos, cost_output_nanos,
+                cost_reasoning_nanos
          FROM llm_metrics WHERE tenant_id = $1",
     );
     let mut n = 1;
@@ -64,6 +66,10 @@ pub async fn latest(
             let prompt_tokens: i64 = r.try_get("prompt_tokens")?;
             let completion_tokens: i64 = r.try_get("completion_tokens")?;
             let count = |v: i64| u64::try_from(v).unwrap_or(0);
+            let mut parts = [0u64; 5];
+            for (part, column) in parts.iter_mut().zip(Aggregate::COST_COLUMNS) {
+                *part = count(r.try_get(column)?);
+            }
             Ok(MetricsItem {
                 tenant_id: tenant.to_owned(),
                 route: Some(r.try_get("route")?),
@@ -87,6 +93,7 @@ pub async fn latest(
                     cache_creation_tokens: r.try_get("cache_creation_tokens")?,
                     reasoning_tokens: r.try_get("reasoning_tokens")?,
                     estimated_cost_usd: r.try_get("estimated_cost_usd")?,
+                    cost_by_type_usd: cost_by_type(parts),
                     unpriced: r.try_get("unpriced")?,
                     providers: r.try_get::<Json<_>, _>("providers")?.0,
                     error_types: r.try_get::<Json<_>, _>("error_types")?.0,

@@ -74,11 +74,23 @@ impl FromIterator<(String, u64)> for Breakdown {
 }
 
 /// The cost of one call, and whether the model had a price of its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Cost {
+    /// The whole cost: the sum of `parts`.
     pub nanos: u64,
     pub priced: bool,
+    /// The cost of each token type, in the order of [`TOKEN_TYPES`].
+    pub parts: [u64; 5],
 }
+
+/// The token types a cost is split by, as the API and the stored columns name them.
+pub const TOKEN_TYPES: [&str; 5] = [
+    "input",
+    "cached_input",
+    "cache_write",
+    "output",
+    "reasoning",
+];
 
 /// Everything a window row is computed from. All fields add up under [`Aggregate::merge`], so
 /// partials from restarts, partitions and instances combine exactly.
@@ -103,6 +115,9 @@ pub struct Aggregate {
     /// Completion tokens spent reasoning (part of `completion_tokens`).
     pub reasoning_tokens: u64,
     pub cost_nanos: u64,
+    /// `cost_nanos` by token type ([`TOKEN_TYPES`]); zero in windows written before costs
+    /// were split.
+    pub cost_parts_nanos: [u64; 5],
     /// Paired requests whose model has no price of its own.
     pub unpriced: u64,
     pub latency: Latencies,
@@ -129,6 +144,7 @@ impl Default for Aggregate {
             cache_creation_tokens: 0,
             reasoning_tokens: 0,
             cost_nanos: 0,
+            cost_parts_nanos: [0; 5],
             unpriced: 0,
             latency: histogram::new(),
             ttft: histogram::new(),
@@ -184,6 +200,9 @@ impl Aggregate {
                 .min(response.completion_tokens),
         );
         add(&mut self.cost_nanos, cost.nanos);
+        for (sum, part) in self.cost_parts_nanos.iter_mut().zip(cost.parts) {
+            add(sum, part);
+        }
         add(&mut self.unpriced, u64::from(!cost.priced));
     }
 
@@ -210,6 +229,9 @@ impl Aggregate {
         add(&mut self.cache_creation_tokens, other.cache_creation_tokens);
         add(&mut self.reasoning_tokens, other.reasoning_tokens);
         add(&mut self.cost_nanos, other.cost_nanos);
+        for (sum, part) in self.cost_parts_nanos.iter_mut().zip(other.cost_parts_nanos) {
+            add(sum, part);
+        }
         add(&mut self.unpriced, other.unpriced);
         // Same configuration everywhere, so adding cannot fail.
         let _ = self.latency.add(&other.latency);
@@ -262,7 +284,17 @@ impl Aggregate {
     pub const COLUMNS: &'static str = "requests, errors, timeouts, completed, latency_sum_ms, \
         ttft_sum_ms, ttft_count, prompt_tokens, completion_tokens, cached_prompt_tokens, \
         cache_creation_tokens, reasoning_tokens, cost_nanos, unpriced, latency_histogram, \
-        ttft_histogram, providers, error_types";
+        ttft_histogram, providers, error_types, cost_input_nanos, cost_cached_input_nanos, \
+        cost_cache_write_nanos, cost_output_nanos, cost_reasoning_nanos";
+
+    /// The columns of `cost_parts_nanos`, in its order.
+    pub const COST_COLUMNS: [&'static str; 5] = [
+        "cost_input_nanos",
+        "cost_cached_input_nanos",
+        "cost_cache_write_nanos",
+        "cost_output_nanos",
+        "cost_reasoning_nanos",
+    ];
 }
 
 #[cfg(test)]
@@ -284,6 +316,7 @@ mod tests {
     const PRICED: Cost = Cost {
         nanos: 1,
         priced: true,
+        parts: [1, 0, 0, 0, 0],
     };
 
     #[test]
@@ -368,6 +401,7 @@ mod tests {
             prop_assert!(whole.providers.total() <= whole.requests);
             prop_assert!(whole.cached_prompt_tokens + whole.cache_creation_tokens <= whole.prompt_tokens);
             prop_assert!(whole.reasoning_tokens <= whole.completion_tokens);
+            prop_assert_eq!(whole.cost_parts_nanos.iter().sum::<u64>(), whole.cost_nanos);
         }
     }
 }

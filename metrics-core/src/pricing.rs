@@ -284,20 +284,23 @@ impl PricingTable {
         let uncached = tokens.prompt - cached - written;
         let reasoning = tokens.reasoning.min(tokens.completion);
         let output = tokens.completion - reasoning;
-        let pico = [
+        // Each type rounded once to whole nano-dollars; the whole is the sum of the parts, so
+        // the parts always add up to it.
+        let parts = [
             (uncached, price.input),
             (cached, price.cached_input),
             (written, price.cache_write),
             (output, price.output),
             (reasoning, price.reasoning),
         ]
-        .iter()
-        .map(|&(n, p)| u128::from(n) * u128::from(p))
-        .sum::<u128>();
-        let nanos = (pico + 500) / 1000;
+        .map(|(n, p)| {
+            let nanos = (u128::from(n) * u128::from(p) + 500) / 1000;
+            u64::try_from(nanos).unwrap_or(u64::MAX)
+        });
         Cost {
-            nanos: u64::try_from(nanos).unwrap_or(u64::MAX),
+            nanos: parts.iter().fold(0u64, |t, p| t.saturating_add(*p)),
             priced,
+            parts,
         }
     }
 }
@@ -339,7 +342,8 @@ mod tests {
             cost,
             Cost {
                 nanos: 7_500_000,
-                priced: true
+                priced: true,
+                parts: [2_500_000, 0, 0, 5_000_000, 0],
             }
         );
     }
@@ -358,9 +362,16 @@ mod tests {
             reasoning: 120,
         };
         let cost = table.cost("claude-3-5-sonnet", now(), tokens);
-        let pico =
-            500 * 3_000_000 + 400 * 300_000 + 100 * 3_750_000 + 180 * 15_000_000 + 120 * 15_000_000;
-        assert_eq!(cost.nanos, pico / 1000);
+        let parts = [
+            500 * 3_000_000,
+            400 * 300_000,
+            100 * 3_750_000,
+            180 * 15_000_000,
+            120 * 15_000_000,
+        ]
+        .map(|pico: u64| pico / 1000);
+        assert_eq!(cost.parts, parts);
+        assert_eq!(cost.nanos, parts.iter().sum::<u64>());
         // Parts larger than their whole are capped: cached reads first, then writes.
         let over = Tokens {
             prompt: 100,
@@ -431,7 +442,8 @@ mod tests {
             cost,
             Cost {
                 nanos: 3_000_000_000,
-                priced: false
+                priced: false,
+                parts: [1_000_000_000, 0, 0, 2_000_000_000, 0],
             }
         );
     }

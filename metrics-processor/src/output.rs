@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use metrics_core::aggregate::{Aggregate, TOKEN_TYPES};
 use serde::Serialize;
 use sqlx::postgres::PgRow;
 use sqlx::types::Json;
@@ -35,6 +36,9 @@ pub struct MetricRow {
     pub total_tokens: i64,
     pub estimated_cost_usd: f64,
     pub cost_nanos: i64,
+    /// `cost_nanos` by token type: `input`, `cached_input`, `cache_write`, `output`,
+    /// `reasoning`.
+    pub cost_by_type_nanos: BTreeMap<&'static str, i64>,
     pub unpriced: i64,
     /// Requests per provider, for the requests that name one.
     pub providers: BTreeMap<String, i64>,
@@ -75,6 +79,11 @@ impl MetricRow {
             total_tokens: prompt_tokens + completion_tokens,
             estimated_cost_usd: row.try_get("estimated_cost_usd")?,
             cost_nanos: row.try_get("cost_nanos")?,
+            cost_by_type_nanos: TOKEN_TYPES
+                .iter()
+                .zip(Aggregate::COST_COLUMNS)
+                .map(|(name, column)| Ok((*name, row.try_get(column)?)))
+                .collect::<Result<_, sqlx::Error>>()?,
             unpriced: row.try_get("unpriced")?,
             providers: row.try_get::<Json<_>, _>("providers")?.0,
             error_types: row.try_get::<Json<_>, _>("error_types")?.0,

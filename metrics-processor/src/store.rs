@@ -350,7 +350,9 @@ pub const COLUMNS: &str =
     "tenant_id, route, model, window_start, window_end, requests, errors, timeouts,
     completed, latency_sum_ms, ttft_sum_ms, ttft_count, prompt_tokens, completion_tokens,
     cached_prompt_tokens, cache_creation_tokens, reasoning_tokens, cost_nanos, unpriced,
-    latency_histogram, ttft_histogram, providers, error_types, avg_latency_ms, p50_latency_ms, p95_latency_ms, p99_latency_ms, max_latency_ms, avg_ttft_ms,
+    latency_histogram, ttft_histogram, providers, error_types, cost_input_nanos,
+    cost_cached_input_nanos, cost_cache_write_nanos, cost_output_nanos, cost_reasoning_nanos,
+    avg_latency_ms, p50_latency_ms, p95_latency_ms, p99_latency_ms, max_latency_ms, avg_ttft_ms,
     avg_prompt_tokens, avg_completion_tokens, estimated_cost_usd, created_at, updated_at,
     revision";
 
@@ -399,8 +401,9 @@ async fn merge_window(
             avg_latency_ms = $19, p50_latency_ms = $20, p95_latency_ms = $21, p99_latency_ms = $22,
             max_latency_ms = $23, avg_ttft_ms = $24, avg_prompt_tokens = $25,
             avg_completion_tokens = $26, estimated_cost_usd = $27, cache_creation_tokens = $28,
-            reasoning_tokens = $29, providers = $30, error_types = $31,
-            updated_at = clock_timestamp(),
+            reasoning_tokens = $29, providers = $30, error_types = $31, cost_input_nanos = $32,
+            cost_cached_input_nanos = $33, cost_cache_write_nanos = $34, cost_output_nanos = $35,
+            cost_reasoning_nanos = $36, updated_at = clock_timestamp(),
             revision = revision + 1
          WHERE tenant_id = $1 AND route = $2 AND model = $3 AND window_start = $4",
     )
@@ -435,6 +438,11 @@ async fn merge_window(
     .bind(i64_of(a.reasoning_tokens))
     .bind(breakdown_json(&a.providers))
     .bind(breakdown_json(&a.error_types))
+    .bind(i64_of(a.cost_parts_nanos[0]))
+    .bind(i64_of(a.cost_parts_nanos[1]))
+    .bind(i64_of(a.cost_parts_nanos[2]))
+    .bind(i64_of(a.cost_parts_nanos[3]))
+    .bind(i64_of(a.cost_parts_nanos[4]))
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -176,6 +176,15 @@ async fn every_query_shape_answers_from_the_windows_the_processor_wrote() {
     let named = count(&|c| c.provider.is_some());
     assert_eq!(bucket["providers"], serde_json::json!({"openai": named}));
     assert_eq!(bucket["reasoning_tokens"], 3 * typed);
+    // The cost by token type adds up to the whole (to float rounding of the USD figures).
+    let by_type: f64 = bucket["cost_by_type_usd"]
+        .as_object()
+        .expect("cost by type")
+        .values()
+        .map(|v| v.as_f64().unwrap())
+        .sum();
+    let cost = bucket["estimated_cost_usd"].as_f64().unwrap();
+    assert!(cost > 0.0 && (by_type - cost).abs() < 1e-9, "{bucket}");
 
     // The summary: totals and the top models and routes.
     let (status, body) = api

@@ -208,6 +208,13 @@ async fn every_written_window_reaches_llm_metrics_with_its_full_row() {
     assert_eq!(latest["providers"], serde_json::json!({"openai": 4}));
     assert_eq!(latest["cache_creation_tokens"], 50);
     assert_eq!(latest["reasoning_tokens"], 25);
+    // The cost by token type adds up to the whole.
+    let parts = latest["cost_by_type_nanos"]
+        .as_object()
+        .expect("cost by type");
+    let sum: i64 = parts.values().map(|v| v.as_i64().unwrap()).sum();
+    assert_eq!(Some(sum), latest["cost_nanos"].as_i64(), "{parts:?}");
+    assert!(parts["input"].as_i64() > Some(0) && parts["reasoning"].as_i64() > Some(0));
 }
 
 /// Crashes (kill -9) at different points, each followed by a restart, lose nothing and count

@@ -343,6 +343,19 @@ fn a_call_is_costed_at_the_price_of_its_request_time_by_token_type() {
             (60, (100 + 60) * 1_000)
         ]
     );
+    // Split by type: input, cached input, cache write, output, reasoning.
+    let parts: Vec<[u64; 5]> = flush
+        .windows()
+        .iter()
+        .map(|(_, a)| a.cost_parts_nanos)
+        .collect();
+    assert_eq!(
+        parts,
+        [
+            [100_000, 30_000, 80_000, 100_000, 40_000],
+            [50_000, 30_000, 20_000, 50_000, 10_000]
+        ]
+    );
     let cache: Vec<(u64, u64)> = flush
         .windows()
         .iter()

@@ -63,6 +63,7 @@ fn an_aggregate_counts_sums_and_histograms() {
         Cost {
             nanos: 5,
             priced: true,
+            parts: [5, 0, 0, 0, 0],
         },
     );
     a.record_paired(
@@ -72,6 +73,7 @@ fn an_aggregate_counts_sums_and_histograms() {
         Cost {
             nanos: 7,
             priced: false,
+            parts: [7, 0, 0, 0, 0],
         },
     );
     a.record_paired(
@@ -81,6 +83,7 @@ fn an_aggregate_counts_sums_and_histograms() {
         Cost {
             nanos: 1,
             priced: true,
+            parts: [1, 0, 0, 0, 0],
         },
     );
     a.record_timeout(Some("anthropic"));

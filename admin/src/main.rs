@@ -193,13 +193,7 @@ async fn seen_models(
 async fn migrated(mut env: Env) -> anyhow::Result<sqlx::PgPool> {
     let dsn = infra::db::dsn_from_env(&mut env);
     env.finish()?;
-    let pool = infra::db::connect(&dsn, 1)
-        .await
-        .context("cannot connect to Postgres (POSTGRES_DSN / DATABASE_URL)")?;
-    infra::db::migrate(&pool)
-        .await
-        .context("migrations failed")?;
-    Ok(pool)
+    infra::db::connect_migrated(&dsn, 1).await
 }
 
 async fn keys(pool: &sqlx::PgPool, command: Keys) -> anyhow::Result<()> {

@@ -34,6 +34,16 @@ pub async fn connect(dsn: &str, max_connections: u32) -> Result<PgPool, sqlx::Er
         .await
 }
 
+/// A pool on `dsn` with every migration applied: how each service and the admin command start.
+pub async fn connect_migrated(dsn: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    use anyhow::Context;
+    let pool = connect(dsn, max_connections)
+        .await
+        .context("cannot connect to Postgres (POSTGRES_DSN / DATABASE_URL)")?;
+    migrate(&pool).await.context("database migrations failed")?;
+    Ok(pool)
+}
+
 /// A pool for a service's queries: Postgres cancels any statement of it that runs longer than
 /// `statement_timeout`, and lists its connections under `application_name` in
 /// `pg_stat_activity`. Migrations go through [`connect`]: they may take longer.

@@ -63,12 +63,9 @@ impl Application {
             )
         })?;
         let auth = if settings.auth.enabled {
-            let pool = infra::db::connect(&settings.dsn, 4)
+            let pool = infra::db::connect_migrated(&settings.dsn, 4)
                 .await
-                .context("API keys are on (AUTH_MODE=keys) and live in Postgres: cannot connect (POSTGRES_DSN)")?;
-            infra::db::migrate(&pool)
-                .await
-                .context("migrations failed")?;
+                .context("API keys are on (AUTH_MODE=keys) and live in Postgres")?;
             settings.auth.build(&pool)
         } else {
             settings.auth.build_disabled()

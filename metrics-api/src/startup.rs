@@ -22,13 +22,10 @@ impl Application {
     /// Connects to Postgres, applies migrations and binds the port.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         // Migrations on a connection of their own, without the queries' statement timeout.
-        let migrations = infra::db::connect(&settings.dsn, 1)
-            .await
-            .context("cannot connect to Postgres (POSTGRES_DSN / DATABASE_URL)")?;
-        infra::db::migrate(&migrations)
-            .await
-            .context("migrations failed")?;
-        migrations.close().await;
+        infra::db::connect_migrated(&settings.dsn, 1)
+            .await?
+            .close()
+            .await;
         let pool = infra::db::connect_for_queries(
             &settings.dsn,
             settings.max_connections,

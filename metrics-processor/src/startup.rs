@@ -47,12 +47,7 @@ impl Application {
     /// Connects to Postgres (applying migrations), creates the topics if missing, and joins the
     /// consumer group. Fails with a clear error when a dependency is unusable.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let pool = infra::db::connect(&settings.dsn, 4)
-            .await
-            .context("cannot connect to Postgres (POSTGRES_DSN / DATABASE_URL)")?;
-        infra::db::migrate(&pool)
-            .await
-            .context("database migrations failed")?;
+        let pool = infra::db::connect_migrated(&settings.dsn, 4).await?;
         let topics = &settings.topics;
         let all = [
             topics.requests.as_str(),

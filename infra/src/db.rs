@@ -125,11 +125,8 @@ impl StoredAggregate for Aggregate {
         ] {
             *sum = sum.saturating_add(count(row, name)?);
         }
-        for (name, sum) in Aggregate::COST_COLUMNS
-            .iter()
-            .zip(self.cost_parts_nanos.iter_mut())
-        {
-            *sum = sum.saturating_add(count(row, name)?);
+        for (sum, part) in self.cost_parts_nanos.iter_mut().zip(cost_parts(row)?) {
+            *sum = sum.saturating_add(part);
         }
         for (name, h) in [
             ("latency_histogram", &mut self.latency),
@@ -151,6 +148,15 @@ impl StoredAggregate for Aggregate {
         }
         Ok(())
     }
+}
+
+/// A row's cost by token type, from [`Aggregate::COST_COLUMNS`].
+pub fn cost_parts(row: &PgRow) -> Result<[u64; 5], sqlx::Error> {
+    let mut parts = [0; 5];
+    for (part, column) in parts.iter_mut().zip(Aggregate::COST_COLUMNS) {
+        *part = count(row, column)?;
+    }
+    Ok(parts)
 }
 
 /// A breakdown as its JSONB column holds it: `{"name": count}`.

@@ -234,12 +234,12 @@ pub struct Ranked {
     pub figures: Figures,
 }
 
-fn top(
-    groups: &BTreeMap<String, Aggregate>,
+fn top<'a>(
+    groups: impl IntoIterator<Item = (&'a String, &'a Aggregate)>,
     n: usize,
     by: impl Fn(&Aggregate) -> u64,
 ) -> Vec<Ranked> {
-    let mut ranked: Vec<_> = groups.iter().collect();
+    let mut ranked: Vec<_> = groups.into_iter().collect();
     // Largest first; ties by name, so the answer does not depend on storage order.
     ranked.sort_by(|(na, a), (nb, b)| by(b).cmp(&by(a)).then_with(|| na.cmp(nb)));
     ranked
@@ -274,11 +274,6 @@ pub fn summarize<C: Contribution>(
         models.entry(model.clone()).or_default().merge(a);
         routes.entry(route.clone()).or_default().merge(a);
     }
-    let unpriced: BTreeMap<String, Aggregate> = models
-        .iter()
-        .filter(|(_, a)| a.unpriced > 0)
-        .map(|(name, a)| (name.clone(), a.clone()))
-        .collect();
     Ok(Summary {
         tenant_id: tenant.to_owned(),
         from,
@@ -288,7 +283,11 @@ pub fn summarize<C: Contribution>(
         top_models_by_cost: top(&models, n, |a| a.cost_nanos),
         top_routes_by_requests: top(&routes, n, |a| a.requests),
         top_routes_by_cost: top(&routes, n, |a| a.cost_nanos),
-        unpriced_models: top(&unpriced, unpriced.len(), |a| a.unpriced),
+        unpriced_models: top(
+            models.iter().filter(|(_, a)| a.unpriced > 0),
+            usize::MAX,
+            |a| a.unpriced,
+        ),
     })
 }
 
@@ -326,7 +325,6 @@ mod tests {
                 }),
                 &response(l, l % 7 == 0),
                 Cost {
-                    nanos: 1_000,
                     priced: true,
                     parts: [1_000, 0, 0, 0, 0],
                 },

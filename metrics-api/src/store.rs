@@ -66,10 +66,6 @@ pub async fn latest(
             let prompt_tokens: i64 = r.try_get("prompt_tokens")?;
             let completion_tokens: i64 = r.try_get("completion_tokens")?;
             let count = |v: i64| u64::try_from(v).unwrap_or(0);
-            let mut parts = [0u64; 5];
-            for (part, column) in parts.iter_mut().zip(Aggregate::COST_COLUMNS) {
-                *part = count(r.try_get(column)?);
-            }
             Ok(MetricsItem {
                 tenant_id: tenant.to_owned(),
                 route: Some(r.try_get("route")?),
@@ -93,7 +89,7 @@ pub async fn latest(
                     cache_creation_tokens: r.try_get("cache_creation_tokens")?,
                     reasoning_tokens: r.try_get("reasoning_tokens")?,
                     estimated_cost_usd: r.try_get("estimated_cost_usd")?,
-                    cost_by_type_usd: cost_by_type(parts),
+                    cost_by_type_usd: cost_by_type(infra::db::cost_parts(r)?),
                     unpriced: r.try_get("unpriced")?,
                     providers: r.try_get::<Json<_>, _>("providers")?.0,
                     error_types: r.try_get::<Json<_>, _>("error_types")?.0,

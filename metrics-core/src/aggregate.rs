@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use crate::events::ResponseEvent;
 use crate::histogram::{self, Latencies};
+use crate::pricing::Tokens;
 
 /// The name under which a breakdown counts what it has no name for: a failure without a type,
 /// and the names past [`Breakdown::MAX_NAMES`] (OpenTelemetry's fallback for `error.type`).
@@ -54,33 +55,24 @@ impl Breakdown {
         self.0.values().fold(0, |t, n| t.saturating_add(*n))
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     pub fn as_map(&self) -> &BTreeMap<String, u64> {
         &self.0
-    }
-}
-
-impl FromIterator<(String, u64)> for Breakdown {
-    fn from_iter<I: IntoIterator<Item = (String, u64)>>(iter: I) -> Self {
-        let mut b = Self::default();
-        for (name, n) in iter {
-            b.add(&name, n);
-        }
-        b
     }
 }
 
 /// The cost of one call, and whether the model had a price of its own.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Cost {
-    /// The whole cost: the sum of `parts`.
-    pub nanos: u64,
     pub priced: bool,
     /// The cost of each token type, in the order of [`TOKEN_TYPES`].
     pub parts: [u64; 5],
+}
+
+impl Cost {
+    /// The whole cost: the sum of its parts, so the two can never disagree.
+    pub fn nanos(&self) -> u64 {
+        self.parts.iter().fold(0, |t, p| t.saturating_add(*p))
+    }
 }
 
 /// The token types a cost is split by, as the API and the stored columns name them.
@@ -179,27 +171,14 @@ impl Aggregate {
             add(&mut self.ttft_count, 1);
             histogram::record(&mut self.ttft, ttft);
         }
-        add(&mut self.prompt_tokens, prompt_tokens);
-        add(&mut self.completion_tokens, response.completion_tokens);
-        // Cache reads and writes are parts of the prompt: never more than it, together.
-        let cached = response
-            .cached_prompt_tokens
-            .unwrap_or(0)
-            .min(prompt_tokens);
-        let created = response
-            .cache_creation_tokens
-            .unwrap_or(0)
-            .min(prompt_tokens - cached);
-        add(&mut self.cached_prompt_tokens, cached);
-        add(&mut self.cache_creation_tokens, created);
-        add(
-            &mut self.reasoning_tokens,
-            response
-                .reasoning_tokens
-                .unwrap_or(0)
-                .min(response.completion_tokens),
-        );
-        add(&mut self.cost_nanos, cost.nanos);
+        // Capped as the cost is: parts never more than their whole.
+        let tokens = Tokens::of(prompt_tokens, response).capped();
+        add(&mut self.prompt_tokens, tokens.prompt);
+        add(&mut self.completion_tokens, tokens.completion);
+        add(&mut self.cached_prompt_tokens, tokens.cached);
+        add(&mut self.cache_creation_tokens, tokens.cache_write);
+        add(&mut self.reasoning_tokens, tokens.reasoning);
+        add(&mut self.cost_nanos, cost.nanos());
         for (sum, part) in self.cost_parts_nanos.iter_mut().zip(cost.parts) {
             add(sum, part);
         }
@@ -314,7 +293,6 @@ mod tests {
     }
 
     const PRICED: Cost = Cost {
-        nanos: 1,
         priced: true,
         parts: [1, 0, 0, 0, 0],
     };

@@ -19,6 +19,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
+use crate::events::ResponseEvent;
+
 /// Micro-dollars per million tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Price {
@@ -54,6 +56,32 @@ pub struct Tokens {
     pub cache_write: u64,
     pub completion: u64,
     pub reasoning: u64,
+}
+
+impl Tokens {
+    /// A call's tokens: the prompt its request reported, the rest as its response reported them.
+    pub fn of(prompt: u64, response: &ResponseEvent) -> Self {
+        Self {
+            prompt,
+            cached: response.cached_prompt_tokens.unwrap_or(0),
+            cache_write: response.cache_creation_tokens.unwrap_or(0),
+            completion: response.completion_tokens,
+            reasoning: response.reasoning_tokens.unwrap_or(0),
+        }
+    }
+
+    /// Every part at most its whole: cache reads at most the prompt, cache writes at most what
+    /// the reads leave of it, reasoning at most the completion. What is priced and what a
+    /// window sums.
+    pub fn capped(self) -> Self {
+        let cached = self.cached.min(self.prompt);
+        Self {
+            cached,
+            cache_write: self.cache_write.min(self.prompt - cached),
+            reasoning: self.reasoning.min(self.completion),
+            ..self
+        }
+    }
 }
 
 pub use crate::aggregate::Cost;
@@ -279,11 +307,15 @@ impl PricingTable {
             Some(price) => (price, true),
             None => (self.default, false),
         };
-        let cached = tokens.cached.min(tokens.prompt);
-        let written = tokens.cache_write.min(tokens.prompt - cached);
-        let uncached = tokens.prompt - cached - written;
-        let reasoning = tokens.reasoning.min(tokens.completion);
-        let output = tokens.completion - reasoning;
+        let Tokens {
+            prompt,
+            cached,
+            cache_write: written,
+            completion,
+            reasoning,
+        } = tokens.capped();
+        let uncached = prompt - cached - written;
+        let output = completion - reasoning;
         // Each type rounded once to whole nano-dollars; the whole is the sum of the parts, so
         // the parts always add up to it.
         let parts = [
@@ -297,11 +329,7 @@ impl PricingTable {
             let nanos = (u128::from(n) * u128::from(p) + 500) / 1000;
             u64::try_from(nanos).unwrap_or(u64::MAX)
         });
-        Cost {
-            nanos: parts.iter().fold(0u64, |t, p| t.saturating_add(*p)),
-            priced,
-            parts,
-        }
+        Cost { priced, parts }
     }
 }
 
@@ -338,10 +366,10 @@ mod tests {
         let table = PricingTable::default();
         // gpt-4o: 1000 input at $2.50/M = $0.0025; 500 output at $10/M = $0.005.
         let cost = table.cost("gpt-4o", now(), plain(1000, 500));
+        assert_eq!(cost.nanos(), 7_500_000);
         assert_eq!(
             cost,
             Cost {
-                nanos: 7_500_000,
                 priced: true,
                 parts: [2_500_000, 0, 0, 5_000_000, 0],
             }
@@ -371,7 +399,7 @@ mod tests {
         ]
         .map(|pico: u64| pico / 1000);
         assert_eq!(cost.parts, parts);
-        assert_eq!(cost.nanos, parts.iter().sum::<u64>());
+        assert_eq!(cost.nanos(), parts.iter().sum::<u64>());
         // Parts larger than their whole are capped: cached reads first, then writes.
         let over = Tokens {
             prompt: 100,
@@ -382,7 +410,7 @@ mod tests {
         };
         let cost = table.cost("claude-3-5-sonnet", now(), over);
         assert_eq!(
-            cost.nanos,
+            cost.nanos(),
             (80 * 300_000 + 20 * 3_750_000 + 10 * 15_000_000) / 1000
         );
     }
@@ -397,17 +425,17 @@ mod tests {
             ..Tokens::default()
         };
         // 750,000 output at $4/M + 250,000 reasoning at $8/M = $3 + $2.
-        assert_eq!(table.cost("thinker", now(), tokens).nanos, 5_000_000_000);
+        assert_eq!(table.cost("thinker", now(), tokens).nanos(), 5_000_000_000);
     }
 
     #[test]
     fn sums_of_many_small_costs_do_not_drift() {
         let table = PricingTable::default();
         // 3 × $0.15/M + 1 × $0.60/M = 450 + 600 nano-dollars.
-        let one = table.cost("gpt-4o-mini", now(), plain(3, 1)).nanos;
+        let one = table.cost("gpt-4o-mini", now(), plain(3, 1)).nanos();
         assert_eq!(one, 1_050);
         let total: u64 = (0..1_000_000)
-            .map(|_| table.cost("gpt-4o-mini", now(), plain(3, 1)).nanos)
+            .map(|_| table.cost("gpt-4o-mini", now(), plain(3, 1)).nanos())
             .sum();
         assert_eq!(total, 1_000_000 * one);
     }
@@ -438,10 +466,10 @@ mod tests {
     fn unknown_models_use_the_default_and_are_marked_unpriced() {
         let table = PricingTable::with_file(r#"{"default": {"input": 1, "output": 2}}"#).unwrap();
         let cost = table.cost("in-house-7b", now(), plain(1_000_000, 1_000_000));
+        assert_eq!(cost.nanos(), 3_000_000_000);
         assert_eq!(
             cost,
             Cost {
-                nanos: 3_000_000_000,
                 priced: false,
                 parts: [1_000_000_000, 0, 0, 2_000_000_000, 0],
             }
@@ -498,7 +526,7 @@ mod tests {
             };
             let cost = table.cost("claude-x", t, tokens);
             assert!(cost.priced);
-            nanos += cost.nanos;
+            nanos += cost.nanos();
         }
         // By hand, per half day of 720 calls: 720 × (1,300 input, 500 read, 200 written,
         // 400 output incl. reasoning) = 936,000 input, 360,000 read, 144,000 written, 288,000

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use metrics_core::aggregate::{Aggregate, TOKEN_TYPES};
+use metrics_core::aggregate::TOKEN_TYPES;
 use serde::Serialize;
 use sqlx::postgres::PgRow;
 use sqlx::types::Json;
@@ -80,10 +80,10 @@ impl MetricRow {
             estimated_cost_usd: row.try_get("estimated_cost_usd")?,
             cost_nanos: row.try_get("cost_nanos")?,
             cost_by_type_nanos: TOKEN_TYPES
-                .iter()
-                .zip(Aggregate::COST_COLUMNS)
-                .map(|(name, column)| Ok((*name, row.try_get(column)?)))
-                .collect::<Result<_, sqlx::Error>>()?,
+                .into_iter()
+                .zip(infra::db::cost_parts(row)?)
+                .map(|(name, nanos)| (name, i64::try_from(nanos).unwrap_or(i64::MAX)))
+                .collect(),
             unpriced: row.try_get("unpriced")?,
             providers: row.try_get::<Json<_>, _>("providers")?.0,
             error_types: row.try_get::<Json<_>, _>("error_types")?.0,

@@ -476,17 +476,10 @@ impl Engine {
                 if state.already_written(&key, request.source, response.source) {
                     return;
                 }
-                let response_value = &response.value;
                 let cost = self.pricing.cost(
                     &request.value.names.model,
                     request.value.timestamp,
-                    Tokens {
-                        prompt: request.value.prompt_tokens,
-                        cached: response_value.cached_prompt_tokens.unwrap_or(0),
-                        cache_write: response_value.cache_creation_tokens.unwrap_or(0),
-                        completion: response_value.completion_tokens,
-                        reasoning: response_value.reasoning_tokens.unwrap_or(0),
-                    },
+                    Tokens::of(request.value.prompt_tokens, &response.value),
                 );
                 let late = state
                     .windows

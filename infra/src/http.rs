@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
@@ -70,11 +70,61 @@ pub async fn serve(
         .context("HTTP server failed")
 }
 
+/// The labels of a request's metrics. Built for every request, so nothing in them allocates:
+/// the method is one of the standard names, the route shares the router's own string.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
-    pub method: String,
-    pub route: String,
+    pub method: &'static str,
+    pub route: RouteLabel,
     pub status: u16,
+}
+
+/// The route a request matched (`/v1/alerts/{id}`, never the path with its ids), or
+/// `unmatched`.
+#[derive(Debug, Clone)]
+pub struct RouteLabel(Option<MatchedPath>);
+
+impl RouteLabel {
+    pub fn as_str(&self) -> &str {
+        self.0.as_ref().map_or("unmatched", MatchedPath::as_str)
+    }
+}
+
+impl PartialEq for RouteLabel {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for RouteLabel {}
+
+impl std::hash::Hash for RouteLabel {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl EncodeLabelValue for RouteLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+/// A method's name as a label: the standard ones by name, any other as `other`, so a client
+/// inventing methods cannot add label values without bound.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
 }
 
 /// Requests answered and their durations, by method, route and status.
@@ -117,11 +167,8 @@ pub struct Guard {
 /// timeout (a slow client or a stuck dependency).
 pub async fn measure_and_bound(State(guard): State<Guard>, req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = req.method().to_string();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = method_label(req.method());
+    let route = RouteLabel(req.extensions().get::<MatchedPath>().cloned());
     let response = match tokio::time::timeout(guard.timeout, next.run(req)).await {
         Ok(response) => response,
         Err(_) => (
@@ -209,6 +256,12 @@ mod tests {
         let mut registry = Registry::default();
         let app = app(&mut registry);
         assert_eq!(get_status(&app, "/fast").await.0, StatusCode::OK);
+        let invented = Request::builder()
+            .method("PURGE")
+            .uri("/nowhere")
+            .body(Body::empty())
+            .unwrap();
+        app.clone().oneshot(invented).await.unwrap();
         let (status, body) = get_status(&app, "/slow").await;
         assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
         assert!(body.contains(r#""error":"request_timeout""#), "{body}");
@@ -220,6 +273,14 @@ mod tests {
         );
         assert!(
             text.contains(r#"http_requests_total{method="GET",route="/slow",status="408"} 1"#),
+            "{text}"
+        );
+        // A method nobody registered and a path no route matches add no label values of
+        // their own.
+        assert!(
+            text.contains(
+                r#"http_requests_total{method="other",route="unmatched",status="404"} 1"#
+            ),
             "{text}"
         );
     }

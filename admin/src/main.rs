@@ -32,6 +32,24 @@ enum Command {
     /// Model prices
     #[command(subcommand)]
     Prices(Prices),
+    /// Hourly and daily roll-ups
+    #[command(subcommand)]
+    Rollups(Rollups),
+}
+
+#[derive(Debug, Subcommand)]
+enum Rollups {
+    /// Recompute the roll-ups of the UTC days overlapping [from, to) from the minute windows
+    /// (without a range: build them for every stored window if they are not complete yet, as
+    /// the processor does at start-up). Running processors wait for each day's transaction.
+    Rebuild {
+        /// Start of the range, RFC 3339
+        #[arg(long, requires = "to")]
+        from: Option<chrono::DateTime<chrono::Utc>>,
+        /// End of the range (exclusive), RFC 3339
+        #[arg(long, requires = "from")]
+        to: Option<chrono::DateTime<chrono::Utc>>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -105,6 +123,24 @@ async fn main() -> anyhow::Result<()> {
         Command::Keys(command) => {
             let pool = migrated(env).await?;
             keys(&pool, command).await?;
+        }
+        Command::Rollups(Rollups::Rebuild { from, to }) => {
+            let pool = migrated(env).await?;
+            let started = std::time::Instant::now();
+            let built = match (from, to) {
+                (Some(from), Some(to)) => Some(infra::rollups::rebuild(&pool, from, to).await?),
+                _ => infra::rollups::ensure_complete(&pool).await?,
+            };
+            match built {
+                Some(b) => eprintln!(
+                    "rebuilt {} days: {} minute windows into {} hourly and daily rows in {:.1} s",
+                    b.days,
+                    b.minute_rows,
+                    b.buckets,
+                    started.elapsed().as_secs_f64()
+                ),
+                None => eprintln!("the roll-ups are complete already"),
+            }
         }
         Command::Prices(Prices::Check { file, days }) => {
             let table = match &file {

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use metrics_core::tiles::Level;
 use metrics_core::validation::FieldError;
 
 /// The width of the buckets a query answers in.
@@ -42,6 +43,15 @@ impl Granularity {
             Self::FiveMinutes => TimeDelta::minutes(5),
             Self::Hour => TimeDelta::hours(1),
             Self::Day => TimeDelta::days(1),
+        }
+    }
+
+    /// The coarsest stored rows whose buckets each fall inside one bucket of this width.
+    pub fn coarsest(self) -> Level {
+        match self {
+            Self::Minute | Self::FiveMinutes => Level::Minute,
+            Self::Hour => Level::Hour,
+            Self::Day => Level::Day,
         }
     }
 

@@ -13,6 +13,7 @@ use chrono::Utc;
 use infra::http::{measure_and_bound, Guard};
 use infra::keys::Auth;
 use metrics_core::error::ErrorBody;
+use metrics_core::tiles::Level;
 use serde_json::json;
 use sqlx::PgPool;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -34,6 +35,7 @@ pub struct AppState {
     pub limits: QueryLimits,
     pub metrics: Arc<Metrics>,
     pub request_timeout: Duration,
+    pub rollups: Arc<store::Rollups>,
 }
 
 impl AppState {
@@ -198,11 +200,13 @@ async fn metrics(
         let windows = state.checked(
             store::windows(
                 &state.pool,
+                &state.rollups,
                 &tenant,
                 q.route.as_deref(),
                 q.model.as_deref(),
                 from,
                 to,
+                q.granularity.coarsest(),
             )
             .await,
         )?;
@@ -243,8 +247,19 @@ async fn summary(
     let q = query::summary(&params, keyed(&state), &state.limits, Utc::now())
         .map_err(ApiError::BadParameters)?;
     let tenant = tenant(&state, &headers, q.tenant.as_deref()).await?;
-    let windows =
-        state.checked(store::windows(&state.pool, &tenant, None, None, q.from, q.to).await)?;
+    let windows = state.checked(
+        store::windows(
+            &state.pool,
+            &state.rollups,
+            &tenant,
+            None,
+            None,
+            q.from,
+            q.to,
+            Level::Day,
+        )
+        .await,
+    )?;
     state.metrics.windows_read.inc_by(windows.len() as u64);
     let summary = state.checked(rollup::summarize(&tenant, q.from, q.to, windows, q.top))?;
     Ok(Json(summary).into_response())

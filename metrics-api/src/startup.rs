@@ -44,6 +44,7 @@ impl Application {
             limits: settings.limits,
             metrics: Arc::new(Metrics::default()),
             request_timeout: settings.request_timeout,
+            rollups: Default::default(),
         };
         Ok(Self {
             listener,

@@ -1,7 +1,10 @@
 //! Reading windows from Postgres.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use chrono::{DateTime, Utc};
 use metrics_core::aggregate::Aggregate;
+use metrics_core::tiles::{self, Level};
 use sqlx::postgres::PgRow;
 use sqlx::types::Json;
 use sqlx::{PgPool, Row};
@@ -103,30 +106,60 @@ pub async fn latest(
         .collect()
 }
 
-/// Every window of a tenant in `[from, to)`, with the sums and histograms roll-ups merge; each
-/// row is kept as read and added to its bucket without building a histogram for it.
+/// What a range query reads: the tenant's windows of `[from, to)`, as hourly and daily
+/// roll-up rows (no coarser than `coarsest`) wherever whole buckets fit and minute rows at
+/// the edges, once the roll-ups are complete; minute rows only until then. Each row is kept
+/// as read and added to its bucket without building a histogram for it.
+#[allow(clippy::too_many_arguments)]
 pub async fn windows(
     pool: &PgPool,
+    rollups: &Rollups,
     tenant: &str,
     route: Option<&str>,
     model: Option<&str>,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
+    coarsest: Level,
 ) -> Result<Vec<Window<PgRow>>, sqlx::Error> {
-    let rows = sqlx::query(&format!(
-        "SELECT route, model, window_start, {} FROM llm_metrics
-         WHERE tenant_id = $1
-           AND ($2::TEXT IS NULL OR route = $2) AND ($3::TEXT IS NULL OR model = $3)
-           AND window_start >= $4 AND window_start < $5",
-        Aggregate::COLUMNS
-    ))
-    .bind(tenant)
-    .bind(route)
-    .bind(model)
-    .bind(from)
-    .bind(to)
-    .fetch_all(pool)
-    .await?;
+    let coarsest = if rollups.complete(pool).await? {
+        coarsest
+    } else {
+        Level::Minute
+    };
+    let tiles = tiles::plan(from, to, coarsest);
+    if tiles.is_empty() {
+        return Ok(Vec::new());
+    }
+    // One statement: a part per tile, each an index range scan of its table.
+    let parts: Vec<String> = tiles
+        .iter()
+        .enumerate()
+        .map(|(i, tile)| {
+            let (a, b) = (4 + 2 * i, 5 + 2 * i);
+            let series = "tenant_id = $1 AND ($2::TEXT IS NULL OR route = $2) \
+                          AND ($3::TEXT IS NULL OR model = $3)";
+            match tile.level {
+                Level::Minute => format!(
+                    "SELECT route, model, window_start, {} FROM llm_metrics
+                     WHERE {series} AND window_start >= ${a} AND window_start < ${b}",
+                    Aggregate::COLUMNS
+                ),
+                level => format!(
+                    "SELECT route, model, bucket_start AS window_start, {} FROM llm_metrics_rollups
+                     WHERE {series} AND bucket_seconds = {} AND bucket_start >= ${a}
+                       AND bucket_start < ${b}",
+                    Aggregate::COLUMNS,
+                    level.seconds()
+                ),
+            }
+        })
+        .collect();
+    let sql = parts.join(" UNION ALL ");
+    let mut query = sqlx::query(&sql).bind(tenant).bind(route).bind(model);
+    for tile in &tiles {
+        query = query.bind(tile.from).bind(tile.to);
+    }
+    let rows = query.fetch_all(pool).await?;
     rows.into_iter()
         .map(|r| {
             Ok(Window {
@@ -137,6 +170,24 @@ pub async fn windows(
             })
         })
         .collect()
+}
+
+/// Whether the roll-ups may be read: asked of the database until they are complete, then
+/// remembered (they stay complete).
+#[derive(Debug, Default)]
+pub struct Rollups {
+    complete: AtomicBool,
+}
+
+impl Rollups {
+    pub async fn complete(&self, pool: &PgPool) -> Result<bool, sqlx::Error> {
+        if self.complete.load(Ordering::Relaxed) {
+            return Ok(true);
+        }
+        let complete = infra::rollups::complete(pool).await?;
+        self.complete.store(complete, Ordering::Relaxed);
+        Ok(complete)
+    }
 }
 
 pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {

@@ -78,6 +78,9 @@ impl Application {
             .producer_config("streamlens-processor", Duration::from_secs(30))
             .create()
             .context("cannot create the Kafka producer")?;
+        // Windows written before hourly and daily roll-ups existed get theirs in the
+        // background; commits keep them from now on, and queries read minute rows until then.
+        tokio::spawn(build_rollups(pool.clone()));
         let store = Store::new(pool, &settings.group, &topics.requests, &topics.responses);
         let partitions = i32::try_from(partitions).context("partition count")?;
         if let Some(was) = store
@@ -235,4 +238,23 @@ fn unavailable(message: String) -> axum::response::Response {
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> axum::response::Response {
     infra::http::openmetrics(shared.metrics.registry())
+}
+
+/// Builds the roll-ups of the windows stored before they existed, once (any instance may; the
+/// others find it done).
+async fn build_rollups(pool: sqlx::PgPool) {
+    let started = std::time::Instant::now();
+    match infra::rollups::ensure_complete(&pool).await {
+        Ok(None) => {}
+        Ok(Some(built)) => tracing::info!(
+            days = built.days,
+            minute_rows = built.minute_rows,
+            buckets = built.buckets,
+            seconds = started.elapsed().as_secs_f64(),
+            "built the hourly and daily roll-ups of the stored windows"
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the roll-ups; range queries keep reading minute rows")
+        }
+    }
 }

@@ -10,6 +10,8 @@ use crate::domain::offsets::{Input, Source};
 use crate::domain::window::{Aggregate, WindowKey, WINDOW};
 use crate::driver::{Claimed, Epochs, PositionStore};
 use infra::db::{breakdown_json, StoredAggregate};
+use infra::rollups;
+use metrics_core::tiles::Level;
 
 mod group;
 mod publish;
@@ -277,16 +279,33 @@ impl Store {
         for (key, partial) in &windows {
             merge_window(&mut tx, key, partial).await?;
         }
+        // The hour and day rows, after every minute row (the lock order every commit keeps).
+        let buckets = rollups::buckets(windows.iter().map(|(key, partial)| rollups::Minute {
+            tenant: &key.tenant,
+            route: &key.route,
+            model: &key.model,
+            start: key.start,
+            aggregate: partial,
+        }));
+        rollups::add(&mut tx, buckets).await?;
         tx.commit().await?;
         Ok(windows.len())
     }
 
-    /// Deletes windows older than `retention`.
+    /// Deletes windows older than `retention`, in whole UTC days, with their hourly and daily
+    /// roll-ups: a roll-up never outlives part of the minutes it covers.
     pub async fn prune(&self, now: DateTime<Utc>, retention: TimeDelta) -> Result<u64, StoreError> {
+        let before = Level::Day.bucket(now - retention);
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query("DELETE FROM llm_metrics WHERE window_start < $1")
-            .bind(now - retention)
-            .execute(&self.pool)
+            .bind(before)
+            .execute(&mut *tx)
             .await?;
+        sqlx::query("DELETE FROM llm_metrics_rollups WHERE bucket_start < $1")
+            .bind(before)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(done.rows_affected())
     }
 }

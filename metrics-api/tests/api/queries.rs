@@ -186,6 +186,32 @@ async fn every_query_shape_answers_from_the_windows_the_processor_wrote() {
     let cost = bucket["estimated_cost_usd"].as_f64().unwrap();
     assert!(cost > 0.0 && (by_type - cost).abs() < 1e-9, "{bucket}");
 
+    // A range starting off the hour: its first hour is read from minute rows, the rest from
+    // the hourly roll-ups, and only the calls from its start on are counted.
+    let from = base + TimeDelta::minutes(3);
+    let (status, body) = api
+        .get(
+            &format!(
+                "/v1/metrics?tenant_id={t}&granularity=1h&group_by=model&from={}",
+                from.to_rfc3339().replace('+', "%2B")
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let later: Vec<Call> = calls.iter().filter(|c| c.at >= from).cloned().collect();
+    let want = expected(&later, |c| c.model);
+    let items = body["metrics"].as_array().unwrap();
+    assert_eq!(items.len(), want.len(), "{body}");
+    for item in items {
+        assert_eq!(time(&item["window_start"]), base);
+        assert_eq!(
+            Some(figures(item)),
+            want.get(item["model"].as_str().unwrap()).copied(),
+            "{item}"
+        );
+    }
+
     // The summary: totals and the top models and routes.
     let (status, body) = api
         .get(

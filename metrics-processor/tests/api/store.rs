@@ -3,11 +3,17 @@
 //! `contract.rs`.
 
 use chrono::{TimeDelta, Utc};
+use infra::db::StoredAggregate;
+use infra::rollups::{self, BucketKey};
+use metrics_core::aggregate::Aggregate;
 use metrics_core::pricing::PricingTable;
+use metrics_core::tiles::Level;
 use metrics_processor::domain::engine::{Engine, EngineConfig, Flush};
 use metrics_processor::domain::offsets::Input;
 use metrics_processor::output::MetricRow;
 use metrics_processor::store::Store;
+use sqlx::Row;
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -155,4 +161,284 @@ async fn a_row_changed_while_it_is_published_goes_out_after_it_newest_last() {
         "revisions in order, newest last"
     );
     assert_eq!(world.total_requests().await, 2);
+}
+
+/// A call of a property test: minutes before the test's base time, its series and figures.
+#[derive(Debug, Clone)]
+struct Call {
+    minutes_ago: i64,
+    second: i64,
+    route: usize,
+    model: usize,
+    latency_ms: u64,
+    completion_tokens: u64,
+    error: Option<usize>,
+    provider: usize,
+}
+
+fn calls() -> impl proptest::strategy::Strategy<Value = Vec<Call>> {
+    use proptest::prelude::*;
+    let call = (
+        0i64..3 * 1440,
+        0i64..60,
+        0usize..3,
+        0usize..2,
+        1u64..5_000,
+        0u64..500,
+    )
+        .prop_flat_map(
+            |(minutes_ago, second, route, model, latency_ms, completion_tokens)| {
+                (proptest::option::of(0usize..3), 0usize..3).prop_map(move |(error, provider)| {
+                    Call {
+                        minutes_ago,
+                        second,
+                        route,
+                        model,
+                        latency_ms,
+                        completion_tokens,
+                        error,
+                        provider,
+                    }
+                })
+            },
+        );
+    proptest::collection::vec(call, 1..40)
+}
+
+/// One flush holding `calls` (each paired with its response), as an engine that read them
+/// late would write it: into windows closed long ago, merged with what is stored.
+fn flush_of(tenant: &str, batch: usize, calls: &[Call], now: chrono::DateTime<Utc>) -> Flush {
+    use metrics_core::events::Event;
+    let mut engine = Engine::new(EngineConfig::default(), PricingTable::default());
+    engine.assign(
+        0,
+        [(Input::Requests, None), (Input::Responses, None)],
+        Vec::new(),
+        now,
+    );
+    for (i, call) in calls.iter().enumerate() {
+        let at = Level::Minute.bucket(now) - TimeDelta::minutes(call.minutes_ago + 10)
+            + TimeDelta::seconds(call.second);
+        let id = format!("b{batch}-c{i}");
+        let mut asked = request(tenant, &id, at);
+        if let Event::Request(r) = &mut asked {
+            r.route = ["/chat", "/search", "/summarize"][call.route]
+                .parse()
+                .unwrap();
+            r.model = ["gpt-4o", "claude-sonnet-4"][call.model].parse().unwrap();
+            r.provider = Some(
+                ["openai", "anthropic", "azure"][call.provider]
+                    .parse()
+                    .unwrap(),
+            );
+        }
+        let mut answered = response(tenant, &id, at);
+        if let Event::Response(r) = &mut answered {
+            r.latency_ms = call.latency_ms;
+            r.completion_tokens = call.completion_tokens;
+            if let Some(kind) = call.error {
+                r.error = Some("failed".into());
+                r.error_type = Some(["rate_limit", "timeout", "server"][kind].parse().unwrap());
+            }
+        }
+        engine.apply(source(Input::Requests, i as i64), asked, now);
+        engine.apply(source(Input::Responses, i as i64), answered, now);
+    }
+    engine.reached_end(Input::Requests, 0);
+    engine.reached_end(Input::Responses, 0);
+    engine.flush(now + TimeDelta::hours(1)).0
+}
+
+/// The tenant's hourly and daily rows as stored, and as computed from scratch from its
+/// minute rows.
+async fn rollups_stored_and_from_minutes(
+    pool: &sqlx::PgPool,
+    tenant: &str,
+) -> (
+    BTreeMap<BucketKey, Aggregate>,
+    BTreeMap<BucketKey, Aggregate>,
+) {
+    let stored = sqlx::query(&format!(
+        "SELECT tenant_id, bucket_seconds, bucket_start, route, model, {}
+         FROM llm_metrics_rollups WHERE tenant_id = $1",
+        Aggregate::COLUMNS
+    ))
+    .bind(tenant)
+    .fetch_all(pool)
+    .await
+    .expect("roll-ups");
+    let stored = stored
+        .iter()
+        .map(|row| {
+            let key = BucketKey {
+                tenant: row.get::<String, _>("tenant_id").into(),
+                seconds: row.get("bucket_seconds"),
+                start: row.get("bucket_start"),
+                route: row.get::<String, _>("route").into(),
+                model: row.get::<String, _>("model").into(),
+            };
+            (key, Aggregate::from_row(row).expect("row"))
+        })
+        .collect();
+    let minutes = sqlx::query(&format!(
+        "SELECT route, model, window_start, {} FROM llm_metrics WHERE tenant_id = $1",
+        Aggregate::COLUMNS
+    ))
+    .bind(tenant)
+    .fetch_all(pool)
+    .await
+    .expect("minutes");
+    // From scratch: each minute row merged into its hour and its day.
+    let mut from_minutes: BTreeMap<BucketKey, Aggregate> = BTreeMap::new();
+    for row in &minutes {
+        for level in [Level::Hour, Level::Day] {
+            let key = BucketKey {
+                tenant: tenant.into(),
+                seconds: level.seconds(),
+                start: level.bucket(row.get("window_start")),
+                route: row.get::<String, _>("route").into(),
+                model: row.get::<String, _>("model").into(),
+            };
+            from_minutes
+                .entry(key)
+                .or_default()
+                .merge_row(row)
+                .expect("row");
+        }
+    }
+    (stored, from_minutes)
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(8))]
+
+    /// Flushes of calls over three days, each merged late into windows written before (as
+    /// after restarts and stragglers), committed in turn: every hourly and daily row equals
+    /// the merge of the minute rows it covers, sums, histograms and breakdowns alike; and a
+    /// rebuild from the minute rows changes none of them.
+    #[test]
+    fn roll_ups_equal_the_minute_rows_they_cover_after_random_late_merges(
+        flushes in proptest::collection::vec(calls(), 1..6)
+    ) {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let world = World::new().await;
+            let (store, _, epochs) = claimed_store(&world).await;
+            let now = Utc::now();
+            for (i, calls) in flushes.iter().enumerate() {
+                let flush = flush_of(&world.tenant, i, calls, now);
+                store.commit(&flush, &epochs, &format!("flush-{i}")).await.expect("commit");
+            }
+            let (stored, from_minutes) = rollups_stored_and_from_minutes(&world.pool, &world.tenant).await;
+            let calls: usize = flushes.iter().map(Vec::len).sum();
+            let days: u64 = stored.iter().filter(|(k, _)| k.seconds == 86_400).map(|(_, a)| a.requests).sum();
+            assert_eq!(days, calls as u64, "the daily rows hold every call once");
+            assert_eq!(stored, from_minutes, "roll-ups as kept by the commits");
+            let (from, to) = (now - TimeDelta::days(4), now + TimeDelta::days(1));
+            rollups::rebuild(&world.pool, from, to).await.expect("rebuild");
+            let (rebuilt, _) = rollups_stored_and_from_minutes(&world.pool, &world.tenant).await;
+            assert_eq!(rebuilt, stored, "a rebuild from the minute rows changes nothing");
+        });
+    }
+}
+
+/// Retention deletes windows in whole UTC days, their hourly and daily rows with them: what
+/// stays of the roll-ups still equals the minute rows that stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_drops_whole_days_of_windows_and_their_roll_ups_together() {
+    // A server of its own: retention deletes every tenant's old windows.
+    let postgres = OwnPostgres::start();
+    let world = World::with_database(postgres.dsn()).await;
+    let (store, _, epochs) = claimed_store(&world).await;
+    let now = Utc::now();
+    let calls: Vec<Call> = (0..45)
+        .map(|i| Call {
+            minutes_ago: i * 95,
+            second: 5,
+            route: i as usize % 3,
+            model: i as usize % 2,
+            latency_ms: 100 + i as u64,
+            completion_tokens: 10,
+            error: None,
+            provider: 0,
+        })
+        .collect();
+    let flush = flush_of(&world.tenant, 0, &calls, now);
+    store
+        .commit(&flush, &epochs, "flush-0")
+        .await
+        .expect("commit");
+    let retention = TimeDelta::hours(36);
+    let deleted = store.prune(now, retention).await.expect("prune");
+    let kept = world.total_requests().await;
+    assert!(deleted > 0 && kept > 0, "some windows go, some stay");
+    let cutoff = Level::Day.bucket(now - retention);
+    let oldest: (Option<chrono::DateTime<Utc>>, Option<chrono::DateTime<Utc>>) = sqlx::query_as(
+        "SELECT (SELECT min(window_start) FROM llm_metrics),
+                (SELECT min(bucket_start) FROM llm_metrics_rollups)",
+    )
+    .fetch_one(&world.pool)
+    .await
+    .expect("oldest");
+    assert!(
+        oldest.0.unwrap() >= cutoff && oldest.1.unwrap() >= cutoff,
+        "{oldest:?} vs {cutoff}"
+    );
+    let (stored, from_minutes) = rollups_stored_and_from_minutes(&world.pool, &world.tenant).await;
+    assert_eq!(stored, from_minutes);
+    let days: u64 = stored
+        .iter()
+        .filter(|(k, _)| k.seconds == 86_400)
+        .map(|(_, a)| a.requests)
+        .sum();
+    assert_eq!(
+        days as i64, kept,
+        "the daily rows hold exactly the calls kept"
+    );
+}
+
+/// Windows stored before roll-ups existed: until they are built, the roll-ups are not
+/// complete (queries read minute rows); building them makes every bucket equal its minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roll_ups_of_windows_stored_before_them_are_built_once() {
+    let postgres = OwnPostgres::start();
+    let world = World::with_database(postgres.dsn()).await;
+    let (store, _, epochs) = claimed_store(&world).await;
+    let now = Utc::now();
+    let calls: Vec<Call> = (0..30)
+        .map(|i| Call {
+            minutes_ago: i * 131,
+            second: 1,
+            route: i as usize % 3,
+            model: 0,
+            latency_ms: 250,
+            completion_tokens: 7,
+            error: None,
+            provider: 1,
+        })
+        .collect();
+    store
+        .commit(&flush_of(&world.tenant, 0, &calls, now), &epochs, "flush-0")
+        .await
+        .expect("commit");
+    // As a database upgraded from before roll-ups: minute rows only.
+    sqlx::raw_sql("DELETE FROM llm_metrics_rollups; UPDATE rollup_state SET complete = false")
+        .execute(&world.pool)
+        .await
+        .expect("reset");
+    assert!(!rollups::complete(&world.pool).await.unwrap());
+    let built = rollups::ensure_complete(&world.pool).await.expect("build");
+    assert_eq!(built.map(|b| b.minute_rows), Some(30));
+    assert!(rollups::complete(&world.pool).await.unwrap());
+    let (stored, from_minutes) = rollups_stored_and_from_minutes(&world.pool, &world.tenant).await;
+    assert_eq!(stored, from_minutes);
+    assert_eq!(
+        stored.values().filter(|a| a.requests > 0).count(),
+        stored.len()
+    );
+    // Complete now: a second start-up builds nothing.
+    assert_eq!(
+        rollups::ensure_complete(&world.pool).await.expect("check"),
+        None
+    );
 }

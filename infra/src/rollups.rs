@@ -1,0 +1,398 @@
+//! Hourly and daily roll-ups of the one-minute windows (`llm_metrics_rollups`).
+//!
+//! The processor adds each flush's partial windows to their hour and day rows in the same
+//! transaction that adds them to the minute rows ([`add`]), so a bucket always equals the
+//! minute rows it covers: sums exact, histograms and breakdowns merged. [`rebuild`]
+//! recomputes buckets from the minute rows, for windows written before roll-ups existed.
+//!
+//! Locks: a commit locks its minute rows first, then its roll-up rows in primary-key order,
+//! in one statement, so two commits touching the same buckets wait for each other instead of
+//! deadlocking. A rebuild locks the whole table against writers for one day at a time.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use metrics_core::aggregate::Aggregate;
+use metrics_core::histogram;
+use metrics_core::tiles::Level;
+use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, PgPool, Row};
+
+use crate::db::{RowError, StoredAggregate};
+
+/// One roll-up row's key, ordered as the table's primary key.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct BucketKey {
+    pub tenant: Arc<str>,
+    pub seconds: i32,
+    pub start: DateTime<Utc>,
+    pub route: Arc<str>,
+    pub model: Arc<str>,
+}
+
+impl BucketKey {
+    fn of_row(row: &PgRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            tenant: row.try_get::<String, _>("tenant_id")?.into(),
+            seconds: row.try_get("bucket_seconds")?,
+            start: row.try_get("bucket_start")?,
+            route: row.try_get::<String, _>("route")?.into(),
+            model: row.try_get::<String, _>("model")?.into(),
+        })
+    }
+}
+
+/// A minute window as the roll-ups take it: its series, its start, what it adds.
+#[derive(Debug, Clone, Copy)]
+pub struct Minute<'a> {
+    pub tenant: &'a Arc<str>,
+    pub route: &'a Arc<str>,
+    pub model: &'a Arc<str>,
+    pub start: DateTime<Utc>,
+    pub aggregate: &'a Aggregate,
+}
+
+/// The hour and day buckets `windows` fall in, each with the sum of what falls in it.
+pub fn buckets<'a>(
+    windows: impl IntoIterator<Item = Minute<'a>>,
+) -> BTreeMap<BucketKey, Aggregate> {
+    let mut out: BTreeMap<BucketKey, Aggregate> = BTreeMap::new();
+    for w in windows {
+        for level in Level::ROLLUPS {
+            let key = BucketKey {
+                tenant: Arc::clone(w.tenant),
+                seconds: level.seconds(),
+                start: level.bucket(w.start),
+                route: Arc::clone(w.route),
+                model: Arc::clone(w.model),
+            };
+            out.entry(key).or_default().merge(w.aggregate);
+        }
+    }
+    out
+}
+
+const KEY_ARRAYS: &str = "$1::text[], $2::int[], $3::timestamptz[], $4::text[], $5::text[]";
+
+/// Adds partial minute windows to their roll-up rows, inside the caller's transaction.
+pub async fn add(
+    conn: &mut PgConnection,
+    partials: BTreeMap<BucketKey, Aggregate>,
+) -> Result<(), RowError> {
+    if partials.is_empty() {
+        return Ok(());
+    }
+    let keys = Keys::of(partials.keys());
+    // Creates the missing rows and locks every row, in key order, and reads what they hold.
+    let stored = sqlx::query(&format!(
+        "INSERT INTO llm_metrics_rollups AS r (tenant_id, bucket_seconds, bucket_start, route, model)
+         SELECT tenant_id, bucket_seconds, bucket_start, route, model
+         FROM unnest({KEY_ARRAYS}) WITH ORDINALITY
+              AS k(tenant_id, bucket_seconds, bucket_start, route, model, n)
+         ORDER BY n
+         ON CONFLICT (tenant_id, bucket_seconds, bucket_start, route, model)
+         DO UPDATE SET updated_at = r.updated_at
+         RETURNING tenant_id, bucket_seconds, bucket_start, route, model, {}",
+        Aggregate::COLUMNS
+    ))
+    .bind(&keys.tenants)
+    .bind(&keys.seconds)
+    .bind(&keys.starts)
+    .bind(&keys.routes)
+    .bind(&keys.models)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut merged = partials;
+    for row in &stored {
+        if let Some(total) = merged.get_mut(&BucketKey::of_row(row)?) {
+            total.merge_row(row)?;
+        }
+    }
+    let values = Values::of(merged.values());
+    sqlx::query(&format!(
+        "UPDATE llm_metrics_rollups AS r SET {}, updated_at = clock_timestamp()
+         FROM unnest({KEY_ARRAYS}, {}) AS v({}, {})
+         WHERE r.tenant_id = v.tenant_id AND r.bucket_seconds = v.bucket_seconds
+           AND r.bucket_start = v.bucket_start AND r.route = v.route AND r.model = v.model",
+        Values::ASSIGNMENTS,
+        Values::ARRAYS,
+        KEY_COLUMNS,
+        Aggregate::COLUMNS,
+    ))
+    .bind(&keys.tenants)
+    .bind(&keys.seconds)
+    .bind(&keys.starts)
+    .bind(&keys.routes)
+    .bind(&keys.models)
+    .bind_values(&values)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+const KEY_COLUMNS: &str = "tenant_id, bucket_seconds, bucket_start, route, model";
+
+/// What a rebuild did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rebuilt {
+    pub days: u64,
+    pub minute_rows: u64,
+    pub buckets: u64,
+}
+
+/// Recomputes from the minute rows every roll-up of the UTC days that overlap `[from, to)`,
+/// one day per transaction. Each day's transaction locks the roll-ups against writers (a
+/// running processor's commits wait for it), so what a commit adds is either in the minute
+/// rows the rebuild reads or added after the rebuild wrote the day.
+pub async fn rebuild(
+    pool: &PgPool,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Rebuilt, RowError> {
+    let mut done = Rebuilt::default();
+    let mut day = Level::Day.bucket(from);
+    while day < to {
+        let next = day + TimeDelta::days(1);
+        let mut tx = pool.begin().await?;
+        sqlx::query("LOCK TABLE llm_metrics_rollups IN EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT tenant_id, route, model, window_start, {} FROM llm_metrics
+             WHERE window_start >= $1 AND window_start < $2",
+            Aggregate::COLUMNS
+        ))
+        .bind(day)
+        .bind(next)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut totals: BTreeMap<BucketKey, Aggregate> = BTreeMap::new();
+        for row in &rows {
+            let start: DateTime<Utc> = row.try_get("window_start")?;
+            let (tenant, route, model): (Arc<str>, Arc<str>, Arc<str>) = (
+                row.try_get::<String, _>("tenant_id")?.into(),
+                row.try_get::<String, _>("route")?.into(),
+                row.try_get::<String, _>("model")?.into(),
+            );
+            for level in Level::ROLLUPS {
+                let key = BucketKey {
+                    tenant: Arc::clone(&tenant),
+                    seconds: level.seconds(),
+                    start: level.bucket(start),
+                    route: Arc::clone(&route),
+                    model: Arc::clone(&model),
+                };
+                totals.entry(key).or_default().merge_row(row)?;
+            }
+        }
+        sqlx::query(
+            "DELETE FROM llm_metrics_rollups WHERE bucket_start >= $1 AND bucket_start < $2",
+        )
+        .bind(day)
+        .bind(next)
+        .execute(&mut *tx)
+        .await?;
+        if !totals.is_empty() {
+            let keys = Keys::of(totals.keys());
+            let values = Values::of(totals.values());
+            sqlx::query(&format!(
+                "INSERT INTO llm_metrics_rollups ({KEY_COLUMNS}, {})
+                 SELECT * FROM unnest({KEY_ARRAYS}, {})",
+                Aggregate::COLUMNS,
+                Values::ARRAYS,
+            ))
+            .bind(&keys.tenants)
+            .bind(&keys.seconds)
+            .bind(&keys.starts)
+            .bind(&keys.routes)
+            .bind(&keys.models)
+            .bind_values(&values)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        done.days += 1;
+        done.minute_rows += rows.len() as u64;
+        done.buckets += totals.len() as u64;
+        day = next;
+    }
+    Ok(done)
+}
+
+/// Whether every roll-up covers all its minute rows (false until the roll-ups of windows
+/// written before they existed have been rebuilt).
+pub async fn complete(pool: &PgPool) -> Result<bool, sqlx::Error> {
+    let complete: Option<bool> = sqlx::query_scalar("SELECT complete FROM rollup_state")
+        .fetch_optional(pool)
+        .await?;
+    Ok(complete.unwrap_or(false))
+}
+
+/// Builds the roll-ups of every stored minute window if they are not complete yet, then
+/// records them complete. Safe to run beside running processors and other instances of
+/// itself (an advisory lock lets one build at a time; the others wait and find it done).
+pub async fn ensure_complete(pool: &PgPool) -> Result<Option<Rebuilt>, RowError> {
+    if complete(pool).await? {
+        return Ok(None);
+    }
+    // A session-level advisory lock, held on one connection for the whole build.
+    let mut lock = pool.acquire().await?;
+    sqlx::query("SELECT pg_advisory_lock(hashtext('streamlens.rollups.rebuild'))")
+        .execute(&mut *lock)
+        .await?;
+    let built = async {
+        if complete(pool).await? {
+            return Ok(None);
+        }
+        let range: (Option<DateTime<Utc>>, Option<DateTime<Utc>>) =
+            sqlx::query_as("SELECT min(window_start), max(window_start) FROM llm_metrics")
+                .fetch_one(pool)
+                .await?;
+        let rebuilt = match range {
+            (Some(first), Some(last)) => rebuild(pool, first, last + TimeDelta::minutes(1)).await?,
+            _ => Rebuilt::default(),
+        };
+        sqlx::query("UPDATE rollup_state SET complete = true, built_at = now()")
+            .execute(pool)
+            .await?;
+        Ok::<_, RowError>(Some(rebuilt))
+    }
+    .await;
+    sqlx::query("SELECT pg_advisory_unlock(hashtext('streamlens.rollups.rebuild'))")
+        .execute(&mut *lock)
+        .await?;
+    built
+}
+
+/// The key columns of many rows, one array each.
+struct Keys {
+    tenants: Vec<String>,
+    seconds: Vec<i32>,
+    starts: Vec<DateTime<Utc>>,
+    routes: Vec<String>,
+    models: Vec<String>,
+}
+
+impl Keys {
+    fn of<'a>(keys: impl Iterator<Item = &'a BucketKey>) -> Self {
+        let mut out = Keys {
+            tenants: Vec::new(),
+            seconds: Vec::new(),
+            starts: Vec::new(),
+            routes: Vec::new(),
+            models: Vec::new(),
+        };
+        for k in keys {
+            out.tenants.push(k.tenant.to_string());
+            out.seconds.push(k.seconds);
+            out.starts.push(k.start);
+            out.routes.push(k.route.to_string());
+            out.models.push(k.model.to_string());
+        }
+        out
+    }
+}
+
+/// The columns of [`Aggregate::COLUMNS`] for many rows, one array each, in that order.
+struct Values {
+    sums: [Vec<i64>; 14],
+    latency: Vec<Vec<u8>>,
+    ttft: Vec<Vec<u8>>,
+    providers: Vec<String>,
+    error_types: Vec<String>,
+    cost_parts: [Vec<i64>; 5],
+}
+
+fn i64_of(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl Values {
+    /// The arrays bound after the five key arrays, typed as `Aggregate::COLUMNS` lists them.
+    const ARRAYS: &'static str = "$6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], \
+        $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], \
+        $15::bigint[], $16::bigint[], $17::bigint[], $18::bigint[], $19::bigint[], \
+        $20::bytea[], $21::bytea[], $22::jsonb[], $23::jsonb[], $24::bigint[], $25::bigint[], \
+        $26::bigint[], $27::bigint[], $28::bigint[]";
+
+    const ASSIGNMENTS: &'static str = "requests = v.requests, errors = v.errors, \
+        timeouts = v.timeouts, completed = v.completed, latency_sum_ms = v.latency_sum_ms, \
+        ttft_sum_ms = v.ttft_sum_ms, ttft_count = v.ttft_count, prompt_tokens = v.prompt_tokens, \
+        completion_tokens = v.completion_tokens, cached_prompt_tokens = v.cached_prompt_tokens, \
+        cache_creation_tokens = v.cache_creation_tokens, reasoning_tokens = v.reasoning_tokens, \
+        cost_nanos = v.cost_nanos, unpriced = v.unpriced, \
+        latency_histogram = v.latency_histogram, ttft_histogram = v.ttft_histogram, \
+        providers = v.providers, error_types = v.error_types, \
+        cost_input_nanos = v.cost_input_nanos, cost_cached_input_nanos = v.cost_cached_input_nanos, \
+        cost_cache_write_nanos = v.cost_cache_write_nanos, cost_output_nanos = v.cost_output_nanos, \
+        cost_reasoning_nanos = v.cost_reasoning_nanos";
+
+    fn of<'a>(aggregates: impl Iterator<Item = &'a Aggregate>) -> Self {
+        let mut out = Values {
+            sums: Default::default(),
+            latency: Vec::new(),
+            ttft: Vec::new(),
+            providers: Vec::new(),
+            error_types: Vec::new(),
+            cost_parts: Default::default(),
+        };
+        for a in aggregates {
+            // In the order of `Aggregate::COLUMNS`.
+            let sums = [
+                a.requests,
+                a.errors,
+                a.timeouts,
+                a.completed,
+                a.latency_sum_ms,
+                a.ttft_sum_ms,
+                a.ttft_count,
+                a.prompt_tokens,
+                a.completion_tokens,
+                a.cached_prompt_tokens,
+                a.cache_creation_tokens,
+                a.reasoning_tokens,
+                a.cost_nanos,
+                a.unpriced,
+            ];
+            for (column, v) in out.sums.iter_mut().zip(sums) {
+                column.push(i64_of(v));
+            }
+            out.latency.push(histogram::encode(&a.latency));
+            out.ttft.push(histogram::encode(&a.ttft));
+            out.providers.push(json(a.providers.as_map()));
+            out.error_types.push(json(a.error_types.as_map()));
+            for (column, v) in out.cost_parts.iter_mut().zip(a.cost_parts_nanos) {
+                column.push(i64_of(v));
+            }
+        }
+        out
+    }
+}
+
+fn json(map: &BTreeMap<String, u64>) -> String {
+    serde_json::to_string(map).unwrap_or_else(|_| "{}".to_owned())
+}
+
+/// Binding [`Values`] after the key arrays.
+trait BindValues<'q> {
+    fn bind_values(self, values: &'q Values) -> Self;
+}
+
+impl<'q> BindValues<'q> for sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    fn bind_values(self, values: &'q Values) -> Self {
+        let mut q = self;
+        for column in &values.sums {
+            q = q.bind(column);
+        }
+        q = q
+            .bind(&values.latency)
+            .bind(&values.ttft)
+            .bind(&values.providers)
+            .bind(&values.error_types);
+        for column in &values.cost_parts {
+            q = q.bind(column);
+        }
+        q
+    }
+}

@@ -128,7 +128,10 @@ async fn main() -> anyhow::Result<()> {
             let pool = migrated(env).await?;
             let started = std::time::Instant::now();
             let built = match (from, to) {
-                (Some(from), Some(to)) => Some(infra::rollups::rebuild(&pool, from, to).await?),
+                (Some(from), Some(to)) => {
+                    let mut conn = pool.acquire().await?;
+                    Some(infra::rollups::rebuild(&mut conn, from, to).await?)
+                }
                 _ => infra::rollups::ensure_complete(&pool).await?,
             };
             match built {

@@ -17,7 +17,7 @@ use metrics_core::aggregate::Aggregate;
 use metrics_core::histogram;
 use metrics_core::tiles::Level;
 use sqlx::postgres::PgRow;
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{Connection, PgConnection, PgExecutor, PgPool, Row};
 
 use crate::db::{RowError, StoredAggregate};
 
@@ -146,7 +146,7 @@ pub struct Rebuilt {
 /// running processor's commits wait for it), so what a commit adds is either in the minute
 /// rows the rebuild reads or added after the rebuild wrote the day.
 pub async fn rebuild(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> Result<Rebuilt, RowError> {
@@ -154,7 +154,7 @@ pub async fn rebuild(
     let mut day = Level::Day.bucket(from);
     while day < to {
         let next = day + TimeDelta::days(1);
-        let mut tx = pool.begin().await?;
+        let mut tx = conn.begin().await?;
         sqlx::query("LOCK TABLE llm_metrics_rollups IN EXCLUSIVE MODE")
             .execute(&mut *tx)
             .await?;
@@ -222,9 +222,9 @@ pub async fn rebuild(
 
 /// Whether every roll-up covers all its minute rows (false until the roll-ups of windows
 /// written before they existed have been rebuilt).
-pub async fn complete(pool: &PgPool) -> Result<bool, sqlx::Error> {
+pub async fn complete<'c>(conn: impl PgExecutor<'c>) -> Result<bool, sqlx::Error> {
     let complete: Option<bool> = sqlx::query_scalar("SELECT complete FROM rollup_state")
-        .fetch_optional(pool)
+        .fetch_optional(conn)
         .await?;
     Ok(complete.unwrap_or(false))
 }
@@ -232,37 +232,40 @@ pub async fn complete(pool: &PgPool) -> Result<bool, sqlx::Error> {
 /// Builds the roll-ups of every stored minute window if they are not complete yet, then
 /// records them complete. Safe to run beside running processors and other instances of
 /// itself (an advisory lock lets one build at a time; the others wait and find it done).
+/// Uses one connection of `pool` throughout.
 pub async fn ensure_complete(pool: &PgPool) -> Result<Option<Rebuilt>, RowError> {
     if complete(pool).await? {
         return Ok(None);
     }
-    // A session-level advisory lock, held on one connection for the whole build.
-    let mut lock = pool.acquire().await?;
+    let mut conn = pool.acquire().await?;
     sqlx::query("SELECT pg_advisory_lock(hashtext('streamlens.rollups.rebuild'))")
-        .execute(&mut *lock)
+        .execute(&mut *conn)
         .await?;
-    let built = async {
-        if complete(pool).await? {
-            return Ok(None);
-        }
-        let range: (Option<DateTime<Utc>>, Option<DateTime<Utc>>) =
-            sqlx::query_as("SELECT min(window_start), max(window_start) FROM llm_metrics")
-                .fetch_one(pool)
-                .await?;
-        let rebuilt = match range {
-            (Some(first), Some(last)) => rebuild(pool, first, last + TimeDelta::minutes(1)).await?,
-            _ => Rebuilt::default(),
-        };
-        sqlx::query("UPDATE rollup_state SET complete = true, built_at = now()")
-            .execute(pool)
-            .await?;
-        Ok::<_, RowError>(Some(rebuilt))
-    }
-    .await;
+    let built = build_missing(&mut conn).await;
     sqlx::query("SELECT pg_advisory_unlock(hashtext('streamlens.rollups.rebuild'))")
-        .execute(&mut *lock)
+        .execute(&mut *conn)
         .await?;
     built
+}
+
+async fn build_missing(conn: &mut PgConnection) -> Result<Option<Rebuilt>, RowError> {
+    if complete(&mut *conn).await? {
+        return Ok(None);
+    }
+    let range: (Option<DateTime<Utc>>, Option<DateTime<Utc>>) =
+        sqlx::query_as("SELECT min(window_start), max(window_start) FROM llm_metrics")
+            .fetch_one(&mut *conn)
+            .await?;
+    let rebuilt = match range {
+        (Some(first), Some(last)) => {
+            rebuild(&mut *conn, first, last + TimeDelta::minutes(1)).await?
+        }
+        _ => Rebuilt::default(),
+    };
+    sqlx::query("UPDATE rollup_state SET complete = true, built_at = now()")
+        .execute(&mut *conn)
+        .await?;
+    Ok(Some(rebuilt))
 }
 
 /// The key columns of many rows, one array each.

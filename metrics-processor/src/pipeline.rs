@@ -682,13 +682,18 @@ pub fn run(
         }
         if last_prune.is_none_or(|t| t.elapsed() >= Duration::from_secs(600)) {
             last_prune = Some(Instant::now());
-            match shared
-                .runtime
-                .block_on(shared.store.prune(Utc::now(), shared.retention))
-            {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(windows = n, "pruned windows older than the retention"),
-                Err(e) => tracing::warn!(error = %e, "cannot prune old windows"),
+            match shared.runtime.block_on(
+                shared
+                    .store
+                    .maintain_partitions(Utc::now(), shared.retention),
+            ) {
+                Ok(p) if p.created == 0 && p.dropped == 0 => {}
+                Ok(p) => tracing::info!(
+                    created = p.created,
+                    dropped = p.dropped,
+                    "daily partitions created ahead and dropped beyond the retention"
+                ),
+                Err(e) => tracing::warn!(error = %e, "cannot maintain the daily partitions"),
             }
         }
     }

@@ -292,22 +292,35 @@ impl Store {
         Ok(windows.len())
     }
 
-    /// Deletes windows older than `retention`, in whole UTC days, with their hourly and daily
-    /// roll-ups: a roll-up never outlives part of the minutes it covers.
-    pub async fn prune(&self, now: DateTime<Utc>, retention: TimeDelta) -> Result<u64, StoreError> {
-        let before = Level::Day.bucket(now - retention);
-        let mut tx = self.pool.begin().await?;
-        let done = sqlx::query("DELETE FROM llm_metrics WHERE window_start < $1")
-            .bind(before)
-            .execute(&mut *tx)
+    /// Keeps the daily partitions of the windows and their roll-ups: creates those of every
+    /// day from the oldest the retention keeps to three days ahead (moving in what the default
+    /// partition held for them), and drops those of the days before, in whole UTC days, so a
+    /// roll-up never outlives part of the minutes it covers.
+    pub async fn maintain_partitions(
+        &self,
+        now: DateTime<Utc>,
+        retention: TimeDelta,
+    ) -> Result<Partitions, StoreError> {
+        let keep_from = Level::Day.bucket(now - retention).date_naive();
+        let created: i32 = sqlx::query_scalar("SELECT streamlens_ensure_partitions($1, $2)")
+            .bind(keep_from)
+            .bind((now + TimeDelta::days(3)).date_naive())
+            .fetch_one(&self.pool)
             .await?;
-        sqlx::query("DELETE FROM llm_metrics_rollups WHERE bucket_start < $1")
-            .bind(before)
-            .execute(&mut *tx)
+        let dropped: i32 = sqlx::query_scalar("SELECT streamlens_drop_partitions_before($1)")
+            .bind(keep_from)
+            .fetch_one(&self.pool)
             .await?;
-        tx.commit().await?;
-        Ok(done.rows_affected())
+        Ok(Partitions { created, dropped })
     }
+}
+
+/// What [`Store::maintain_partitions`] did: daily partitions created and dropped (two a day,
+/// one for the windows and one for their roll-ups).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partitions {
+    pub created: i32,
+    pub dropped: i32,
 }
 
 /// Rows of `processor_decisions` as columns, for one `unnest` insert.

@@ -335,18 +335,21 @@ proptest::proptest! {
             assert_eq!(days, calls as u64, "the daily rows hold every call once");
             assert_eq!(stored, from_minutes, "roll-ups as kept by the commits");
             let (from, to) = (now - TimeDelta::days(4), now + TimeDelta::days(1));
-            rollups::rebuild(&world.pool, from, to).await.expect("rebuild");
+            let mut conn = world.pool.acquire().await.expect("connection");
+            rollups::rebuild(&mut conn, from, to).await.expect("rebuild");
             let (rebuilt, _) = rollups_stored_and_from_minutes(&world.pool, &world.tenant).await;
             assert_eq!(rebuilt, stored, "a rebuild from the minute rows changes nothing");
         });
     }
 }
 
-/// Retention deletes windows in whole UTC days, their hourly and daily rows with them: what
-/// stays of the roll-ups still equals the minute rows that stay.
+/// Daily partitions: windows of days without a partition wait in the default partition and
+/// move into their day's partition when it is created; retention then drops whole days of
+/// windows and their hourly and daily rows together, and what stays of the roll-ups still
+/// equals the minute rows that stay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_drops_whole_days_of_windows_and_their_roll_ups_together() {
-    // A server of its own: retention deletes every tenant's old windows.
+    // A server of its own: partitions and retention are the whole database's.
     let postgres = OwnPostgres::start();
     let world = World::with_database(postgres.dsn()).await;
     let (store, _, epochs) = claimed_store(&world).await;
@@ -368,10 +371,40 @@ async fn retention_drops_whole_days_of_windows_and_their_roll_ups_together() {
         .commit(&flush, &epochs, "flush-0")
         .await
         .expect("commit");
+    let in_default = |table: &'static str| {
+        let pool = world.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(&format!("SELECT count(*) FROM {table}"))
+                .fetch_one(&pool)
+                .await
+                .expect("count")
+        }
+    };
+    // A fresh database has partitions from today on: the older windows wait in the default.
+    assert!(in_default("llm_metrics_default").await > 0);
+    let made = store
+        .maintain_partitions(now, TimeDelta::days(7))
+        .await
+        .expect("partitions");
+    assert!(made.created >= 2 * 7 && made.dropped == 0, "{made:?}");
+    assert_eq!(
+        in_default("llm_metrics_default").await,
+        0,
+        "moved into their days"
+    );
+    assert_eq!(in_default("llm_metrics_rollups_default").await, 0);
+    assert_eq!(world.total_requests().await, 45, "nothing lost moving them");
+
     let retention = TimeDelta::hours(36);
-    let deleted = store.prune(now, retention).await.expect("prune");
+    let done = store
+        .maintain_partitions(now, retention)
+        .await
+        .expect("retention");
     let kept = world.total_requests().await;
-    assert!(deleted > 0 && kept > 0, "some windows go, some stay");
+    assert!(
+        done.dropped > 0 && kept > 0 && kept < 45,
+        "{done:?}, {kept} kept"
+    );
     let cutoff = Level::Day.bucket(now - retention);
     let oldest: (Option<chrono::DateTime<Utc>>, Option<chrono::DateTime<Utc>>) = sqlx::query_as(
         "SELECT (SELECT min(window_start) FROM llm_metrics),
@@ -383,6 +416,18 @@ async fn retention_drops_whole_days_of_windows_and_their_roll_ups_together() {
     assert!(
         oldest.0.unwrap() >= cutoff && oldest.1.unwrap() >= cutoff,
         "{oldest:?} vs {cutoff}"
+    );
+    let partitions: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+         WHERE i.inhparent = 'llm_metrics'::regclass AND c.relname <> 'llm_metrics_default'",
+    )
+    .fetch_all(&world.pool)
+    .await
+    .expect("partitions");
+    let first = format!("llm_metrics_p{}", cutoff.format("%Y%m%d"));
+    assert!(
+        partitions.iter().all(|p| *p >= first),
+        "{partitions:?} from {first}"
     );
     let (stored, from_minutes) = rollups_stored_and_from_minutes(&world.pool, &world.tenant).await;
     assert_eq!(stored, from_minutes);
@@ -441,4 +486,82 @@ async fn roll_ups_of_windows_stored_before_them_are_built_once() {
         rollups::ensure_complete(&world.pool).await.expect("check"),
         None
     );
+}
+
+/// A database from before partitioning, upgraded: every window and roll-up row is kept, each
+/// in its day's partition, none left in the default one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_partitioning_migration_keeps_every_window_and_roll_up() {
+    let postgres = OwnPostgres::start();
+    let pool = infra::db::connect(&postgres.dsn(), 2)
+        .await
+        .expect("Postgres answers");
+    // The migrations before partitioning, as an older release applied them.
+    let older = std::env::temp_dir().join(unique("migrations-"));
+    std::fs::create_dir_all(&older).unwrap();
+    let all = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
+    for file in std::fs::read_dir(&all).unwrap() {
+        let path = file.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.as_str() < "20240511" {
+            std::fs::copy(&path, older.join(&name)).unwrap();
+        }
+    }
+    let before = sqlx::migrate::Migrator::new(older.as_path())
+        .await
+        .expect("older migrations");
+    before.run(&pool).await.expect("older migrations apply");
+    std::fs::remove_dir_all(&older).unwrap();
+    // Forty days of windows of three series, every 17 minutes, and a roll-up row a day.
+    sqlx::raw_sql(
+        "INSERT INTO llm_metrics (tenant_id, route, model, window_start, window_end, requests,
+             prompt_tokens, providers, published_at, updated_at)
+         SELECT 'acme', '/r' || s, 'm', ts, ts + interval '1 minute', 3, 100 + s,
+                '{\"openai\": 3}', now(), now()
+         FROM generate_series(date_trunc('minute', now()) - interval '40 days',
+                              date_trunc('minute', now()), interval '17 minutes') AS ts,
+              generate_series(1, 3) AS s;
+         INSERT INTO llm_metrics_rollups (tenant_id, bucket_seconds, bucket_start, route, model,
+             requests)
+         SELECT 'acme', 86400, d, '/r1', 'm', 7
+         FROM generate_series(date_trunc('day', now()) - interval '40 days',
+                              date_trunc('day', now()), interval '1 day') AS d;",
+    )
+    .execute(&pool)
+    .await
+    .expect("rows");
+    let totals = |pool: sqlx::PgPool| async move {
+        sqlx::query_as::<_, (i64, i64, i64, i64, i64)>(
+            "SELECT (SELECT count(*) FROM llm_metrics), (SELECT sum(requests) FROM llm_metrics)::bigint,
+                    (SELECT sum(prompt_tokens) FROM llm_metrics)::bigint,
+                    (SELECT count(*) FROM llm_metrics WHERE providers = '{\"openai\": 3}'),
+                    (SELECT sum(requests) FROM llm_metrics_rollups)::bigint",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("totals")
+    };
+    let was = totals(pool.clone()).await;
+    assert!(was.0 > 10_000, "{was:?}");
+
+    infra::db::migrate(&pool)
+        .await
+        .expect("the partitioning migration applies");
+    assert_eq!(
+        totals(pool.clone()).await,
+        was,
+        "every row kept, every figure the same"
+    );
+    let (partitions, in_default): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM pg_inherits WHERE inhparent = 'llm_metrics'::regclass),
+                (SELECT count(*) FROM llm_metrics_default) + (SELECT count(*) FROM llm_metrics_rollups_default)",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("partitions");
+    assert!(
+        partitions >= 41 + 2,
+        "a partition a day and the default: {partitions}"
+    );
+    assert_eq!(in_default, 0, "every row is in its day's partition");
 }

@@ -275,6 +275,24 @@ async fn make_run_serves_a_dashboard_that_draws_the_demo_traffic_and_stops_on_ct
     );
     println!("dashboard screenshot: {}", shot.display());
 
+    // The 30-day range: daily buckets from the roll-ups, the same charts, the same models.
+    let month = browse(&format!("{url}&range=43200"), "--dump-dom");
+    assert!(!month.contains("Could not load"), "{month}");
+    assert!(
+        month.contains("step 1d"),
+        "30 days are drawn in daily steps: {month}"
+    );
+    let drawn = charts(&month);
+    assert_eq!(drawn.len(), 7, "{month}");
+    let lines = &drawn
+        .iter()
+        .find(|(id, _)| id == "requests")
+        .expect("requests")
+        .1;
+    let mut names: Vec<&str> = lines.iter().map(|(n, _)| n.as_str()).collect();
+    names.sort();
+    assert_eq!(names, expected, "one line per model over 30 days");
+
     // Ctrl-C stops everything run.sh started: the services write to the same pipe, so it
     // closes only when the last of them has exited.
     let (tx, rx) = std::sync::mpsc::channel();

@@ -12,7 +12,7 @@ use metrics_core::settings::Env;
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::types::Json;
-use sqlx::{PgPool, Row};
+use sqlx::{Column, PgPool, Row};
 
 /// The migrations under `migrations/`, applied at start-up and by `streamlens-admin migrate`.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
@@ -30,9 +30,16 @@ pub async fn connect(dsn: &str, max_connections: u32) -> Result<PgPool, sqlx::Er
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
-        .connect(dsn)
+        .connect_with(PgConnectOptions::from_str(dsn)?.options([GENERIC_PLANS]))
         .await
 }
+
+/// Every statement is prepared once per connection; with the windows partitioned by day, a
+/// plan made for each execution's values costs more than running it (1.7 ms of planning for
+/// a 0.9 ms range read, 2.7 ms for the 0.15 ms default query, on 8 daily partitions). A generic
+/// plan is made once and still reads only the partitions a range covers (pruned as the
+/// statement starts).
+const GENERIC_PLANS: (&str, &str) = ("plan_cache_mode", "force_generic_plan");
 
 /// A pool on `dsn` with every migration applied: how each service and the admin command start.
 pub async fn connect_migrated(dsn: &str, max_connections: u32) -> anyhow::Result<PgPool> {
@@ -55,10 +62,13 @@ pub async fn connect_for_queries(
 ) -> Result<PgPool, sqlx::Error> {
     let options = PgConnectOptions::from_str(dsn)?
         .application_name(application_name)
-        .options([(
-            "statement_timeout",
-            format!("{}ms", statement_timeout.as_millis()),
-        )]);
+        .options([
+            (
+                "statement_timeout",
+                format!("{}ms", statement_timeout.as_millis()),
+            ),
+            (GENERIC_PLANS.0, GENERIC_PLANS.1.to_owned()),
+        ]);
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
@@ -106,49 +116,82 @@ impl StoredAggregate for Aggregate {
     }
 
     fn merge_row(&mut self, row: &PgRow) -> Result<(), RowError> {
+        // The columns of `Aggregate::COLUMNS` follow each other, in that order, in every query
+        // that reads them: one name lookup finds where they start and the rest are read by
+        // position (a roll-up reads thousands of rows an answer; looking up 23 names a row was
+        // a fifth of its time).
+        let at = row.try_column(AGGREGATE_COLUMNS[0])?.ordinal();
+        let count = |i: usize| -> Result<u64, sqlx::Error> {
+            let v: i64 = row.try_get(at + i)?;
+            Ok(u64::try_from(v).unwrap_or(0))
+        };
         // Sums saturate, as `Aggregate::merge` does: whatever was stored never wraps around.
-        for (name, sum) in [
-            ("requests", &mut self.requests),
-            ("errors", &mut self.errors),
-            ("timeouts", &mut self.timeouts),
-            ("completed", &mut self.completed),
-            ("latency_sum_ms", &mut self.latency_sum_ms),
-            ("ttft_sum_ms", &mut self.ttft_sum_ms),
-            ("ttft_count", &mut self.ttft_count),
-            ("prompt_tokens", &mut self.prompt_tokens),
-            ("completion_tokens", &mut self.completion_tokens),
-            ("cached_prompt_tokens", &mut self.cached_prompt_tokens),
-            ("cache_creation_tokens", &mut self.cache_creation_tokens),
-            ("reasoning_tokens", &mut self.reasoning_tokens),
-            ("cost_nanos", &mut self.cost_nanos),
-            ("unpriced", &mut self.unpriced),
-        ] {
-            *sum = sum.saturating_add(count(row, name)?);
+        for (i, sum) in [
+            &mut self.requests,
+            &mut self.errors,
+            &mut self.timeouts,
+            &mut self.completed,
+            &mut self.latency_sum_ms,
+            &mut self.ttft_sum_ms,
+            &mut self.ttft_count,
+            &mut self.prompt_tokens,
+            &mut self.completion_tokens,
+            &mut self.cached_prompt_tokens,
+            &mut self.cache_creation_tokens,
+            &mut self.reasoning_tokens,
+            &mut self.cost_nanos,
+            &mut self.unpriced,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            *sum = sum.saturating_add(count(i)?);
         }
-        for (sum, part) in self.cost_parts_nanos.iter_mut().zip(cost_parts(row)?) {
-            *sum = sum.saturating_add(part);
-        }
-        for (name, h) in [
-            ("latency_histogram", &mut self.latency),
-            ("ttft_histogram", &mut self.ttft),
-        ] {
-            let bytes: Option<&[u8]> = row.try_get(name)?;
+        for (i, h) in [(14, &mut self.latency), (15, &mut self.ttft)] {
+            let bytes: Option<&[u8]> = row.try_get(at + i)?;
             if let Some(bytes) = bytes {
                 histogram::add_encoded(h, bytes)?;
             }
         }
-        for (name, breakdown) in [
-            ("providers", &mut self.providers),
-            ("error_types", &mut self.error_types),
-        ] {
-            let stored: Json<BTreeMap<String, i64>> = row.try_get(name)?;
+        for (i, breakdown) in [(16, &mut self.providers), (17, &mut self.error_types)] {
+            let stored: Json<BTreeMap<String, i64>> = row.try_get(at + i)?;
             for (key, n) in stored.0 {
                 breakdown.add(&key, u64::try_from(n).unwrap_or(0));
             }
         }
+        for (i, sum) in self.cost_parts_nanos.iter_mut().enumerate() {
+            *sum = sum.saturating_add(count(18 + i)?);
+        }
         Ok(())
     }
 }
+
+/// `Aggregate::COLUMNS` one by one: the positions `merge_row` reads them at.
+const AGGREGATE_COLUMNS: [&str; 23] = [
+    "requests",
+    "errors",
+    "timeouts",
+    "completed",
+    "latency_sum_ms",
+    "ttft_sum_ms",
+    "ttft_count",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_prompt_tokens",
+    "cache_creation_tokens",
+    "reasoning_tokens",
+    "cost_nanos",
+    "unpriced",
+    "latency_histogram",
+    "ttft_histogram",
+    "providers",
+    "error_types",
+    "cost_input_nanos",
+    "cost_cached_input_nanos",
+    "cost_cache_write_nanos",
+    "cost_output_nanos",
+    "cost_reasoning_nanos",
+];
 
 /// A row's cost by token type, from [`Aggregate::COST_COLUMNS`].
 pub fn cost_parts(row: &PgRow) -> Result<[u64; 5], sqlx::Error> {
@@ -162,4 +205,16 @@ pub fn cost_parts(row: &PgRow) -> Result<[u64; 5], sqlx::Error> {
 /// A breakdown as its JSONB column holds it: `{"name": count}`.
 pub fn breakdown_json(b: &Breakdown) -> Json<&BTreeMap<String, u64>> {
     Json(b.as_map())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_read_at_the_positions_of_the_aggregate_columns() {
+        let listed: Vec<&str> = Aggregate::COLUMNS.split(',').map(str::trim).collect();
+        assert_eq!(listed, AGGREGATE_COLUMNS);
+        assert_eq!(&AGGREGATE_COLUMNS[18..], &Aggregate::COST_COLUMNS);
+    }
 }

@@ -136,7 +136,7 @@ async fn main() -> anyhow::Result<()> {
             };
             match built {
                 Some(b) => eprintln!(
-                    "rebuilt {} days: {} minute windows into {} hourly and daily rows in {:.1} s",
+                    "rebuilt {} days: {} minute windows into {} roll-up rows in {:.1} s",
                     b.days,
                     b.minute_rows,
                     b.buckets,

@@ -4,7 +4,7 @@
 //! - [`kafka`]: client configuration (TLS, SASL), producer guarantees, topic names and
 //!   creation, the Java-compatible partitioner.
 //! - [`db`]: the Postgres pool, the embedded migrations, window rows read back.
-//! - [`rollups`]: hourly and daily roll-ups of the minute windows, kept, rebuilt, complete.
+//! - [`rollups`]: five-minute, hourly and daily roll-ups of the minute windows, kept, rebuilt, complete.
 //! - [`keys`]: API keys bound to tenants, stored hashed, and the lookup services use.
 //! - [`http`]: serving, request ids, request counting and timeouts, Prometheus answers.
 //! - [`openapi`]: what both services' generated OpenAPI documents share.

@@ -1,6 +1,6 @@
-//! Hourly and daily roll-ups of the one-minute windows (`llm_metrics_rollups`).
+//! Five-minute, hourly and daily roll-ups of the one-minute windows (`llm_metrics_rollups`).
 //!
-//! The processor adds each flush's partial windows to their hour and day rows in the same
+//! The processor adds each flush's partial windows to their five-minute, hour and day rows in the same
 //! transaction that adds them to the minute rows ([`add`]), so a bucket always equals the
 //! minute rows it covers: sums exact, histograms and breakdowns merged. [`rebuild`]
 //! recomputes buckets from the minute rows, for windows written before roll-ups existed.
@@ -53,7 +53,7 @@ pub struct Minute<'a> {
     pub aggregate: &'a Aggregate,
 }
 
-/// The hour and day buckets `windows` fall in, each with the sum of what falls in it.
+/// The roll-up buckets `windows` fall in, each with the sum of what falls in it.
 pub fn buckets<'a>(
     windows: impl IntoIterator<Item = Minute<'a>>,
 ) -> BTreeMap<BucketKey, Aggregate> {

@@ -9,7 +9,7 @@ use prometheus_client::registry::Registry;
 pub struct Metrics {
     registry: Registry,
     pub http: HttpMetrics,
-    /// Stored rows (minute windows, hourly and daily roll-ups) read to answer roll-ups and
+    /// Stored rows (minute windows and roll-ups) read to answer roll-ups and
     /// summaries.
     pub windows_read: Counter,
     pub database_errors: Counter,
@@ -28,7 +28,7 @@ impl Default for Metrics {
         let database_errors = Counter::default();
         registry.register(
             "windows_read",
-            "Stored rows (minute windows and hourly or daily roll-ups) read for roll-ups and summaries",
+            "Stored rows (minute windows and roll-ups) read for roll-ups and summaries",
             windows_read.clone(),
         );
         registry.register(

@@ -49,7 +49,8 @@ impl Granularity {
     /// The coarsest stored rows whose buckets each fall inside one bucket of this width.
     pub fn coarsest(self) -> Level {
         match self {
-            Self::Minute | Self::FiveMinutes => Level::Minute,
+            Self::Minute => Level::Minute,
+            Self::FiveMinutes => Level::FiveMinutes,
             Self::Hour => Level::Hour,
             Self::Day => Level::Day,
         }

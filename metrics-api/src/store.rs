@@ -106,7 +106,7 @@ pub async fn latest(
         .collect()
 }
 
-/// What a range query reads: the tenant's windows of `[from, to)`, as hourly and daily
+/// What a range query reads: the tenant's windows of `[from, to)`, as five-minute, hourly and daily
 /// roll-up rows (no coarser than `coarsest`) wherever whole buckets fit and minute rows at
 /// the edges, once the roll-ups are complete; minute rows only until then. Each row is kept
 /// as read and added to its bucket without building a histogram for it.

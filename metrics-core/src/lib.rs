@@ -8,7 +8,7 @@
 //! - [`pricing`]: the per-model price table and exact integer cost.
 //! - [`error`]: the one JSON error shape both HTTP APIs answer with.
 //! - [`settings`]: reading typed configuration from environment variables.
-//! - [`tiles`]: which stored rows (minutes, hourly and daily roll-ups) answer a time range.
+//! - [`tiles`]: which stored rows (minutes, five-minute, hourly and daily roll-ups) answer a time range.
 
 pub mod aggregate;
 pub mod error;

@@ -1,5 +1,5 @@
-//! Which stored rows answer a time range: whole days and hours from the roll-ups, minute
-//! windows only at the ragged edges.
+//! Which stored rows answer a time range: whole days, hours and five minutes from the
+//! roll-ups, minute windows only at the ragged edges.
 //!
 //! A minute window belongs to a range when its start does (`from <= start < to`). A roll-up
 //! bucket may stand in for its minutes only when every one of them belongs: its start is at
@@ -12,17 +12,19 @@ use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Level {
     Minute,
+    FiveMinutes,
     Hour,
     Day,
 }
 
 impl Level {
     /// The roll-up levels, finest first.
-    pub const ROLLUPS: [Level; 2] = [Level::Hour, Level::Day];
+    pub const ROLLUPS: [Level; 3] = [Level::FiveMinutes, Level::Hour, Level::Day];
 
     pub fn width(self) -> TimeDelta {
         match self {
             Level::Minute => TimeDelta::minutes(1),
+            Level::FiveMinutes => TimeDelta::minutes(5),
             Level::Hour => TimeDelta::hours(1),
             Level::Day => TimeDelta::days(1),
         }
@@ -31,6 +33,7 @@ impl Level {
     pub fn seconds(self) -> i32 {
         match self {
             Level::Minute => 60,
+            Level::FiveMinutes => 300,
             Level::Hour => 3_600,
             Level::Day => 86_400,
         }
@@ -39,7 +42,8 @@ impl Level {
     fn finer(self) -> Level {
         match self {
             Level::Day => Level::Hour,
-            Level::Hour | Level::Minute => Level::Minute,
+            Level::Hour => Level::FiveMinutes,
+            Level::FiveMinutes | Level::Minute => Level::Minute,
         }
     }
 
@@ -106,49 +110,36 @@ mod tests {
         Utc.with_ymd_and_hms(2026, 3, 8, h, m, s).unwrap()
     }
 
+    fn tile(level: Level, from: DateTime<Utc>, to: DateTime<Utc>) -> Tile {
+        Tile { level, from, to }
+    }
+
     #[test]
-    fn a_range_off_the_hour_reads_minutes_at_both_edges_and_hours_between() {
-        let tiles = plan(at(9, 30, 0), at(12, 15, 0), Level::Day);
+    fn a_range_off_the_hour_reads_hours_between_and_finer_rows_toward_its_edges() {
+        let tiles = plan(at(9, 32, 0), at(12, 17, 0), Level::Day);
         assert_eq!(
             tiles,
             vec![
-                Tile {
-                    level: Level::Minute,
-                    from: at(9, 30, 0),
-                    to: at(10, 0, 0)
-                },
-                Tile {
-                    level: Level::Hour,
-                    from: at(10, 0, 0),
-                    to: at(12, 0, 0)
-                },
-                Tile {
-                    level: Level::Minute,
-                    from: at(12, 0, 0),
-                    to: at(12, 15, 0)
-                },
+                tile(Level::Minute, at(9, 32, 0), at(9, 35, 0)),
+                tile(Level::FiveMinutes, at(9, 35, 0), at(10, 0, 0)),
+                tile(Level::Hour, at(10, 0, 0), at(12, 0, 0)),
+                tile(Level::FiveMinutes, at(12, 0, 0), at(12, 15, 0)),
+                tile(Level::Minute, at(12, 15, 0), at(12, 17, 0)),
             ]
         );
     }
 
     #[test]
-    fn a_start_inside_a_minute_leaves_that_minute_out_and_its_hour_too() {
+    fn a_start_inside_a_minute_leaves_that_minute_out_and_every_bucket_holding_it() {
         // The 10:00 window starts before `from`, so it is not in the range, and neither can
-        // the 10:00 hour be.
+        // the 10:00 five minutes or the 10:00 hour be.
         let tiles = plan(at(10, 0, 30), at(12, 0, 0), Level::Hour);
         assert_eq!(
             tiles,
             vec![
-                Tile {
-                    level: Level::Minute,
-                    from: at(10, 0, 30),
-                    to: at(11, 0, 0)
-                },
-                Tile {
-                    level: Level::Hour,
-                    from: at(11, 0, 0),
-                    to: at(12, 0, 0)
-                },
+                tile(Level::Minute, at(10, 0, 30), at(10, 5, 0)),
+                tile(Level::FiveMinutes, at(10, 5, 0), at(11, 0, 0)),
+                tile(Level::Hour, at(11, 0, 0), at(12, 0, 0)),
             ]
         );
     }
@@ -160,7 +151,7 @@ mod tests {
         let levels: Vec<_> = plan(from, to, Level::Day).iter().map(|t| t.level).collect();
         assert_eq!(
             levels,
-            [Level::Minute, Level::Hour, Level::Day, Level::Hour]
+            [Level::FiveMinutes, Level::Hour, Level::Day, Level::Hour]
         );
         assert_eq!(
             plan(from, to, Level::Day)[2].from,
@@ -198,7 +189,12 @@ mod tests {
         fn tiles_cover_each_minute_of_the_range_once(
             from_s in 0i64..4 * 86_400,
             len_s in 0i64..3 * 86_400,
-            coarsest in prop_oneof![Just(Level::Minute), Just(Level::Hour), Just(Level::Day)],
+            coarsest in prop_oneof![
+                Just(Level::Minute),
+                Just(Level::FiveMinutes),
+                Just(Level::Hour),
+                Just(Level::Day)
+            ],
         ) {
             let base = Utc.with_ymd_and_hms(2026, 2, 27, 0, 0, 0).unwrap();
             let from = base + TimeDelta::seconds(from_s);

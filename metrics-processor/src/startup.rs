@@ -78,7 +78,7 @@ impl Application {
             .producer_config("streamlens-processor", Duration::from_secs(30))
             .create()
             .context("cannot create the Kafka producer")?;
-        // Windows written before hourly and daily roll-ups existed get theirs in the
+        // Windows written before their roll-ups existed get them in the
         // background; commits keep them from now on, and queries read minute rows until then.
         tokio::spawn(build_rollups(pool.clone()));
         let store = Store::new(pool, &settings.group, &topics.requests, &topics.responses);
@@ -251,7 +251,7 @@ async fn build_rollups(pool: sqlx::PgPool) {
             minute_rows = built.minute_rows,
             buckets = built.buckets,
             seconds = started.elapsed().as_secs_f64(),
-            "built the hourly and daily roll-ups of the stored windows"
+            "built the roll-ups of the stored windows"
         ),
         Err(e) => {
             tracing::error!(error = %e, "cannot build the roll-ups; range queries keep reading minute rows")

@@ -279,7 +279,7 @@ impl Store {
         for (key, partial) in &windows {
             merge_window(&mut tx, key, partial).await?;
         }
-        // The hour and day rows, after every minute row (the lock order every commit keeps).
+        // The roll-up rows, after every minute row (the lock order every commit keeps).
         let buckets = rollups::buckets(windows.iter().map(|(key, partial)| rollups::Minute {
             tenant: &key.tenant,
             route: &key.route,

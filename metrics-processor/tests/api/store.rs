@@ -249,7 +249,7 @@ fn flush_of(tenant: &str, batch: usize, calls: &[Call], now: chrono::DateTime<Ut
     engine.flush(now + TimeDelta::hours(1)).0
 }
 
-/// The tenant's hourly and daily rows as stored, and as computed from scratch from its
+/// The tenant's roll-up rows as stored, and as computed from scratch from its
 /// minute rows.
 async fn rollups_stored_and_from_minutes(
     pool: &sqlx::PgPool,
@@ -291,7 +291,7 @@ async fn rollups_stored_and_from_minutes(
     // From scratch: each minute row merged into its hour and its day.
     let mut from_minutes: BTreeMap<BucketKey, Aggregate> = BTreeMap::new();
     for row in &minutes {
-        for level in [Level::Hour, Level::Day] {
+        for level in [Level::FiveMinutes, Level::Hour, Level::Day] {
             let key = BucketKey {
                 tenant: tenant.into(),
                 seconds: level.seconds(),
@@ -313,7 +313,7 @@ proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig::with_cases(8))]
 
     /// Flushes of calls over three days, each merged late into windows written before (as
-    /// after restarts and stragglers), committed in turn: every hourly and daily row equals
+    /// after restarts and stragglers), committed in turn: every roll-up row equals
     /// the merge of the minute rows it covers, sums, histograms and breakdowns alike; and a
     /// rebuild from the minute rows changes none of them.
     #[test]
@@ -345,7 +345,7 @@ proptest::proptest! {
 
 /// Daily partitions: windows of days without a partition wait in the default partition and
 /// move into their day's partition when it is created; retention then drops whole days of
-/// windows and their hourly and daily rows together, and what stays of the roll-ups still
+/// windows and their roll-up rows together, and what stays of the roll-ups still
 /// equals the minute rows that stay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_drops_whole_days_of_windows_and_their_roll_ups_together() {

@@ -4,8 +4,9 @@
 //! total that matches is not enough: one window's surplus can hide another's pending
 //! timeout), then compares every window: counts and sums exactly, p95 within the histogram's
 //! error bound (2 significant digits: under 1%, plus the 1 ms unit). Then the last record of
-//! every window on the metrics topic must equal the stored row. The report's `ok` says whether
-//! all of it held.
+//! every window on the metrics topic must equal the stored row, and every five-minute, hourly
+//! and daily roll-up must hold the sums of the minute rows it covers. The report's `ok` says
+//! whether all of it held.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -39,6 +40,32 @@ const STORED: &str = r#"SELECT COALESCE(json_agg(t), '[]')::text FROM (
       requests, errors, timeouts, completed, latency_sum_ms, prompt_tokens, completion_tokens,
       p95_latency_ms
     FROM llm_metrics) t"#;
+/// Roll-up buckets whose counts and sums differ from those of the minute rows they cover (a
+/// bucket missing on either side counts as zeros), in one snapshot: both are written in the
+/// same transaction.
+const ROLLUPS_DIFFERING: &str = r#"
+    WITH minutes AS (
+        SELECT tenant_id, route, model, s.seconds AS bucket_seconds,
+               to_timestamp(floor(extract(epoch FROM window_start) / s.seconds) * s.seconds)
+                   AS bucket_start,
+               sum(requests) AS requests, sum(errors) AS errors, sum(timeouts) AS timeouts,
+               sum(completed) AS completed, sum(latency_sum_ms) AS latency_sum_ms,
+               sum(prompt_tokens) AS prompt_tokens, sum(completion_tokens) AS completion_tokens
+        FROM llm_metrics CROSS JOIN (VALUES (300), (3600), (86400)) AS s(seconds)
+        GROUP BY 1, 2, 3, 4, 5),
+    buckets AS (
+        SELECT tenant_id, route, model, bucket_seconds, bucket_start, requests, errors,
+               timeouts, completed, latency_sum_ms, prompt_tokens, completion_tokens
+        FROM llm_metrics_rollups)
+    SELECT count(*) FROM minutes m FULL JOIN buckets b
+        USING (tenant_id, route, model, bucket_seconds, bucket_start)
+    WHERE (COALESCE(m.requests, 0), COALESCE(m.errors, 0), COALESCE(m.timeouts, 0),
+           COALESCE(m.completed, 0), COALESCE(m.latency_sum_ms, 0),
+           COALESCE(m.prompt_tokens, 0), COALESCE(m.completion_tokens, 0))
+       IS DISTINCT FROM
+          (COALESCE(b.requests, 0), COALESCE(b.errors, 0), COALESCE(b.timeouts, 0),
+           COALESCE(b.completed, 0), COALESCE(b.latency_sum_ms, 0),
+           COALESCE(b.prompt_tokens, 0), COALESCE(b.completion_tokens, 0))"#;
 
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
@@ -193,6 +220,9 @@ pub async fn run(args: &CheckArgs) -> anyhow::Result<Value> {
             .filter(|w| w.get("unexpected").is_none())
             .count();
     let topic_wrong = topic_differences(args, &rows).await?;
+    let rollups_differing: i64 = sqlx::query_scalar(ROLLUPS_DIFFERING)
+        .fetch_one(&pool)
+        .await?;
     let mut report = json!({
         "windows": expected.len(),
         "requests_expected": expected.values().map(|w| count(&w["requests"])).sum::<i64>(),
@@ -201,7 +231,8 @@ pub async fn run(args: &CheckArgs) -> anyhow::Result<Value> {
         "requests_lost": lost,
         "requests_counted_twice": extra,
         "metrics_topic_windows_equal": rows.len() - topic_wrong.len(),
-        "ok": wrong.is_empty() && topic_wrong.is_empty(),
+        "rollups_differing": rollups_differing,
+        "ok": wrong.is_empty() && topic_wrong.is_empty() && rollups_differing == 0,
     });
     if !wrong.is_empty() {
         report["first_differences"] = json!(wrong.iter().take(5).collect::<Vec<_>>());
@@ -264,6 +295,7 @@ fn summary(scenario: &str, stream: &Value, faults: &str, check: &Value) -> Strin
             "first_differences",
             "metrics_topic_differs",
             "refusals_other_than_503",
+            "rollups_differing",
         ]
         .iter()
         .find_map(|k| check.get(*k));
@@ -272,7 +304,8 @@ fn summary(scenario: &str, stream: &Value, faults: &str, check: &Value) -> Strin
     format!(
         "{scenario:<9} faults: {faults}\n          sent {} calls, {} events (response first {}, duplicated {}, \
          late {}, unanswered {}); batches retried {}, refusals by status {refusals}\n          \
-         windows exact {}/{}, requests stored {}/{}, lost {}, counted twice {}, llm.metrics equal {}: {verdict}",
+         windows exact {}/{}, requests stored {}/{}, lost {}, counted twice {}, llm.metrics equal {}, \
+         roll-ups differing {}: {verdict}",
         thousands(&stream["calls"]),
         thousands(&stream["events_posted"]),
         stream["response_first"],
@@ -287,6 +320,7 @@ fn summary(scenario: &str, stream: &Value, faults: &str, check: &Value) -> Strin
         check["requests_lost"],
         check["requests_counted_twice"],
         check["metrics_topic_windows_equal"],
+        check["rollups_differing"],
     )
 }
 
@@ -326,7 +360,7 @@ mod tests {
             "duplicated": 855, "late": 880, "unanswered": 501, "batches_retried": 0, "failures": {}});
         let check = json!({"ok": true, "windows_exact": 135, "windows": 135, "requests_stored": 17976,
             "requests_expected": 17976, "requests_lost": 0, "requests_counted_twice": 0,
-            "metrics_topic_windows_equal": 135});
+            "metrics_topic_windows_equal": 135, "rollups_differing": 0});
         let text = summary(
             "scale",
             &stream,
@@ -338,7 +372,7 @@ mod tests {
             "scale     faults: scaled 1 -> 2 instances; every partition committing again after 4 s\n          \
              sent 17,976 calls, 37,161 events (response first 881, duplicated 855, late 880, unanswered 501); \
              batches retried 0, refusals by status none\n          windows exact 135/135, requests stored \
-             17,976/17,976, lost 0, counted twice 0, llm.metrics equal 135: OK"
+             17,976/17,976, lost 0, counted twice 0, llm.metrics equal 135, roll-ups differing 0: OK"
         );
         assert!(only_503(&stream));
         assert!(only_503(&json!({"failures": {"503": 2}})));

@@ -91,5 +91,5 @@ bench-replay: stack-up
 
 ## bench-query: the query API on a table of 10M generated windows
 bench-query: stack-up
-	cargo build --release -p metrics-api -p loadgen -p admin
+	cargo build --release -p metrics-api -p loadgen -p admin -p ingestion-api -p metrics-processor
 	@$(STACK_ENV); scripts/bench-query.sh

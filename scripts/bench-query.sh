@@ -8,6 +8,8 @@
 # requests/s with p50/p99, and the first request of each apart, cold (Postgres restarted and
 # the page cache dropped where allowed). The data and its roll-ups are kept for the next run.
 #   BENCH_ROWS (10000000)  BENCH_DB (streamlens_bench)  BENCH_REQUESTS (5000)  BENCH_CONCURRENCY (8)
+#   BENCH_WRITE_RATE (2000): demo events/s posted through the ingestion API and written by the
+#   processor into the same database while the warm queries run (0: none)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
@@ -15,6 +17,7 @@ ROWS=${BENCH_ROWS:-10000000}
 DB=${BENCH_DB:-streamlens_bench}
 REQUESTS=${BENCH_REQUESTS:-5000}
 CONCURRENCY=${BENCH_CONCURRENCY:-8}
+WRITE_RATE=${BENCH_WRITE_RATE:-2000}
 PORT=${BENCH_PORT:-18081}
 : "${POSTGRES_DSN:?run through make bench-query}"
 DSN=${POSTGRES_DSN%/*}/$DB
@@ -91,11 +94,38 @@ results=()
 for i in "${!paths[@]}"; do
   results+=("$(run --path "${paths[$i]}" --requests 1 --concurrency 1)")
 done
+
+# Live writes while the warm queries run: a broker of its own, the ingestion API and the
+# processor on the benchmark's database, demo traffic at WRITE_RATE events/s.
+written=0
+if [ "$WRITE_RATE" -gt 0 ]; then
+  : "${TANSU_BIN:?run through make bench-query, which installs Tansu}"
+  kafka=127.0.0.1:${BENCH_KAFKA_PORT:-19093}
+  "$TANSU_BIN" broker --storage-engine memory://tansu/ --listener-url "tcp://$kafka" --advertised-listener-url "tcp://$kafka" >/dev/null 2>&1 &
+  pids+=($!)
+  for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/${kafka%:*}/${kafka#*:}") 2>/dev/null && break; sleep 0.1; done
+  KAFKA_BROKERS=$kafka HTTP_HOST=127.0.0.1 HTTP_PORT=18082 OTLP_GRPC_PORT=0 AUTH_MODE=disabled RUST_LOG=warn "$BIN/ingestion-api" &
+  pids+=($!)
+  KAFKA_BROKERS=$kafka POSTGRES_DSN=$DSN CONSUMER_GROUP="bench-query-$(date +%s)" HTTP_HOST=127.0.0.1 HTTP_PORT=19095 RUST_LOG=warn "$BIN/metrics-processor" &
+  pids+=($!)
+  for _ in $(seq 1 300); do curl -fsS http://127.0.0.1:18082/ready >/dev/null 2>&1 && curl -fsS http://127.0.0.1:19095/ready >/dev/null 2>&1 && break; sleep 0.2; done
+  "$BIN/streamlens-loadgen" demo --url http://127.0.0.1:18082 --rate "$WRITE_RATE" >/dev/null 2>&1 &
+  pids+=($!)
+  writes_from=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+  sleep 15
+fi
 for i in "${!paths[@]}"; do
   n=$REQUESTS; [ "$i" -gt 0 ] && n=$((REQUESTS / 10))
   results+=("$(run --path "${paths[$i]}" --requests "$n" --concurrency 1)")
   results+=("$(run --path "${paths[$i]}" --requests "$n" --concurrency "$CONCURRENCY")")
 done
+if [ "$WRITE_RATE" -gt 0 ]; then
+  seconds=$(( $(date +%s) - $(date -d "$writes_from" +%s) ))
+  # The demo's tenants; rows this run wrote (minutes still open at the end are not counted).
+  written=$(psql "$DSN" -tAc "SELECT COALESCE(sum(requests), 0) FROM llm_metrics WHERE tenant_id IN ('acme', 'globex', 'initech') AND updated_at >= '$writes_from'")
+  lag=$(curl -fsS http://127.0.0.1:19095/metrics | awk '/^streamlens_processor_consumer_lag/ {s += $NF} END {print s + 0}')
+  echo "meanwhile: $WRITE_RATE demo events/s offered for ${seconds} s; the processor stored $written calls in the minutes closed by then and ended $lag records behind" >&2
+fi
 python3 - "$rows" "$rollup_rows" "$cold" "$CONCURRENCY" "${results[@]}" <<'PY'
 import json, sys
 rows, rollups, cold, conc = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]

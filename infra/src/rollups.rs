@@ -1,8 +1,8 @@
 //! Five-minute, hourly and daily roll-ups of the one-minute windows (`llm_metrics_rollups`).
 //!
-//! The processor adds each flush's partial windows to their five-minute, hour and day rows in the same
-//! transaction that adds them to the minute rows ([`add`]), so a bucket always equals the
-//! minute rows it covers: sums exact, histograms and breakdowns merged. [`rebuild`]
+//! The processor adds each flush's partial windows to their five-minute, hour and day rows in
+//! the same transaction that adds them to the minute rows ([`add`]), so a bucket always equals
+//! the minute rows it covers: sums exact, histograms and breakdowns merged. [`rebuild`]
 //! recomputes buckets from the minute rows, for windows written before roll-ups existed.
 //!
 //! Locks: a commit locks its minute rows first, then its roll-up rows in primary-key order,
@@ -32,6 +32,23 @@ pub struct BucketKey {
 }
 
 impl BucketKey {
+    /// The bucket of `level` that a minute window of the series starting at `start` falls in.
+    pub fn of(
+        level: Level,
+        tenant: &Arc<str>,
+        route: &Arc<str>,
+        model: &Arc<str>,
+        start: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            tenant: Arc::clone(tenant),
+            seconds: level.seconds(),
+            start: level.bucket(start),
+            route: Arc::clone(route),
+            model: Arc::clone(model),
+        }
+    }
+
     fn of_row(row: &PgRow) -> Result<Self, sqlx::Error> {
         Ok(Self {
             tenant: row.try_get::<String, _>("tenant_id")?.into(),
@@ -60,13 +77,7 @@ pub fn buckets<'a>(
     let mut out: BTreeMap<BucketKey, Aggregate> = BTreeMap::new();
     for w in windows {
         for level in Level::ROLLUPS {
-            let key = BucketKey {
-                tenant: Arc::clone(w.tenant),
-                seconds: level.seconds(),
-                start: level.bucket(w.start),
-                route: Arc::clone(w.route),
-                model: Arc::clone(w.model),
-            };
+            let key = BucketKey::of(level, w.tenant, w.route, w.model, w.start);
             out.entry(key).or_default().merge(w.aggregate);
         }
     }
@@ -96,11 +107,7 @@ pub async fn add(
          RETURNING tenant_id, bucket_seconds, bucket_start, route, model, {}",
         Aggregate::COLUMNS
     ))
-    .bind(&keys.tenants)
-    .bind(&keys.seconds)
-    .bind(&keys.starts)
-    .bind(&keys.routes)
-    .bind(&keys.models)
+    .bind_keys(&keys)
     .fetch_all(&mut *conn)
     .await?;
     let mut merged = partials;
@@ -120,11 +127,7 @@ pub async fn add(
         KEY_COLUMNS,
         Aggregate::COLUMNS,
     ))
-    .bind(&keys.tenants)
-    .bind(&keys.seconds)
-    .bind(&keys.starts)
-    .bind(&keys.routes)
-    .bind(&keys.models)
+    .bind_keys(&keys)
     .bind_values(&values)
     .execute(&mut *conn)
     .await?;
@@ -176,13 +179,7 @@ pub async fn rebuild(
                 row.try_get::<String, _>("model")?.into(),
             );
             for level in Level::ROLLUPS {
-                let key = BucketKey {
-                    tenant: Arc::clone(&tenant),
-                    seconds: level.seconds(),
-                    start: level.bucket(start),
-                    route: Arc::clone(&route),
-                    model: Arc::clone(&model),
-                };
+                let key = BucketKey::of(level, &tenant, &route, &model, start);
                 totals.entry(key).or_default().merge_row(row)?;
             }
         }
@@ -202,11 +199,7 @@ pub async fn rebuild(
                 Aggregate::COLUMNS,
                 Values::ARRAYS,
             ))
-            .bind(&keys.tenants)
-            .bind(&keys.seconds)
-            .bind(&keys.starts)
-            .bind(&keys.routes)
-            .bind(&keys.models)
+            .bind_keys(&keys)
             .bind_values(&values)
             .execute(&mut *tx)
             .await?;
@@ -377,12 +370,21 @@ fn json(map: &BTreeMap<String, u64>) -> String {
     serde_json::to_string(map).unwrap_or_else(|_| "{}".to_owned())
 }
 
-/// Binding [`Values`] after the key arrays.
-trait BindValues<'q> {
+/// Binding [`Keys`] as `$1` to `$5` and [`Values`] after them.
+trait BindRows<'q> {
+    fn bind_keys(self, keys: &'q Keys) -> Self;
     fn bind_values(self, values: &'q Values) -> Self;
 }
 
-impl<'q> BindValues<'q> for sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+impl<'q> BindRows<'q> for sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    fn bind_keys(self, keys: &'q Keys) -> Self {
+        self.bind(&keys.tenants)
+            .bind(&keys.seconds)
+            .bind(&keys.starts)
+            .bind(&keys.routes)
+            .bind(&keys.models)
+    }
+
     fn bind_values(self, values: &'q Values) -> Self {
         let mut q = self;
         for column in &values.sums {

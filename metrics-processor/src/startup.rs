@@ -78,8 +78,8 @@ impl Application {
             .producer_config("streamlens-processor", Duration::from_secs(30))
             .create()
             .context("cannot create the Kafka producer")?;
-        // Windows written before their roll-ups existed get them in the
-        // background; commits keep them from now on, and queries read minute rows until then.
+        // Windows written before their roll-ups existed get them in the background; commits
+        // keep them from now on, and queries read minute rows until then.
         tokio::spawn(build_rollups(pool.clone()));
         let store = Store::new(pool, &settings.group, &topics.requests, &topics.responses);
         let partitions = i32::try_from(partitions).context("partition count")?;

@@ -11,7 +11,7 @@ use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
@@ -70,44 +70,14 @@ pub async fn serve(
         .context("HTTP server failed")
 }
 
-/// The labels of a request's metrics. Built for every request, so nothing in them allocates:
-/// the method is one of the standard names, the route shares the router's own string.
+/// The labels of a request's metrics.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
     pub method: &'static str,
-    pub route: RouteLabel,
+    /// The route the request matched (`/v1/metrics`, never a path with its values), or
+    /// `unmatched`.
+    pub route: String,
     pub status: u16,
-}
-
-/// The route a request matched (`/v1/alerts/{id}`, never the path with its ids), or
-/// `unmatched`.
-#[derive(Debug, Clone)]
-pub struct RouteLabel(Option<MatchedPath>);
-
-impl RouteLabel {
-    pub fn as_str(&self) -> &str {
-        self.0.as_ref().map_or("unmatched", MatchedPath::as_str)
-    }
-}
-
-impl PartialEq for RouteLabel {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str()
-    }
-}
-
-impl Eq for RouteLabel {}
-
-impl std::hash::Hash for RouteLabel {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.as_str().hash(state);
-    }
-}
-
-impl EncodeLabelValue for RouteLabel {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
-        EncodeLabelValue::encode(&self.as_str(), encoder)
-    }
 }
 
 /// A method's name as a label: the standard ones by name, any other as `other`, so a client
@@ -168,7 +138,10 @@ pub struct Guard {
 pub async fn measure_and_bound(State(guard): State<Guard>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = method_label(req.method());
-    let route = RouteLabel(req.extensions().get::<MatchedPath>().cloned());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let response = match tokio::time::timeout(guard.timeout, next.run(req)).await {
         Ok(response) => response,
         Err(_) => (

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
+use futures::TryStreamExt;
 use metrics_core::aggregate::Aggregate;
 use metrics_core::histogram;
 use metrics_core::tiles::Level;
@@ -161,17 +162,18 @@ pub async fn rebuild(
         sqlx::query("LOCK TABLE llm_metrics_rollups IN EXCLUSIVE MODE")
             .execute(&mut *tx)
             .await?;
-        let rows = sqlx::query(&format!(
+        // Streamed: a day of a busy database is millions of rows; only the buckets are kept.
+        let sql = format!(
             "SELECT tenant_id, route, model, window_start, {} FROM llm_metrics
              WHERE window_start >= $1 AND window_start < $2",
             Aggregate::COLUMNS
-        ))
-        .bind(day)
-        .bind(next)
-        .fetch_all(&mut *tx)
-        .await?;
+        );
+        let mut rows = sqlx::query(&sql).bind(day).bind(next).fetch(&mut *tx);
         let mut totals: BTreeMap<BucketKey, Aggregate> = BTreeMap::new();
-        for row in &rows {
+        let mut read = 0;
+        while let Some(row) = rows.try_next().await? {
+            read += 1;
+            let row = &row;
             let start: DateTime<Utc> = row.try_get("window_start")?;
             let (tenant, route, model): (Arc<str>, Arc<str>, Arc<str>) = (
                 row.try_get::<String, _>("tenant_id")?.into(),
@@ -183,6 +185,7 @@ pub async fn rebuild(
                 totals.entry(key).or_default().merge_row(row)?;
             }
         }
+        drop(rows);
         sqlx::query(
             "DELETE FROM llm_metrics_rollups WHERE bucket_start >= $1 AND bucket_start < $2",
         )
@@ -206,7 +209,7 @@ pub async fn rebuild(
         }
         tx.commit().await?;
         done.days += 1;
-        done.minute_rows += rows.len() as u64;
+        done.minute_rows += read;
         done.buckets += totals.len() as u64;
         day = next;
     }

@@ -197,16 +197,21 @@ async fn metrics(
         state.checked(store::latest(&state.pool, &tenant, &q).await)?
     } else {
         let (from, to) = q.range(Utc::now());
+        let coarsest = state.checked(
+            state
+                .rollups
+                .readable(&state.pool, q.granularity.coarsest())
+                .await,
+        )?;
         let windows = state.checked(
             store::windows(
                 &state.pool,
-                &state.rollups,
                 &tenant,
                 q.route.as_deref(),
                 q.model.as_deref(),
                 from,
                 to,
-                q.granularity.coarsest(),
+                coarsest,
             )
             .await,
         )?;
@@ -247,19 +252,9 @@ async fn summary(
     let q = query::summary(&params, keyed(&state), &state.limits, Utc::now())
         .map_err(ApiError::BadParameters)?;
     let tenant = tenant(&state, &headers, q.tenant.as_deref()).await?;
-    let windows = state.checked(
-        store::windows(
-            &state.pool,
-            &state.rollups,
-            &tenant,
-            None,
-            None,
-            q.from,
-            q.to,
-            Level::Day,
-        )
-        .await,
-    )?;
+    let coarsest = state.checked(state.rollups.readable(&state.pool, Level::Day).await)?;
+    let windows = state
+        .checked(store::windows(&state.pool, &tenant, None, None, q.from, q.to, coarsest).await)?;
     state.metrics.windows_read.inc_by(windows.len() as u64);
     let summary = state.checked(rollup::summarize(&tenant, q.from, q.to, windows, q.top))?;
     Ok(Json(summary).into_response())

@@ -106,14 +106,12 @@ pub async fn latest(
         .collect()
 }
 
-/// What a range query reads: the tenant's windows of `[from, to)`, as five-minute, hourly and daily
-/// roll-up rows (no coarser than `coarsest`) wherever whole buckets fit and minute rows at
-/// the edges, once the roll-ups are complete; minute rows only until then. Each row is kept
-/// as read and added to its bucket without building a histogram for it.
-#[allow(clippy::too_many_arguments)]
+/// What a range query reads: the tenant's windows of `[from, to)`, as roll-up rows (five
+/// minutes, hours, days; no coarser than `coarsest`) wherever whole buckets fit and minute
+/// rows at the edges. Each row is kept as read and added to its bucket without building a
+/// histogram for it.
 pub async fn windows(
     pool: &PgPool,
-    rollups: &Rollups,
     tenant: &str,
     route: Option<&str>,
     model: Option<&str>,
@@ -121,23 +119,18 @@ pub async fn windows(
     to: DateTime<Utc>,
     coarsest: Level,
 ) -> Result<Vec<Window<PgRow>>, sqlx::Error> {
-    let coarsest = if rollups.complete(pool).await? {
-        coarsest
-    } else {
-        Level::Minute
-    };
     let tiles = tiles::plan(from, to, coarsest);
     if tiles.is_empty() {
         return Ok(Vec::new());
     }
     // One statement: a part per tile, each an index range scan of its table.
+    let series = "tenant_id = $1 AND ($2::TEXT IS NULL OR route = $2) \
+                  AND ($3::TEXT IS NULL OR model = $3)";
     let parts: Vec<String> = tiles
         .iter()
         .enumerate()
         .map(|(i, tile)| {
             let (a, b) = (4 + 2 * i, 5 + 2 * i);
-            let series = "tenant_id = $1 AND ($2::TEXT IS NULL OR route = $2) \
-                          AND ($3::TEXT IS NULL OR model = $3)";
             match tile.level {
                 Level::Minute => format!(
                     "SELECT route, model, window_start, {} FROM llm_metrics
@@ -180,13 +173,17 @@ pub struct Rollups {
 }
 
 impl Rollups {
-    pub async fn complete(&self, pool: &PgPool) -> Result<bool, sqlx::Error> {
-        if self.complete.load(Ordering::Relaxed) {
-            return Ok(true);
+    /// The coarsest rows a query may read: `wanted`, or minute rows while the roll-ups do
+    /// not yet cover every window.
+    pub async fn readable(&self, pool: &PgPool, wanted: Level) -> Result<Level, sqlx::Error> {
+        if !self.complete.load(Ordering::Relaxed) {
+            let complete = infra::rollups::complete(pool).await?;
+            self.complete.store(complete, Ordering::Relaxed);
+            if !complete {
+                return Ok(Level::Minute);
+            }
         }
-        let complete = infra::rollups::complete(pool).await?;
-        self.complete.store(complete, Ordering::Relaxed);
-        Ok(complete)
+        Ok(wanted)
     }
 }
 

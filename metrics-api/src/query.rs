@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use metrics_core::ids::TenantId;
 use metrics_core::tiles::Level;
 use metrics_core::validation::FieldError;
 
@@ -165,19 +166,20 @@ impl<'a> Parser<'a> {
 
     fn name(&mut self, field: &str) -> Option<String> {
         let v = self.params.get(field)?;
-        if v.is_empty() {
-            self.fail(field, "must not be empty when given");
-            None
-        } else if v.chars().count() > 255 {
-            self.fail(field, "must be at most 255 characters");
-            None
-        } else if v.contains(char::REPLACEMENT_CHARACTER) {
+        if v.contains(char::REPLACEMENT_CHARACTER) {
             // What the query string decoder makes of bytes that are not UTF-8: no stored
             // name holds one, and an empty answer would hide the client's encoding bug.
             self.fail(field, "must be valid UTF-8 once percent-decoded");
-            None
-        } else {
-            Some(v.clone())
+            return None;
+        }
+        // Tenant, route and model names follow one rule; asking for a name ingestion refuses
+        // (a control character, a NUL Postgres cannot even compare) is the caller's mistake.
+        match TenantId::parse(v.as_str()) {
+            Ok(_) => Some(v.clone()),
+            Err(why) => {
+                self.fail(field, why.to_string());
+                None
+            }
         }
     }
 
@@ -389,6 +391,31 @@ mod tests {
             fields(err),
             ["tenant_id", "limit", "from", "granularity", "group_by"]
         );
+    }
+
+    #[test]
+    fn names_follow_the_rule_ingestion_stores_them_by() {
+        let l = QueryLimits::default();
+        for bad in ["a\0b", "a|b", "tab\there", "  ", "\u{fffd}"] {
+            for field in ["tenant_id", "route", "model"] {
+                let err =
+                    metrics(&params(&[("tenant_id", "a"), (field, bad)]), false, &l).unwrap_err();
+                assert_eq!(fields(err), [field], "{field}={bad:?}");
+            }
+            let err = summary(&params(&[("tenant_id", bad)]), false, &l, Utc::now()).unwrap_err();
+            assert_eq!(fields(err), ["tenant_id"], "{bad:?}");
+        }
+        let q = metrics(
+            &params(&[
+                ("tenant_id", "acme corp"),
+                ("route", "/v1/chat"),
+                ("model", "gpt-4o"),
+            ]),
+            false,
+            &l,
+        )
+        .unwrap();
+        assert_eq!(q.model.as_deref(), Some("gpt-4o"));
     }
 
     #[test]

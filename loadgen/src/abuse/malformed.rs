@@ -213,7 +213,7 @@ fn ingestion_cases() -> Vec<(&'static str, &'static str, Option<&'static str>, V
     ]
 }
 
-const QUERY_CASES: [(&str, &str); 13] = [
+const QUERY_CASES: [(&str, &str); 15] = [
     ("unknown granularity", "/v1/metrics?granularity=7m"),
     ("limit not a number", "/v1/metrics?limit=lots"),
     ("negative limit", "/v1/metrics?limit=-1"),
@@ -229,6 +229,11 @@ const QUERY_CASES: [(&str, &str); 13] = [
     ),
     ("bad group_by", "/v1/metrics?group_by=route,route,colour"),
     ("invalid percent-encoding", "/v1/metrics?route=%ZZ%C3%28"),
+    (
+        "NUL in a name",
+        "/v1/metrics?model=gpt%00-4o&granularity=1h",
+    ),
+    ("control character in a name", "/v1/metrics?route=%1Bchat"),
     ("another tenant", "/v1/metrics?tenant_id=someone-else"),
     ("top not a number", "/v1/summary?top=-"),
     ("unknown path", "/v1/metricz"),

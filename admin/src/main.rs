@@ -64,6 +64,33 @@ enum Prices {
         #[arg(long, default_value_t = 30)]
         days: u32,
     },
+    /// Cost the stored windows starting in [from, to) anew from their token sums, at the
+    /// prices of the table in force at each window's start; roll-ups follow, and the
+    /// processors publish the changed windows to llm.metrics. Update the processors'
+    /// PRICING_FILE first, or windows still arriving are costed at the old prices.
+    Reprice {
+        /// Start of the range, RFC 3339
+        #[arg(long)]
+        from: chrono::DateTime<chrono::Utc>,
+        /// End of the range (exclusive), RFC 3339
+        #[arg(long)]
+        to: chrono::DateTime<chrono::Utc>,
+        /// Only this tenant's windows (default: every tenant's)
+        #[arg(long)]
+        tenant: Option<TenantId>,
+        /// The pricing file, as the processor reads it; without one, the built-in prices
+        #[arg(long, env = "PRICING_FILE")]
+        file: Option<PathBuf>,
+        /// Who runs it, for the audit row (default: $USER)
+        #[arg(long, env = "USER", default_value = "unknown")]
+        by: String,
+    },
+    /// The audit rows of the latest re-pricings, newest first
+    History {
+        /// How many
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -146,15 +173,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Prices(Prices::Check { file, days }) => {
-            let table = match &file {
-                Some(path) => {
-                    let text = std::fs::read_to_string(path)
-                        .with_context(|| format!("cannot read {}", path.display()))?;
-                    PricingTable::with_file(&text)
-                        .with_context(|| format!("{} is not a valid price table", path.display()))?
-                }
-                None => PricingTable::default(),
-            };
+            let table = PricingTable::load(file.as_deref())?;
             let pool = migrated(env).await?;
             let seen = seen_models(&pool, &table, days).await?;
             let missing = seen.iter().filter(|m| m.priced_as.is_none()).count();
@@ -181,6 +200,75 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
             eprintln!("{source}: valid; every one of the {} models seen in the last {days} days has a price", seen.len());
+        }
+        Command::Prices(Prices::Reprice {
+            from,
+            to,
+            tenant,
+            file,
+            by,
+        }) => {
+            if from >= to {
+                bail!("--from must be before --to");
+            }
+            let table = PricingTable::load(file.as_deref())?;
+            let pool = migrated(env).await?;
+            let started = std::time::Instant::now();
+            let r = infra::reprice::reprice(
+                &pool,
+                &table,
+                tenant.as_ref().map(|t| t.as_str()),
+                from,
+                to,
+                &by,
+            )
+            .await?;
+            let usd = |nanos: i64| nanos as f64 / 1e9;
+            eprintln!(
+                "re-priced {} windows over {} days in {:.1} s ({} changed; audit row {}, price table {}): cost {:.6} -> {:.6} USD, unpriced calls {} -> {}",
+                r.windows,
+                r.days,
+                started.elapsed().as_secs_f64(),
+                r.changed,
+                r.id,
+                infra::reprice::table_version(&table),
+                usd(r.old_cost_nanos),
+                usd(r.new_cost_nanos),
+                r.old_unpriced,
+                r.new_unpriced,
+            );
+        }
+        Command::Prices(Prices::History { limit }) => {
+            let pool = migrated(env).await?;
+            println!(
+                "{:>5}  {:<12}  {:<16}  {:<12}  {:<20}  {:<20}  {:<20}  {:>9}  {:>14}  {:>14}  {:>9}",
+                "id", "by", "price table", "tenant", "from", "to", "finished", "changed",
+                "old USD", "new USD", "unpriced"
+            );
+            for r in infra::reprice::history(&pool, limit).await? {
+                use sqlx::Row;
+                let time = |c: &str| -> anyhow::Result<String> {
+                    Ok(r.try_get::<Option<chrono::DateTime<chrono::Utc>>, _>(c)?
+                        .map_or("-".into(), |t| t.format("%Y-%m-%dT%H:%MZ").to_string()))
+                };
+                let usd =
+                    |c: &str| -> anyhow::Result<f64> { Ok(r.try_get::<i64, _>(c)? as f64 / 1e9) };
+                println!(
+                    "{:>5}  {:<12}  {:<16}  {:<12}  {:<20}  {:<20}  {:<20}  {:>9}  {:>14.6}  {:>14.6}  {:>4} -> {}",
+                    r.try_get::<i64, _>("id")?,
+                    r.try_get::<String, _>("actor")?,
+                    r.try_get::<String, _>("table_version")?,
+                    r.try_get::<Option<String>, _>("tenant_id")?.unwrap_or_else(|| "(all)".into()),
+                    time("range_from")?,
+                    time("range_to")?,
+                    time("finished_at")?,
+                    r.try_get::<i64, _>("changed")?,
+                    usd("old_cost_nanos")?,
+                    usd("new_cost_nanos")?,
+                    r.try_get::<i64, _>("old_unpriced")?,
+                    r.try_get::<i64, _>("new_unpriced")?,
+                );
+            }
         }
     }
     Ok(())

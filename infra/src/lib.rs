@@ -5,6 +5,7 @@
 //!   creation, the Java-compatible partitioner.
 //! - [`db`]: the Postgres pool, the embedded migrations, window rows read back.
 //! - [`rollups`]: five-minute, hourly and daily roll-ups of the minute windows, kept, rebuilt, complete.
+//! - [`reprice`]: stored windows and their roll-ups costed anew under the current prices.
 //! - [`keys`]: API keys bound to tenants, stored hashed, and the lookup services use.
 //! - [`http`]: serving, request ids, request counting and timeouts, Prometheus answers.
 //! - [`openapi`]: what both services' generated OpenAPI documents share.
@@ -16,5 +17,6 @@ pub mod kafka;
 pub mod keys;
 pub mod logging;
 pub mod openapi;
+pub mod reprice;
 pub mod rollups;
 pub mod shutdown;

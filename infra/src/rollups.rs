@@ -137,6 +137,76 @@ pub async fn add(
 
 const KEY_COLUMNS: &str = "tenant_id, bucket_seconds, bucket_start, route, model";
 
+/// A change of a bucket's cost, each figure up or down: nano-dollars per token type (in the
+/// order of `Aggregate::COST_COLUMNS`), the whole (which differs from the parts' change where
+/// windows written before costs were split held a whole without parts), unpriced calls.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CostChange {
+    pub parts: [i64; 5],
+    pub total: i64,
+    pub unpriced: i64,
+}
+
+/// Applies cost changes to existing roll-up rows, inside the caller's transaction. Each row
+/// changes by a difference, not to a value read earlier, so what a concurrent commit adds is
+/// kept; rows are locked in key order, as commits lock them. A bucket without a row is left
+/// alone: a rebuild writes it later from the minute rows.
+pub async fn change_costs(
+    conn: &mut PgConnection,
+    changes: &BTreeMap<BucketKey, CostChange>,
+) -> Result<(), sqlx::Error> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let keys = Keys::of(changes.keys());
+    let mut parts: [Vec<i64>; 5] = Default::default();
+    let (mut totals, mut unpriced) = (Vec::new(), Vec::new());
+    for change in changes.values() {
+        for (column, v) in parts.iter_mut().zip(change.parts) {
+            column.push(v);
+        }
+        totals.push(change.total);
+        unpriced.push(change.unpriced);
+    }
+    let matches = "r.tenant_id = v.tenant_id AND r.bucket_seconds = v.bucket_seconds \
+        AND r.bucket_start = v.bucket_start AND r.route = v.route AND r.model = v.model";
+    sqlx::query(&format!(
+        "SELECT 1 FROM llm_metrics_rollups AS r
+         JOIN unnest({KEY_ARRAYS}) AS v({KEY_COLUMNS}) ON {matches}
+         ORDER BY r.tenant_id, r.bucket_seconds, r.bucket_start, r.route, r.model
+         FOR UPDATE OF r"
+    ))
+    .bind_keys(&keys)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(&format!(
+        "UPDATE llm_metrics_rollups AS r SET
+            cost_input_nanos = r.cost_input_nanos + v.input,
+            cost_cached_input_nanos = r.cost_cached_input_nanos + v.cached_input,
+            cost_cache_write_nanos = r.cost_cache_write_nanos + v.cache_write,
+            cost_output_nanos = r.cost_output_nanos + v.output,
+            cost_reasoning_nanos = r.cost_reasoning_nanos + v.reasoning,
+            cost_nanos = r.cost_nanos + v.total, unpriced = r.unpriced + v.unpriced,
+            updated_at = clock_timestamp()
+         FROM unnest({KEY_ARRAYS}, $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[],
+                     $10::bigint[], $11::bigint[], $12::bigint[])
+              AS v({KEY_COLUMNS}, input, cached_input, cache_write, output, reasoning, total,
+                   unpriced)
+         WHERE {matches}"
+    ))
+    .bind_keys(&keys)
+    .bind(&parts[0])
+    .bind(&parts[1])
+    .bind(&parts[2])
+    .bind(&parts[3])
+    .bind(&parts[4])
+    .bind(&totals)
+    .bind(&unpriced)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 /// What a rebuild did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Rebuilt {

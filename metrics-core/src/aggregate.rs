@@ -4,9 +4,11 @@
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
+
 use crate::events::ResponseEvent;
 use crate::histogram::{self, Latencies};
-use crate::pricing::Tokens;
+use crate::pricing::{PricingTable, Tokens};
 
 /// The name under which a breakdown counts what it has no name for: a failure without a type,
 /// and the names past [`Breakdown::MAX_NAMES`] (OpenTelemetry's fallback for `error.type`).
@@ -185,6 +187,27 @@ impl Aggregate {
         add(&mut self.unpriced, u64::from(!cost.priced));
     }
 
+    /// The window's token sums by type, as they were priced.
+    pub fn tokens(&self) -> Tokens {
+        Tokens {
+            prompt: self.prompt_tokens,
+            cached: self.cached_prompt_tokens,
+            cache_write: self.cache_creation_tokens,
+            completion: self.completion_tokens,
+            reasoning: self.reasoning_tokens,
+        }
+    }
+
+    /// Costs the window anew from its token sums at `table`'s prices for `model` at `at`
+    /// ([`PricingTable::window_cost`]): what re-pricing history (at the window's own start)
+    /// and answering at today's prices (at now) compute.
+    pub fn reprice(&mut self, table: &PricingTable, model: &str, at: DateTime<Utc>) {
+        let (cost, unpriced) = table.window_cost(model, at, self.tokens(), self.completed);
+        self.cost_parts_nanos = cost.parts;
+        self.cost_nanos = cost.nanos();
+        self.unpriced = unpriced;
+    }
+
     /// A request whose response never came; `provider` is the request's.
     pub fn record_timeout(&mut self, provider: Option<&str>) {
         add(&mut self.requests, 1);
@@ -296,6 +319,81 @@ mod tests {
         priced: true,
         parts: [1, 0, 0, 0, 0],
     };
+
+    fn table(json: &str) -> PricingTable {
+        PricingTable::with_file(json).unwrap()
+    }
+
+    proptest! {
+        /// Re-pricing a window from its token sums gives what pricing each of its calls at
+        /// those prices gave, for prices in whole nano-dollars a token; other prices differ
+        /// by the rounding of each call, at most half a nano-dollar a call and type.
+        #[test]
+        fn a_repriced_window_equals_its_calls_priced_one_by_one(
+            calls in proptest::collection::vec((0u64..5000, 0u64..3000, 0u64..6000, 0u64..2000, 0u64..4000), 1..40),
+            whole in proptest::array::uniform5(0u64..100_000),
+            odd in proptest::array::uniform5(0u64..100_000_000),
+        ) {
+            let at: DateTime<Utc> = "2026-03-01T10:07:00Z".parse().unwrap();
+            let usd = |n: u64| n as f64 / 1e6;
+            let file = |p: [u64; 5]| format!(
+                r#"{{"models": {{"m": {{"input": {}, "cached_input": {}, "cache_write": {}, "output": {}, "reasoning": {}}}}}}}"#,
+                usd(p[0]), usd(p[1]), usd(p[2]), usd(p[3]), usd(p[4]),
+            );
+            let whole_table = table(&file(whole.map(|p| p * 1000)));
+            let odd_table = table(&file(odd));
+            let old = table(r#"{"models": {"m": {"input": 7, "output": 9}}}"#);
+            for (new, exact) in [(&whole_table, true), (&odd_table, false)] {
+                let mut window = Aggregate::default();
+                let mut scratch = Aggregate::default();
+                for &(prompt, completion, cached, written, reasoning) in &calls {
+                    let r = response(completion, cached, written, reasoning);
+                    let tokens = Tokens::of(prompt, &r);
+                    window.record_paired(prompt, None, &r, old.cost("m", at, tokens));
+                    scratch.record_paired(prompt, None, &r, new.cost("m", at, tokens));
+                }
+                window.reprice(new, "m", at);
+                if exact {
+                    prop_assert_eq!(&window, &scratch);
+                } else {
+                    let n = calls.len() as u64;
+                    for (a, b) in window.cost_parts_nanos.iter().zip(scratch.cost_parts_nanos) {
+                        prop_assert!(a.abs_diff(b) <= n.div_ceil(2), "{} vs {}", a, b);
+                    }
+                    prop_assert_eq!(window.cost_parts_nanos.iter().sum::<u64>(), window.cost_nanos);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_window_repriced_without_a_price_counts_every_completed_call_unpriced() {
+        let at: DateTime<Utc> = "2026-03-01T10:07:00Z".parse().unwrap();
+        let priced = table(
+            r#"{"models": {"m": [{"input": 1, "output": 2}, {"valid_from": "2026-03-01T10:08:00Z", "input": 3, "output": 4}]}}"#,
+        );
+        let mut a = Aggregate::default();
+        let r = response(1_000_000, 0, 0, 0);
+        a.record_paired(
+            1_000_000,
+            None,
+            &r,
+            priced.cost("m", at, Tokens::of(1_000_000, &r)),
+        );
+        a.record_timeout(None);
+        assert_eq!((a.cost_nanos, a.unpriced), (3_000_000_000, 0));
+        // The next minute's price applies to the next minute's windows only.
+        let mut later = a.clone();
+        later.reprice(&priced, "m", at + chrono::TimeDelta::minutes(1));
+        assert_eq!(later.cost_nanos, 7_000_000_000);
+        a.reprice(&PricingTable::default(), "in-house", at);
+        assert_eq!(
+            (a.cost_nanos, a.cost_parts_nanos, a.unpriced),
+            (0, [0; 5], 1)
+        );
+        a.reprice(&priced, "m", at);
+        assert_eq!((a.cost_nanos, a.unpriced), (3_000_000_000, 0));
+    }
 
     #[test]
     fn cache_reads_and_writes_together_never_exceed_the_prompt() {

@@ -333,6 +333,37 @@ impl PricingTable {
     }
 }
 
+impl PricingTable {
+    /// A window's cost from its token sums at the prices for `model` in force at `at`, and how
+    /// many of its `completed` calls that leaves unpriced. A window holds one model's calls of
+    /// one minute, and prices change on whole minutes, so all its calls had one price: all or
+    /// none of them are unpriced. Each type is rounded once for the window where counting
+    /// rounds once a call; with prices in whole nano-dollars a token (any price in steps of
+    /// $0.001 a million) the two agree exactly.
+    pub fn window_cost(
+        &self,
+        model: &str,
+        at: DateTime<Utc>,
+        tokens: Tokens,
+        completed: u64,
+    ) -> (Cost, u64) {
+        let cost = self.cost(model, at, tokens);
+        (cost, if cost.priced { 0 } else { completed })
+    }
+
+    /// Reads the operator's pricing file over the built-in prices; without one, the
+    /// built-in prices.
+    pub fn load(path: Option<&std::path::Path>) -> Result<Self, PricingError> {
+        let Some(path) = path else {
+            return Ok(Self::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| PricingError::Invalid(format!("cannot read {}: {e}", path.display())))?;
+        Self::with_file(&text)
+            .map_err(|e| PricingError::Invalid(format!("{}: {e}", path.display())))
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PricingError {
     #[error("invalid pricing file: {0}")]

@@ -1,6 +1,7 @@
 //! Building and running the processor.
 
 use std::future::Future;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,14 +66,8 @@ impl Application {
                     settings.kafka.brokers
                 )
             })?;
-        let pricing = match &settings.pricing_file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read PRICING_FILE {path}"))?;
-                PricingTable::with_file(&text).with_context(|| format!("PRICING_FILE {path}"))?
-            }
-            None => PricingTable::default(),
-        };
+        let pricing = PricingTable::load(settings.pricing_file.as_deref().map(Path::new))
+            .context("PRICING_FILE")?;
         let producer: ThreadedProducer<DefaultProducerContext> = settings
             .kafka
             .producer_config("streamlens-processor", Duration::from_secs(30))

@@ -565,3 +565,207 @@ async fn the_partitioning_migration_keeps_every_window_and_roll_up() {
     );
     assert_eq!(in_default, 0, "every row is in its day's partition");
 }
+
+/// A month of calls of `tenant` (three models, two routes, every token type), counted by an
+/// engine pricing them at `table`, as one flush.
+fn a_month_priced_at(tenant: &str, table: &PricingTable, now: chrono::DateTime<Utc>) -> Flush {
+    use metrics_core::events::Event;
+    let mut engine = Engine::new(EngineConfig::default(), table.clone());
+    engine.assign(
+        0,
+        [(Input::Requests, None), (Input::Responses, None)],
+        Vec::new(),
+        now,
+    );
+    let first = Level::Day.bucket(now) - TimeDelta::days(31);
+    for i in 0..900_i64 {
+        let at = first + TimeDelta::seconds(i * 2_950);
+        let id = format!("m{i}");
+        let mut asked = request(tenant, &id, at);
+        if let Event::Request(r) = &mut asked {
+            r.route = ["/chat", "/search"][(i % 2) as usize].parse().unwrap();
+            r.model = ["gpt-4o-2024-08-06", "in-house", "retired"][(i % 3) as usize]
+                .parse()
+                .unwrap();
+            r.prompt_tokens = 200 + (i as u64 * 37) % 5_000;
+        }
+        let mut answered = response(tenant, &id, at);
+        if let Event::Response(r) = &mut answered {
+            let i = i as u64;
+            r.completion_tokens = 10 + (i * 13) % 900;
+            r.cached_prompt_tokens = (!i.is_multiple_of(4)).then_some((i * 29) % 180);
+            r.cache_creation_tokens = i.is_multiple_of(5).then_some(15);
+            r.reasoning_tokens = i.is_multiple_of(3).then_some((i * 7) % 300);
+        }
+        engine.apply(source(Input::Requests, i), asked, now);
+        engine.apply(source(Input::Responses, i), answered, now);
+    }
+    engine.reached_end(Input::Requests, 0);
+    engine.reached_end(Input::Responses, 0);
+    engine.flush(now + TimeDelta::hours(1)).0
+}
+
+/// Per minute row: its cost figures, `estimated_cost_usd`, its revision.
+type MinuteCosts = BTreeMap<(String, String, chrono::DateTime<Utc>), (Vec<i64>, f64, i64)>;
+
+/// The cost columns of a tenant's minute rows (with each row's revision) and of its roll-up
+/// rows, by key.
+async fn costs_of(
+    pool: &sqlx::PgPool,
+    tenant: &str,
+) -> (
+    MinuteCosts,
+    BTreeMap<(i32, chrono::DateTime<Utc>, String, String), Vec<i64>>,
+) {
+    let costs = "cost_nanos, unpriced, cost_input_nanos, cost_cached_input_nanos, \
+                 cost_cache_write_nanos, cost_output_nanos, cost_reasoning_nanos";
+    let figures = |row: &sqlx::postgres::PgRow| -> Vec<i64> {
+        (0..7).map(|i| row.get::<i64, _>(i + 3)).collect()
+    };
+    let minutes = sqlx::query(&format!(
+        "SELECT route, model, window_start, {costs}, estimated_cost_usd, revision
+         FROM llm_metrics WHERE tenant_id = $1"
+    ))
+    .bind(tenant)
+    .fetch_all(pool)
+    .await
+    .expect("minute rows")
+    .iter()
+    .map(|row| {
+        (
+            (row.get(0), row.get(1), row.get(2)),
+            (
+                figures(row),
+                row.get("estimated_cost_usd"),
+                row.get("revision"),
+            ),
+        )
+    })
+    .collect();
+    let rollups = sqlx::query(&format!(
+        "SELECT route, model, bucket_start, {costs}, bucket_seconds
+         FROM llm_metrics_rollups WHERE tenant_id = $1"
+    ))
+    .bind(tenant)
+    .fetch_all(pool)
+    .await
+    .expect("roll-up rows")
+    .iter()
+    .map(|row| {
+        (
+            (
+                row.get("bucket_seconds"),
+                row.get(2),
+                row.get(0),
+                row.get(1),
+            ),
+            figures(row),
+        )
+    })
+    .collect();
+    (minutes, rollups)
+}
+
+/// Re-pricing a month under a new table equals counting the same calls under that table
+/// from the start: the minute rows and every roll-up row, cost by type and unpriced calls,
+/// with a price that changes mid-month, a model that gains a price and one that loses it.
+/// Each changed row is a new revision (so `llm.metrics` follows), and the audit row holds
+/// the totals before and after. Prices are in whole nano-dollars a token, where counting per
+/// call and re-pricing per window agree to the nano-dollar.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repricing_a_month_equals_pricing_it_from_scratch() {
+    let world = World::new().await;
+    let now = Utc::now();
+    let change =
+        (Level::Day.bucket(now) - TimeDelta::days(15) + TimeDelta::minutes(727)).to_rfc3339();
+    let old = PricingTable::with_file(
+        r#"{"models": {"gpt-4o": {"input": 5, "output": 15}, "retired": {"input": 1, "output": 2}}}"#,
+    )
+    .unwrap();
+    let new = PricingTable::with_file(&format!(
+        r#"{{"models": {{
+            "gpt-4o": [{{"input": 2.5, "output": 10, "cached_input": 1.25}},
+                       {{"valid_from": "{change}", "input": 2, "output": 8, "cached_input": 0.5,
+                         "cache_write": 2.75, "reasoning": 12}}],
+            "in-house": {{"input": 0.3, "output": 0.6, "cached_input": 0.075}}}}}}"#
+    ))
+    .unwrap();
+    let (repriced, scratch) = (unique("repriced-"), unique("scratch-"));
+    for (tenant, table) in [(&repriced, &old), (&scratch, &new)] {
+        let (store, _, epochs) = claimed_store(&world).await;
+        let flush = a_month_priced_at(tenant, table, now);
+        store
+            .commit(&flush, &epochs, "month")
+            .await
+            .expect("commit");
+    }
+    let (before, _) = costs_of(&world.pool, &repriced).await;
+    let (from, to) = (
+        Level::Day.bucket(now) - TimeDelta::days(32),
+        Level::Day.bucket(now),
+    );
+    let done = infra::reprice::reprice(&world.pool, &new, Some(&repriced), from, to, "test")
+        .await
+        .expect("re-pricing");
+
+    let (minutes, rollups) = costs_of(&world.pool, &repriced).await;
+    let (expected_minutes, expected_rollups) = costs_of(&world.pool, &scratch).await;
+    assert!(minutes.len() > 800, "{} windows", minutes.len());
+    assert_eq!(done.windows as usize, minutes.len());
+    let strip = |m: &MinuteCosts| {
+        m.iter()
+            .map(|(k, (c, usd, _))| (k.clone(), (c.clone(), *usd)))
+            .collect::<BTreeMap<_, _>>()
+    };
+    assert_eq!(
+        strip(&minutes),
+        strip(&expected_minutes),
+        "minute rows as if priced so from the start"
+    );
+    assert_eq!(
+        rollups, expected_rollups,
+        "roll-ups as if priced so from the start"
+    );
+    let mut changed = 0;
+    for (key, (costs, _, revision)) in &minutes {
+        let (was, _, was_revision) = &before[key];
+        let expected = was_revision + i64::from(costs != was);
+        assert_eq!(
+            *revision, expected,
+            "a new revision only where the cost changed"
+        );
+        changed += usize::from(costs != was);
+    }
+    assert_eq!(done.changed as usize, changed);
+    assert!(changed > 500, "{changed}");
+    let total = |m: &MinuteCosts, i: usize| -> i64 { m.values().map(|(c, _, _)| c[i]).sum() };
+    let audit: (String, Option<String>, i64, i64, i64, i64, bool) = sqlx::query_as(
+        "SELECT actor, tenant_id, old_cost_nanos, new_cost_nanos, old_unpriced, new_unpriced,
+                finished_at IS NOT NULL
+         FROM price_reprices WHERE id = $1",
+    )
+    .bind(done.id)
+    .fetch_one(&world.pool)
+    .await
+    .expect("the audit row");
+    assert_eq!(
+        audit,
+        (
+            "test".to_owned(),
+            Some(repriced.clone()),
+            total(&before, 0),
+            total(&expected_minutes, 0),
+            total(&before, 1),
+            total(&expected_minutes, 1),
+            true
+        )
+    );
+    assert!(total(&before, 1) > 0 && total(&expected_minutes, 1) > 0);
+
+    // Once more under the same table: nothing changes.
+    let again = infra::reprice::reprice(&world.pool, &new, Some(&repriced), from, to, "test")
+        .await
+        .expect("re-pricing again");
+    assert_eq!((again.changed, again.windows), (0, done.windows));
+    assert_eq!(costs_of(&world.pool, &repriced).await.0, minutes);
+}

@@ -107,6 +107,7 @@ pub struct MetricsQuery {
     pub to: Option<DateTime<Utc>>,
     pub granularity: Granularity,
     pub group_by: GroupBy,
+    pub pricing: Pricing,
 }
 
 impl MetricsQuery {
@@ -133,6 +134,16 @@ pub struct SummaryQuery {
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
     pub top: usize,
+    pub pricing: Pricing,
+}
+
+/// Which prices an answer's costs are at: as the processor recorded them (the prices in
+/// force at each call), or today's prices of the table the service runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Pricing {
+    #[default]
+    Recorded,
+    Current,
 }
 
 /// Bounds the parser enforces.
@@ -240,6 +251,17 @@ impl<'a> Parser<'a> {
         }
     }
 
+    fn pricing(&mut self) -> Pricing {
+        match self.params.get("pricing").map(String::as_str) {
+            None | Some("recorded") => Pricing::Recorded,
+            Some("current") => Pricing::Current,
+            Some(_) => {
+                self.fail("pricing", "must be `recorded` or `current`");
+                Pricing::Recorded
+            }
+        }
+    }
+
     fn finish<T>(self, value: T) -> Result<T, Vec<FieldError>> {
         if self.errors.is_empty() {
             Ok(value)
@@ -287,6 +309,7 @@ pub fn metrics(
             GroupBy::ALL
         }),
     };
+    let pricing = p.pricing();
     p.finish(MetricsQuery {
         tenant,
         route,
@@ -296,6 +319,7 @@ pub fn metrics(
         to,
         granularity,
         group_by,
+        pricing,
     })
 }
 
@@ -324,6 +348,7 @@ pub fn summary(
             }
         },
     };
+    let pricing = p.pricing();
     let to = to.unwrap_or(now);
     let from = from.unwrap_or(to - TimeDelta::days(1));
     if from >= to && p.errors.is_empty() {
@@ -334,6 +359,7 @@ pub fn summary(
         from,
         to,
         top,
+        pricing,
     })
 }
 
@@ -382,6 +408,7 @@ mod tests {
                 ("from", "yesterday"),
                 ("granularity", "2m"),
                 ("group_by", "colour"),
+                ("pricing", "tomorrow"),
             ]),
             false,
             &QueryLimits::default(),
@@ -389,7 +416,14 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             fields(err),
-            ["tenant_id", "limit", "from", "granularity", "group_by"]
+            [
+                "tenant_id",
+                "limit",
+                "from",
+                "granularity",
+                "group_by",
+                "pricing"
+            ]
         );
     }
 

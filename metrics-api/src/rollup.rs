@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use infra::db::{RowError, StoredAggregate};
 use metrics_core::aggregate::{Aggregate, Breakdown, TOKEN_TYPES};
+use metrics_core::pricing::{PricingTable, Tokens};
 use serde::Serialize;
 use sqlx::postgres::PgRow;
 use utoipa::ToSchema;
@@ -32,6 +33,49 @@ impl Contribution for PgRow {
     }
 }
 
+/// Today's prices, for an answer asked at them (`pricing=current`): each window's calls are
+/// costed from its token sums at the prices `table` has for its model at `at`.
+#[derive(Debug, Clone, Copy)]
+pub struct AtPrices<'a> {
+    pub table: &'a PricingTable,
+    pub at: DateTime<Utc>,
+}
+
+/// Adds a window of `model` to `a`, its cost as recorded or at `prices` (`model` matters
+/// only then).
+fn add<C: Contribution>(
+    window: &C,
+    model: &str,
+    a: &mut Aggregate,
+    prices: Option<AtPrices>,
+) -> Result<(), RowError> {
+    let Some(AtPrices { table, at }) = prices else {
+        return window.add_to(a);
+    };
+    let (before, completed, parts, unpriced) =
+        (a.tokens(), a.completed, a.cost_parts_nanos, a.unpriced);
+    window.add_to(a)?;
+    // What the window added, costed anew in place of its recorded cost.
+    let after = a.tokens();
+    let added = Tokens {
+        prompt: after.prompt - before.prompt,
+        cached: after.cached - before.cached,
+        cache_write: after.cache_write - before.cache_write,
+        completion: after.completion - before.completion,
+        reasoning: after.reasoning - before.reasoning,
+    };
+    let (cost, more_unpriced) = table.window_cost(model, at, added, a.completed - completed);
+    for ((sum, was), part) in a.cost_parts_nanos.iter_mut().zip(parts).zip(cost.parts) {
+        *sum = was.saturating_add(part);
+    }
+    a.cost_nanos = a
+        .cost_parts_nanos
+        .iter()
+        .fold(0, |t, p| t.saturating_add(*p));
+    a.unpriced = unpriced + more_unpriced;
+    Ok(())
+}
+
 /// One stored window as a roll-up reads it.
 #[derive(Debug, Clone)]
 pub struct Window<C = Aggregate> {
@@ -55,15 +99,24 @@ pub fn roll_up<C: Contribution>(
     windows: impl IntoIterator<Item = Window<C>>,
     granularity: Granularity,
     group_by: GroupBy,
+    prices: Option<AtPrices>,
 ) -> Result<BTreeMap<Bucket, Aggregate>, RowError> {
     let mut out: BTreeMap<Bucket, Aggregate> = BTreeMap::new();
     for w in windows {
+        // The model's name is needed apart only to cost the window anew.
+        let priced = prices.is_some().then(|| w.model.clone());
         let bucket = Bucket {
             start: granularity.bucket(w.start),
             route: group_by.route.then_some(w.route),
             model: group_by.model.then_some(w.model),
         };
-        w.aggregate.add_to(out.entry(bucket).or_default())?;
+        let a = out.entry(bucket).or_default();
+        add(
+            &w.aggregate,
+            priced.as_deref().unwrap_or_default(),
+            a,
+            prices,
+        )?;
     }
     Ok(out)
 }
@@ -258,13 +311,20 @@ pub fn summarize<C: Contribution>(
     to: DateTime<Utc>,
     windows: impl IntoIterator<Item = Window<C>>,
     n: usize,
+    prices: Option<AtPrices>,
 ) -> Result<Summary, RowError> {
     // Each window is read once, into its (route, model); the few pairs then add up into the
     // totals and the per-model and per-route figures.
     let mut pairs: BTreeMap<(String, String), Aggregate> = BTreeMap::new();
     for w in windows {
-        w.aggregate
-            .add_to(pairs.entry((w.route, w.model)).or_default())?;
+        let priced = prices.is_some().then(|| w.model.clone());
+        let pair = pairs.entry((w.route, w.model)).or_default();
+        add(
+            &w.aggregate,
+            priced.as_deref().unwrap_or_default(),
+            pair,
+            prices,
+        )?;
     }
     let mut totals = Aggregate::default();
     let mut models: BTreeMap<String, Aggregate> = BTreeMap::new();
@@ -354,6 +414,7 @@ mod tests {
                 route: false,
                 model: true,
             },
+            None,
         )
         .unwrap();
         let got = items("t", rolled, Granularity::FiveMinutes, 10);
@@ -386,9 +447,54 @@ mod tests {
     }
 
     #[test]
+    fn at_current_prices_each_window_is_costed_anew_for_its_own_model() {
+        let table =
+            PricingTable::with_file(r#"{"models": {"big": {"input": 2, "output": 4}}}"#).unwrap();
+        let at = "2026-01-01T00:00:00Z".parse::<DateTime<Utc>>().unwrap();
+        let windows = vec![
+            window("/a", "big", 0, &[10, 20]),
+            window("/b", "small", 1, &[30]),
+            window("/a", "big", 2, &[40]),
+        ];
+        let mut expected = [0; 5];
+        for w in windows.iter().filter(|w| w.model == "big") {
+            let (cost, _) = table.window_cost("big", at, w.aggregate.tokens(), 0);
+            for (sum, part) in expected.iter_mut().zip(cost.parts) {
+                *sum += part;
+            }
+        }
+        assert!(expected[0] >= 3 * 100 * 2_000, "{expected:?}");
+        let prices = Some(AtPrices { table: &table, at });
+        let all = GroupBy {
+            route: false,
+            model: false,
+        };
+        let rolled = roll_up(windows.clone(), Granularity::Hour, all, prices).unwrap();
+        let (_, a) = rolled.into_iter().next().unwrap();
+        assert_eq!(a.cost_parts_nanos, expected);
+        assert_eq!(a.cost_nanos, expected.iter().sum::<u64>());
+        assert_eq!(
+            (a.unpriced, a.requests),
+            (1, 4),
+            "the model without a price"
+        );
+        let recorded = roll_up(windows.clone(), Granularity::Hour, all, None).unwrap();
+        let (_, r) = recorded.into_iter().next().unwrap();
+        assert_eq!((r.cost_nanos, r.unpriced), (4_000, 0), "as recorded");
+
+        let s = summarize("t", at, at + TimeDelta::hours(1), windows, 5, prices).unwrap();
+        assert_eq!(
+            s.totals.estimated_cost_usd,
+            expected.iter().sum::<u64>() as f64 / 1e9
+        );
+        let unpriced: Vec<_> = s.unpriced_models.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(unpriced, ["small"]);
+    }
+
+    #[test]
     fn the_limit_keeps_the_newest_buckets() {
         let windows: Vec<_> = (0..10).map(|m| window("/a", "m", m * 60, &[10])).collect();
-        let rolled = roll_up(windows, Granularity::Hour, GroupBy::ALL).unwrap();
+        let rolled = roll_up(windows, Granularity::Hour, GroupBy::ALL, None).unwrap();
         let got = items("t", rolled, Granularity::Hour, 3);
         assert_eq!(
             got.iter()
@@ -408,7 +514,7 @@ mod tests {
             pricey,
         ];
         let from = "2024-05-01T00:00:00Z".parse().unwrap();
-        let s = summarize("t", from, from + TimeDelta::hours(1), windows, 5).unwrap();
+        let s = summarize("t", from, from + TimeDelta::hours(1), windows, 5, None).unwrap();
         assert_eq!(s.totals.requests, 5);
         assert_eq!(s.totals.avg_latency_ms, 206.2); // 1031 / 5
         let names = |r: &[Ranked]| r.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
@@ -446,6 +552,7 @@ mod tests {
             from + TimeDelta::hours(1),
             vec![priced, few, many],
             1,
+            None,
         )
         .unwrap();
         let unpriced: Vec<_> = s
@@ -473,7 +580,7 @@ mod tests {
                 histogram::record(&mut whole, latency);
             }
             let windows: Vec<_> = per_minute.iter().map(|(m, ls)| window("/a", "m", *m, ls)).collect();
-            let rolled = roll_up(windows, granularity, GroupBy { route: false, model: false }).unwrap();
+            let rolled = roll_up(windows, granularity, GroupBy { route: false, model: false }, None).unwrap();
             prop_assert_eq!(rolled.len(), 1);
             let merged = rolled.values().next().unwrap();
             for q in [0.5, 0.95, 0.99, 1.0] {

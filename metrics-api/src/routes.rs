@@ -13,6 +13,7 @@ use chrono::Utc;
 use infra::http::{measure_and_bound, Guard};
 use infra::keys::Auth;
 use metrics_core::error::ErrorBody;
+use metrics_core::pricing::PricingTable;
 use metrics_core::tiles::Level;
 use serde_json::json;
 use sqlx::PgPool;
@@ -24,7 +25,7 @@ use utoipa_axum::routes;
 use crate::dashboard;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::query::{self, QueryLimits};
+use crate::query::{self, Pricing, QueryLimits};
 use crate::rollup;
 use crate::store;
 
@@ -36,9 +37,19 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub request_timeout: Duration,
     pub rollups: Arc<store::Rollups>,
+    /// The price table of `pricing=current` answers (PRICING_FILE over the built-in prices).
+    pub pricing: Arc<PricingTable>,
 }
 
 impl AppState {
+    /// Today's prices when an answer is asked at them.
+    fn prices(&self, pricing: Pricing) -> Option<rollup::AtPrices<'_>> {
+        (pricing == Pricing::Current).then(|| rollup::AtPrices {
+            table: &self.pricing,
+            at: Utc::now(),
+        })
+    }
+
     /// A database result, with failures counted.
     fn checked<T, E: Into<ApiError>>(&self, result: Result<T, E>) -> Result<T, ApiError> {
         result.map_err(|e| {
@@ -182,6 +193,8 @@ impl utoipa::IntoResponses for QueryErrors {
             description = "Bucket width: `1m` (default), `5m`, `1h`, `1d`. Roll-ups without `from` read the last `limit` buckets."),
         ("group_by" = Option<String>, Query, pattern = "^(route,model|route|model|tenant)$",
             description = "What a roll-up keeps apart below the tenant: `route,model` (default), `route`, `model`, `tenant`."),
+        ("pricing" = Option<String>, Query, pattern = "^(recorded|current)$",
+            description = "Costs at the prices recorded when the calls were counted (`recorded`, default) or at today's prices of the service's price table (`current`)."),
     ),
     responses((status = 200, description = "The windows or buckets", body = MetricsAnswer), QueryErrors)
 )]
@@ -193,8 +206,9 @@ async fn metrics(
     let q =
         query::metrics(&params, keyed(&state), &state.limits).map_err(ApiError::BadParameters)?;
     let tenant = tenant(&state, &headers, q.tenant.as_deref()).await?;
+    let prices = state.prices(q.pricing);
     let items = if q.is_plain() {
-        state.checked(store::latest(&state.pool, &tenant, &q).await)?
+        state.checked(store::latest(&state.pool, &tenant, &q, prices).await)?
     } else {
         let (from, to) = q.range(Utc::now());
         let coarsest = state.checked(
@@ -216,7 +230,7 @@ async fn metrics(
             .await,
         )?;
         state.metrics.windows_read.inc_by(windows.len() as u64);
-        let rolled = state.checked(rollup::roll_up(windows, q.granularity, q.group_by))?;
+        let rolled = state.checked(rollup::roll_up(windows, q.granularity, q.group_by, prices))?;
         rollup::items(
             &tenant,
             rolled,
@@ -241,6 +255,8 @@ async fn metrics(
         ("to" = Option<DateTime<Utc>>, Query, description = "End of the range (exclusive), RFC 3339."),
         ("top" = Option<i64>, Query, minimum = 1, maximum = 100,
             description = "How many models and routes to rank (default 5)."),
+        ("pricing" = Option<String>, Query, pattern = "^(recorded|current)$",
+            description = "Costs at the prices recorded when the calls were counted (`recorded`, default) or at today's prices of the service's price table (`current`)."),
     ),
     responses((status = 200, description = "The summary", body = rollup::Summary), QueryErrors)
 )]
@@ -252,11 +268,14 @@ async fn summary(
     let q = query::summary(&params, keyed(&state), &state.limits, Utc::now())
         .map_err(ApiError::BadParameters)?;
     let tenant = tenant(&state, &headers, q.tenant.as_deref()).await?;
+    let prices = state.prices(q.pricing);
     let coarsest = state.checked(state.rollups.readable(&state.pool, Level::Day).await)?;
     let windows = state
         .checked(store::windows(&state.pool, &tenant, None, None, q.from, q.to, coarsest).await)?;
     state.metrics.windows_read.inc_by(windows.len() as u64);
-    let summary = state.checked(rollup::summarize(&tenant, q.from, q.to, windows, q.top))?;
+    let summary = state.checked(rollup::summarize(
+        &tenant, q.from, q.to, windows, q.top, prices,
+    ))?;
     Ok(Json(summary).into_response())
 }
 

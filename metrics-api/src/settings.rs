@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use chrono::TimeDelta;
 use infra::keys::AuthSettings;
+use metrics_core::pricing::PricingTable;
 use metrics_core::settings::{Env, SettingsError};
 
 use crate::query::QueryLimits;
@@ -28,6 +29,9 @@ pub struct Settings {
     /// empty: no cross-origin access.
     pub cors_origins: Vec<String>,
     pub log_json: bool,
+    /// The prices of `pricing=current` answers: `PRICING_FILE` (the processor's file) over
+    /// the built-in prices.
+    pub pricing: PricingTable,
 }
 
 impl Settings {
@@ -39,7 +43,7 @@ impl Settings {
             &["QUERY_STATEMENT_TIMEOUT_MS"],
             u64::try_from((request_timeout - margin).as_millis()).unwrap_or(u64::MAX),
         ));
-        let settings = Self {
+        let mut settings = Self {
             host: e.parse(&["HTTP_HOST"], IpAddr::from([0, 0, 0, 0])),
             port: e.parse(&["HTTP_PORT"], 8081),
             dsn: infra::db::dsn_from_env(e),
@@ -60,7 +64,13 @@ impl Settings {
                 .map(str::to_owned)
                 .collect(),
             log_json: e.log_json(),
+            pricing: PricingTable::default(),
         };
+        let file = e.raw(&["PRICING_FILE"]).map(|(_, path)| path);
+        match PricingTable::load(file.as_deref().map(std::path::Path::new)) {
+            Ok(table) => settings.pricing = table,
+            Err(err) => e.invalid(format!("PRICING_FILE: {err}")),
+        }
         if settings.limits.max_limit < 60 {
             e.invalid("QUERY_MAX_LIMIT must be at least 60, the default limit");
         }

@@ -45,6 +45,7 @@ impl Application {
             metrics: Arc::new(Metrics::default()),
             request_timeout: settings.request_timeout,
             rollups: Default::default(),
+            pricing: Arc::new(settings.pricing),
         };
         Ok(Self {
             listener,

@@ -4,13 +4,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::{DateTime, Utc};
 use metrics_core::aggregate::Aggregate;
+use metrics_core::pricing::Tokens;
 use metrics_core::tiles::{self, Level};
 use sqlx::postgres::PgRow;
 use sqlx::types::Json;
 use sqlx::{PgPool, Row};
 
 use crate::query::MetricsQuery;
-use crate::rollup::{cost_by_type, rate, Figures, MetricsItem, Window};
+use crate::rollup::{cost_by_type, rate, AtPrices, Figures, MetricsItem, Window};
 
 /// The stored windows themselves, newest first (the original API's answer). Every figure is
 /// read as the processor wrote it; no histogram is decoded.
@@ -18,6 +19,7 @@ pub async fn latest(
     pool: &PgPool,
     tenant: &str,
     q: &MetricsQuery,
+    prices: Option<AtPrices<'_>>,
 ) -> Result<Vec<MetricsItem>, sqlx::Error> {
     // Only the filters given, so each shape gets a plain plan Postgres can cache: the
     // (tenant_id, window_start DESC) index read backwards, stopping after `limit` rows.
@@ -28,7 +30,7 @@ pub async fn latest(
                 completion_tokens, cached_prompt_tokens, cache_creation_tokens, reasoning_tokens,
                 estimated_cost_usd, unpriced, providers, error_types, cost_input_nanos,
                 cost_cached_input_nanos, cost_cache_write_nanos, cost_output_nanos,
-                cost_reasoning_nanos
+                cost_reasoning_nanos, completed
          FROM llm_metrics WHERE tenant_id = $1",
     );
     let mut n = 1;
@@ -69,10 +71,32 @@ pub async fn latest(
             let prompt_tokens: i64 = r.try_get("prompt_tokens")?;
             let completion_tokens: i64 = r.try_get("completion_tokens")?;
             let count = |v: i64| u64::try_from(v).unwrap_or(0);
+            let model: String = r.try_get("model")?;
+            let (mut cost_usd, mut parts, mut unpriced) = (
+                r.try_get("estimated_cost_usd")?,
+                infra::db::cost_parts(r)?,
+                r.try_get("unpriced")?,
+            );
+            if let Some(AtPrices { table, at }) = prices {
+                let tokens = Tokens {
+                    prompt: count(prompt_tokens),
+                    cached: count(r.try_get("cached_prompt_tokens")?),
+                    cache_write: count(r.try_get("cache_creation_tokens")?),
+                    completion: count(completion_tokens),
+                    reasoning: count(r.try_get("reasoning_tokens")?),
+                };
+                let (cost, n) =
+                    table.window_cost(&model, at, tokens, count(r.try_get("completed")?));
+                (cost_usd, parts, unpriced) = (
+                    cost.nanos() as f64 / 1e9,
+                    cost.parts,
+                    i64::try_from(n).unwrap_or(i64::MAX),
+                );
+            }
             Ok(MetricsItem {
                 tenant_id: tenant.to_owned(),
                 route: Some(r.try_get("route")?),
-                model: Some(r.try_get("model")?),
+                model: Some(model),
                 window_start: r.try_get("window_start")?,
                 window_end: r.try_get("window_end")?,
                 figures: Figures {
@@ -91,9 +115,9 @@ pub async fn latest(
                     cached_prompt_tokens: r.try_get("cached_prompt_tokens")?,
                     cache_creation_tokens: r.try_get("cache_creation_tokens")?,
                     reasoning_tokens: r.try_get("reasoning_tokens")?,
-                    estimated_cost_usd: r.try_get("estimated_cost_usd")?,
-                    cost_by_type_usd: cost_by_type(infra::db::cost_parts(r)?),
-                    unpriced: r.try_get("unpriced")?,
+                    estimated_cost_usd: cost_usd,
+                    cost_by_type_usd: cost_by_type(parts),
+                    unpriced,
                     providers: r.try_get::<Json<_>, _>("providers")?.0,
                     error_types: r.try_get::<Json<_>, _>("error_types")?.0,
                 },

@@ -243,6 +243,74 @@ async fn every_query_shape_answers_from_the_windows_the_processor_wrote() {
         ROUTES.len()
     );
 
+    // At today's prices: a service whose table prices gpt-4o at $1/$2 a million tokens
+    // answers every shape at those prices, from the stored token sums; gpt-4o-mini keeps its
+    // built-in price, so its figures are those recorded.
+    let file = std::env::temp_dir().join(format!("{}.prices.json", unique("api-")));
+    std::fs::write(
+        &file,
+        r#"{"models": {"gpt-4o": {"input": 1, "output": 2}}}"#,
+    )
+    .unwrap();
+    let today = Api::start_with(
+        &world.dsn,
+        false,
+        &[("PRICING_FILE", file.to_str().unwrap())],
+    )
+    .await;
+    let at_today = |item: &Value| {
+        let tokens = |name: &str| item[name].as_i64().unwrap() as f64;
+        (tokens("prompt_tokens") * 1_000.0 + tokens("completion_tokens") * 2_000.0) / 1e9
+    };
+    let usd = |item: &Value| item["estimated_cost_usd"].as_f64().unwrap();
+    let since = base.to_rfc3339().replace('+', "%2B");
+    for shape in [
+        format!("granularity=1h&group_by=model&from={since}"),
+        format!("limit=1000&from={since}"),
+    ] {
+        let path = format!("/v1/metrics?tenant_id={t}&{shape}");
+        let (_, recorded) = api.get(&path, None).await;
+        let (status, current) = today.get(&format!("{path}&pricing=current"), None).await;
+        assert_eq!(status, 200, "{current}");
+        let (recorded, current) = (
+            recorded["metrics"].as_array().unwrap(),
+            current["metrics"].as_array().unwrap(),
+        );
+        assert_eq!(recorded.len(), current.len());
+        for (was, now) in recorded.iter().zip(current) {
+            assert_eq!(was["requests"], now["requests"]);
+            if now["model"] == "gpt-4o" {
+                assert!((usd(now) - at_today(now)).abs() < 1e-12, "{now}");
+                assert!(usd(was) > usd(now), "the recorded price was higher: {was}");
+            } else {
+                assert_eq!(usd(was), usd(now), "{now}");
+            }
+        }
+        // Asked of the same service without `pricing`, the recorded costs.
+        let (_, default) = today.get(&path, None).await;
+        assert_eq!(default["metrics"].as_array().unwrap(), recorded);
+    }
+    let (_, summary) = today
+        .get(
+            &format!("/v1/summary?tenant_id={t}&from={since}&pricing=current"),
+            None,
+        )
+        .await;
+    let (_, per_model) = today
+        .get(
+            &format!("/v1/metrics?tenant_id={t}&granularity=1d&group_by=model&from={since}&pricing=current"),
+            None,
+        )
+        .await;
+    let sum: f64 = per_model["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(usd)
+        .sum();
+    assert!((usd(&summary["totals"]) - sum).abs() < 1e-9, "{summary}");
+    std::fs::remove_file(&file).ok();
+
     // Another tenant sees none of it.
     let (_, body) = api
         .get("/v1/metrics?tenant_id=someone-else-entirely", None)
@@ -270,6 +338,9 @@ async fn every_bad_parameter_is_a_400_naming_it() {
         ("/v1/metrics?tenant_id=", "tenant_id"),
         ("/v1/summary", "tenant_id"),
         ("/v1/summary?tenant_id=a&top=0", "top"),
+        ("/v1/summary?tenant_id=a&pricing=invoice", "pricing"),
+        ("/v1/metrics?tenant_id=a&pricing=", "pricing"),
+        ("/v1/metrics?tenant_id=a&model=gpt%00", "model"),
     ] {
         let (status, body) = api.get(query, None).await;
         assert_eq!(status, 400, "{query}: {body}");

@@ -159,12 +159,13 @@ impl StoredAggregate for Aggregate {
         for (i, sum) in self.cost_parts_nanos.iter_mut().enumerate() {
             *sum = sum.saturating_add(count(18 + i)?);
         }
+        self.unpriced_tokens = self.unpriced_tokens.saturating_add(count(23)?);
         Ok(())
     }
 }
 
 /// `Aggregate::COLUMNS` one by one: the positions `merge_row` reads them at.
-const AGGREGATE_COLUMNS: [&str; 23] = [
+const AGGREGATE_COLUMNS: [&str; 24] = [
     "requests",
     "errors",
     "timeouts",
@@ -188,6 +189,7 @@ const AGGREGATE_COLUMNS: [&str; 23] = [
     "cost_cache_write_nanos",
     "cost_output_nanos",
     "cost_reasoning_nanos",
+    "unpriced_tokens",
 ];
 
 /// A row's cost by token type, from [`Aggregate::COST_COLUMNS`].
@@ -212,6 +214,6 @@ mod tests {
     fn rows_are_read_at_the_positions_of_the_aggregate_columns() {
         let listed: Vec<&str> = Aggregate::COLUMNS.split(',').map(str::trim).collect();
         assert_eq!(listed, AGGREGATE_COLUMNS);
-        assert_eq!(&AGGREGATE_COLUMNS[18..], &Aggregate::COST_COLUMNS);
+        assert_eq!(&AGGREGATE_COLUMNS[18..23], &Aggregate::COST_COLUMNS);
     }
 }

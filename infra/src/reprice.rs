@@ -124,6 +124,16 @@ struct Changed {
     parts: [Vec<i64>; 5],
     totals: Vec<i64>,
     unpriced: Vec<i64>,
+    unpriced_tokens: Vec<i64>,
+}
+
+/// A minute row's cost figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Figures {
+    parts: [i64; 5],
+    total: i64,
+    unpriced: i64,
+    unpriced_tokens: i64,
 }
 
 /// Re-prices the windows of `[from, to)`, within one UTC day, in one transaction.
@@ -139,7 +149,7 @@ async fn reprice_part(
     let rows = sqlx::query(&format!(
         "SELECT tenant_id, route, model, window_start, completed, prompt_tokens,
                 cached_prompt_tokens, cache_creation_tokens, completion_tokens, reasoning_tokens,
-                cost_nanos, unpriced, {}
+                cost_nanos, unpriced, unpriced_tokens, {}
          FROM llm_metrics
          WHERE window_start >= $1 AND window_start < $2 AND ($3::TEXT IS NULL OR tenant_id = $3)
          ORDER BY tenant_id, route, model, window_start
@@ -167,25 +177,28 @@ async fn reprice_part(
             completion: count(row, "completion_tokens")?,
             reasoning: count(row, "reasoning_tokens")?,
         };
-        let (cost, unpriced) = table.window_cost(&model, start, tokens, count(row, "completed")?);
+        let priced = table.window_cost(&model, start, tokens, count(row, "completed")?);
         let mut old_parts = [0; 5];
         for (part, column) in old_parts.iter_mut().zip(Aggregate::COST_COLUMNS) {
             *part = i64_of(count(row, column)?);
         }
-        let (old_total, old_unpriced) = (
-            i64_of(count(row, "cost_nanos")?),
-            i64_of(count(row, "unpriced")?),
-        );
-        let (new_parts, new_total, new_unpriced) = (
-            cost.parts.map(i64_of),
-            i64_of(cost.nanos()),
-            i64_of(unpriced),
-        );
-        day.old_cost_nanos = day.old_cost_nanos.saturating_add(old_total);
-        day.new_cost_nanos = day.new_cost_nanos.saturating_add(new_total);
-        day.old_unpriced += old_unpriced;
-        day.new_unpriced += new_unpriced;
-        if (old_parts, old_total, old_unpriced) == (new_parts, new_total, new_unpriced) {
+        let old = Figures {
+            parts: old_parts,
+            total: i64_of(count(row, "cost_nanos")?),
+            unpriced: i64_of(count(row, "unpriced")?),
+            unpriced_tokens: i64_of(count(row, "unpriced_tokens")?),
+        };
+        let new = Figures {
+            parts: priced.cost.parts.map(i64_of),
+            total: i64_of(priced.cost.nanos()),
+            unpriced: i64_of(priced.unpriced),
+            unpriced_tokens: i64_of(priced.unpriced_tokens),
+        };
+        day.old_cost_nanos = day.old_cost_nanos.saturating_add(old.total);
+        day.new_cost_nanos = day.new_cost_nanos.saturating_add(new.total);
+        day.old_unpriced += old.unpriced;
+        day.new_unpriced += new.unpriced;
+        if old == new {
             continue;
         }
         day.changed += 1;
@@ -196,21 +209,23 @@ async fn reprice_part(
             let change = buckets
                 .entry(BucketKey::of(level, &tenant, &route, &model, start))
                 .or_default();
-            for (sum, (new, old)) in change.parts.iter_mut().zip(new_parts.iter().zip(old_parts)) {
+            for (sum, (new, old)) in change.parts.iter_mut().zip(new.parts.iter().zip(old.parts)) {
                 *sum += new - old;
             }
-            change.total += new_total - old_total;
-            change.unpriced += new_unpriced - old_unpriced;
+            change.total += new.total - old.total;
+            change.unpriced += new.unpriced - old.unpriced;
+            change.unpriced_tokens += new.unpriced_tokens - old.unpriced_tokens;
         }
         changed.tenants.push(tenant.to_string());
         changed.routes.push(route.to_string());
         changed.models.push(model.to_string());
         changed.starts.push(start);
-        for (column, v) in changed.parts.iter_mut().zip(new_parts) {
+        for (column, v) in changed.parts.iter_mut().zip(new.parts) {
             column.push(v);
         }
-        changed.totals.push(new_total);
-        changed.unpriced.push(new_unpriced);
+        changed.totals.push(new.total);
+        changed.unpriced.push(new.unpriced);
+        changed.unpriced_tokens.push(new.unpriced_tokens);
     }
     if !changed.starts.is_empty() {
         // A new revision with a new `updated_at`: the processors publish it to `llm.metrics`.
@@ -219,16 +234,17 @@ async fn reprice_part(
                 cost_input_nanos = v.input, cost_cached_input_nanos = v.cached_input,
                 cost_cache_write_nanos = v.cache_write, cost_output_nanos = v.output,
                 cost_reasoning_nanos = v.reasoning, cost_nanos = v.total, unpriced = v.unpriced,
+                unpriced_tokens = v.unpriced_tokens,
                 estimated_cost_usd = v.total::float8 / 1e9::float8,
                 updated_at = clock_timestamp(), revision = m.revision + 1
              FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[],
                          $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[],
-                         $11::bigint[])
+                         $11::bigint[], $12::bigint[])
                   AS v(tenant_id, route, model, window_start, input, cached_input, cache_write,
-                       output, reasoning, total, unpriced)
+                       output, reasoning, total, unpriced, unpriced_tokens)
              WHERE m.tenant_id = v.tenant_id AND m.route = v.route AND m.model = v.model
                AND m.window_start = v.window_start
-               AND m.window_start >= $12 AND m.window_start < $13",
+               AND m.window_start >= $13 AND m.window_start < $14",
         )
         .bind(&changed.tenants)
         .bind(&changed.routes)
@@ -241,6 +257,7 @@ async fn reprice_part(
         .bind(&changed.parts[4])
         .bind(&changed.totals)
         .bind(&changed.unpriced)
+        .bind(&changed.unpriced_tokens)
         .bind(from)
         .bind(to)
         .execute(&mut *tx)

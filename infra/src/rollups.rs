@@ -139,12 +139,14 @@ const KEY_COLUMNS: &str = "tenant_id, bucket_seconds, bucket_start, route, model
 
 /// A change of a bucket's cost, each figure up or down: nano-dollars per token type (in the
 /// order of `Aggregate::COST_COLUMNS`), the whole (which differs from the parts' change where
-/// windows written before costs were split held a whole without parts), unpriced calls.
+/// windows written before costs were split held a whole without parts), unpriced calls and
+/// their tokens.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CostChange {
     pub parts: [i64; 5],
     pub total: i64,
     pub unpriced: i64,
+    pub unpriced_tokens: i64,
 }
 
 /// Applies cost changes to existing roll-up rows, inside the caller's transaction. Each row
@@ -160,13 +162,14 @@ pub async fn change_costs(
     }
     let keys = Keys::of(changes.keys());
     let mut parts: [Vec<i64>; 5] = Default::default();
-    let (mut totals, mut unpriced) = (Vec::new(), Vec::new());
+    let (mut totals, mut unpriced, mut unpriced_tokens) = (Vec::new(), Vec::new(), Vec::new());
     for change in changes.values() {
         for (column, v) in parts.iter_mut().zip(change.parts) {
             column.push(v);
         }
         totals.push(change.total);
         unpriced.push(change.unpriced);
+        unpriced_tokens.push(change.unpriced_tokens);
     }
     let matches = "r.tenant_id = v.tenant_id AND r.bucket_seconds = v.bucket_seconds \
         AND r.bucket_start = v.bucket_start AND r.route = v.route AND r.model = v.model";
@@ -187,11 +190,12 @@ pub async fn change_costs(
             cost_output_nanos = r.cost_output_nanos + v.output,
             cost_reasoning_nanos = r.cost_reasoning_nanos + v.reasoning,
             cost_nanos = r.cost_nanos + v.total, unpriced = r.unpriced + v.unpriced,
+            unpriced_tokens = r.unpriced_tokens + v.unpriced_tokens,
             updated_at = clock_timestamp()
          FROM unnest({KEY_ARRAYS}, $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[],
-                     $10::bigint[], $11::bigint[], $12::bigint[])
+                     $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[])
               AS v({KEY_COLUMNS}, input, cached_input, cache_write, output, reasoning, total,
-                   unpriced)
+                   unpriced, unpriced_tokens)
          WHERE {matches}"
     ))
     .bind_keys(&keys)
@@ -202,6 +206,7 @@ pub async fn change_costs(
     .bind(&parts[4])
     .bind(&totals)
     .bind(&unpriced)
+    .bind(&unpriced_tokens)
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -371,6 +376,7 @@ struct Values {
     providers: Vec<String>,
     error_types: Vec<String>,
     cost_parts: [Vec<i64>; 5],
+    unpriced_tokens: Vec<i64>,
 }
 
 fn i64_of(v: u64) -> i64 {
@@ -383,7 +389,7 @@ impl Values {
         $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], \
         $15::bigint[], $16::bigint[], $17::bigint[], $18::bigint[], $19::bigint[], \
         $20::bytea[], $21::bytea[], $22::jsonb[], $23::jsonb[], $24::bigint[], $25::bigint[], \
-        $26::bigint[], $27::bigint[], $28::bigint[]";
+        $26::bigint[], $27::bigint[], $28::bigint[], $29::bigint[]";
 
     const ASSIGNMENTS: &'static str = "requests = v.requests, errors = v.errors, \
         timeouts = v.timeouts, completed = v.completed, latency_sum_ms = v.latency_sum_ms, \
@@ -395,7 +401,7 @@ impl Values {
         providers = v.providers, error_types = v.error_types, \
         cost_input_nanos = v.cost_input_nanos, cost_cached_input_nanos = v.cost_cached_input_nanos, \
         cost_cache_write_nanos = v.cost_cache_write_nanos, cost_output_nanos = v.cost_output_nanos, \
-        cost_reasoning_nanos = v.cost_reasoning_nanos";
+        cost_reasoning_nanos = v.cost_reasoning_nanos, unpriced_tokens = v.unpriced_tokens";
 
     fn of<'a>(aggregates: impl Iterator<Item = &'a Aggregate>) -> Self {
         let mut out = Values {
@@ -405,6 +411,7 @@ impl Values {
             providers: Vec::new(),
             error_types: Vec::new(),
             cost_parts: Default::default(),
+            unpriced_tokens: Vec::new(),
         };
         for a in aggregates {
             // In the order of `Aggregate::COLUMNS`.
@@ -434,6 +441,7 @@ impl Values {
             for (column, v) in out.cost_parts.iter_mut().zip(a.cost_parts_nanos) {
                 column.push(i64_of(v));
             }
+            out.unpriced_tokens.push(i64_of(a.unpriced_tokens));
         }
         out
     }
@@ -471,6 +479,6 @@ impl<'q> BindRows<'q> for sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres:
         for column in &values.cost_parts {
             q = q.bind(column);
         }
-        q
+        q.bind(&values.unpriced_tokens)
     }
 }

@@ -52,8 +52,13 @@ fn add<C: Contribution>(
     let Some(AtPrices { table, at }) = prices else {
         return window.add_to(a);
     };
-    let (before, completed, parts, unpriced) =
-        (a.tokens(), a.completed, a.cost_parts_nanos, a.unpriced);
+    let (before, completed, parts, unpriced, unpriced_tokens) = (
+        a.tokens(),
+        a.completed,
+        a.cost_parts_nanos,
+        a.unpriced,
+        a.unpriced_tokens,
+    );
     window.add_to(a)?;
     // What the window added, costed anew in place of its recorded cost.
     let after = a.tokens();
@@ -64,15 +69,21 @@ fn add<C: Contribution>(
         completion: after.completion - before.completion,
         reasoning: after.reasoning - before.reasoning,
     };
-    let (cost, more_unpriced) = table.window_cost(model, at, added, a.completed - completed);
-    for ((sum, was), part) in a.cost_parts_nanos.iter_mut().zip(parts).zip(cost.parts) {
+    let priced = table.window_cost(model, at, added, a.completed - completed);
+    for ((sum, was), part) in a
+        .cost_parts_nanos
+        .iter_mut()
+        .zip(parts)
+        .zip(priced.cost.parts)
+    {
         *sum = was.saturating_add(part);
     }
     a.cost_nanos = a
         .cost_parts_nanos
         .iter()
         .fold(0, |t, p| t.saturating_add(*p));
-    a.unpriced = unpriced + more_unpriced;
+    a.unpriced = unpriced + priced.unpriced;
+    a.unpriced_tokens = unpriced_tokens + priced.unpriced_tokens;
     Ok(())
 }
 
@@ -232,6 +243,8 @@ pub struct Figures {
     pub cost_by_type_usd: BTreeMap<String, f64>,
     /// Calls of models without a price: not in `estimated_cost_usd`.
     pub unpriced: i64,
+    /// Their prompt and completion tokens.
+    pub unpriced_tokens: i64,
     /// Requests per provider, for the requests that name one.
     pub providers: BTreeMap<String, i64>,
     /// Errors per type (`_OTHER` for failures without one); adds up to `errors`.
@@ -273,6 +286,7 @@ impl Figures {
             estimated_cost_usd: a.cost_nanos as f64 / 1e9,
             cost_by_type_usd: cost_by_type(a.cost_parts_nanos),
             unpriced: i64_of(a.unpriced),
+            unpriced_tokens: i64_of(a.unpriced_tokens),
             providers: counts(&a.providers),
             error_types: counts(&a.error_types),
         }
@@ -458,8 +472,8 @@ mod tests {
         ];
         let mut expected = [0; 5];
         for w in windows.iter().filter(|w| w.model == "big") {
-            let (cost, _) = table.window_cost("big", at, w.aggregate.tokens(), 0);
-            for (sum, part) in expected.iter_mut().zip(cost.parts) {
+            let priced = table.window_cost("big", at, w.aggregate.tokens(), 0);
+            for (sum, part) in expected.iter_mut().zip(priced.cost.parts) {
                 *sum += part;
             }
         }

@@ -30,7 +30,7 @@ pub async fn latest(
                 completion_tokens, cached_prompt_tokens, cache_creation_tokens, reasoning_tokens,
                 estimated_cost_usd, unpriced, providers, error_types, cost_input_nanos,
                 cost_cached_input_nanos, cost_cache_write_nanos, cost_output_nanos,
-                cost_reasoning_nanos, completed
+                cost_reasoning_nanos, completed, unpriced_tokens
          FROM llm_metrics WHERE tenant_id = $1",
     );
     let mut n = 1;
@@ -72,10 +72,11 @@ pub async fn latest(
             let completion_tokens: i64 = r.try_get("completion_tokens")?;
             let count = |v: i64| u64::try_from(v).unwrap_or(0);
             let model: String = r.try_get("model")?;
-            let (mut cost_usd, mut parts, mut unpriced) = (
+            let (mut cost_usd, mut parts, mut unpriced, mut unpriced_tokens) = (
                 r.try_get("estimated_cost_usd")?,
                 infra::db::cost_parts(r)?,
                 r.try_get("unpriced")?,
+                r.try_get("unpriced_tokens")?,
             );
             if let Some(AtPrices { table, at }) = prices {
                 let tokens = Tokens {
@@ -85,12 +86,13 @@ pub async fn latest(
                     completion: count(completion_tokens),
                     reasoning: count(r.try_get("reasoning_tokens")?),
                 };
-                let (cost, n) =
-                    table.window_cost(&model, at, tokens, count(r.try_get("completed")?));
-                (cost_usd, parts, unpriced) = (
-                    cost.nanos() as f64 / 1e9,
-                    cost.parts,
-                    i64::try_from(n).unwrap_or(i64::MAX),
+                let priced = table.window_cost(&model, at, tokens, count(r.try_get("completed")?));
+                let i64_of = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+                (cost_usd, parts, unpriced, unpriced_tokens) = (
+                    priced.cost.nanos() as f64 / 1e9,
+                    priced.cost.parts,
+                    i64_of(priced.unpriced),
+                    i64_of(priced.unpriced_tokens),
                 );
             }
             Ok(MetricsItem {
@@ -118,6 +120,7 @@ pub async fn latest(
                     estimated_cost_usd: cost_usd,
                     cost_by_type_usd: cost_by_type(parts),
                     unpriced,
+                    unpriced_tokens,
                     providers: r.try_get::<Json<_>, _>("providers")?.0,
                     error_types: r.try_get::<Json<_>, _>("error_types")?.0,
                 },

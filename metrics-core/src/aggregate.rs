@@ -114,6 +114,8 @@ pub struct Aggregate {
     pub cost_parts_nanos: [u64; 5],
     /// Paired requests whose model has no price of its own.
     pub unpriced: u64,
+    /// Their prompt and completion tokens: what the cost leaves out.
+    pub unpriced_tokens: u64,
     pub latency: Latencies,
     pub ttft: Latencies,
     /// Requests per provider, for the requests that name one.
@@ -140,6 +142,7 @@ impl Default for Aggregate {
             cost_nanos: 0,
             cost_parts_nanos: [0; 5],
             unpriced: 0,
+            unpriced_tokens: 0,
             latency: histogram::new(),
             ttft: histogram::new(),
             providers: Breakdown::default(),
@@ -185,6 +188,12 @@ impl Aggregate {
             add(sum, part);
         }
         add(&mut self.unpriced, u64::from(!cost.priced));
+        if !cost.priced {
+            add(
+                &mut self.unpriced_tokens,
+                tokens.prompt.saturating_add(tokens.completion),
+            );
+        }
     }
 
     /// The window's token sums by type, as they were priced.
@@ -202,10 +211,11 @@ impl Aggregate {
     /// ([`PricingTable::window_cost`]): what re-pricing history (at the window's own start)
     /// and answering at today's prices (at now) compute.
     pub fn reprice(&mut self, table: &PricingTable, model: &str, at: DateTime<Utc>) {
-        let (cost, unpriced) = table.window_cost(model, at, self.tokens(), self.completed);
-        self.cost_parts_nanos = cost.parts;
-        self.cost_nanos = cost.nanos();
-        self.unpriced = unpriced;
+        let priced = table.window_cost(model, at, self.tokens(), self.completed);
+        self.cost_parts_nanos = priced.cost.parts;
+        self.cost_nanos = priced.cost.nanos();
+        self.unpriced = priced.unpriced;
+        self.unpriced_tokens = priced.unpriced_tokens;
     }
 
     /// A request whose response never came; `provider` is the request's.
@@ -235,6 +245,7 @@ impl Aggregate {
             add(sum, part);
         }
         add(&mut self.unpriced, other.unpriced);
+        add(&mut self.unpriced_tokens, other.unpriced_tokens);
         // Same configuration everywhere, so adding cannot fail.
         let _ = self.latency.add(&other.latency);
         let _ = self.ttft.add(&other.ttft);
@@ -287,7 +298,7 @@ impl Aggregate {
         ttft_sum_ms, ttft_count, prompt_tokens, completion_tokens, cached_prompt_tokens, \
         cache_creation_tokens, reasoning_tokens, cost_nanos, unpriced, latency_histogram, \
         ttft_histogram, providers, error_types, cost_input_nanos, cost_cached_input_nanos, \
-        cost_cache_write_nanos, cost_output_nanos, cost_reasoning_nanos";
+        cost_cache_write_nanos, cost_output_nanos, cost_reasoning_nanos, unpriced_tokens";
 
     /// The columns of `cost_parts_nanos`, in its order.
     pub const COST_COLUMNS: [&'static str; 5] = [

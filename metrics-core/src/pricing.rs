@@ -86,6 +86,16 @@ impl Tokens {
 
 pub use crate::aggregate::Cost;
 
+/// A window's cost as [`PricingTable::window_cost`] computes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowCost {
+    pub cost: Cost,
+    /// Completed calls without a price.
+    pub unpriced: u64,
+    /// Their prompt and completion tokens.
+    pub unpriced_tokens: u64,
+}
+
 /// A price and the time it applies from (`None`: from always).
 #[derive(Debug, Clone, PartialEq)]
 struct Dated {
@@ -334,8 +344,8 @@ impl PricingTable {
 }
 
 impl PricingTable {
-    /// A window's cost from its token sums at the prices for `model` in force at `at`, and how
-    /// many of its `completed` calls that leaves unpriced. A window holds one model's calls of
+    /// A window's cost from its token sums at the prices for `model` in force at `at`, and
+    /// what of its `completed` calls that leaves unpriced. A window holds one model's calls of
     /// one minute, and prices change on whole minutes, so all its calls had one price: all or
     /// none of them are unpriced. Each type is rounded once for the window where counting
     /// rounds once a call; with prices in whole nano-dollars a token (any price in steps of
@@ -346,9 +356,18 @@ impl PricingTable {
         at: DateTime<Utc>,
         tokens: Tokens,
         completed: u64,
-    ) -> (Cost, u64) {
+    ) -> WindowCost {
         let cost = self.cost(model, at, tokens);
-        (cost, if cost.priced { 0 } else { completed })
+        let (unpriced, unpriced_tokens) = if cost.priced {
+            (0, 0)
+        } else {
+            (completed, tokens.prompt.saturating_add(tokens.completion))
+        };
+        WindowCost {
+            cost,
+            unpriced,
+            unpriced_tokens,
+        }
     }
 
     /// Reads the operator's pricing file over the built-in prices; without one, the

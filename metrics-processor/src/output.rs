@@ -39,7 +39,10 @@ pub struct MetricRow {
     /// `cost_nanos` by token type: `input`, `cached_input`, `cache_write`, `output`,
     /// `reasoning`.
     pub cost_by_type_nanos: BTreeMap<&'static str, i64>,
+    /// Completed calls of a model without a price: not in the cost.
     pub unpriced: i64,
+    /// Their prompt and completion tokens.
+    pub unpriced_tokens: i64,
     /// Requests per provider, for the requests that name one.
     pub providers: BTreeMap<String, i64>,
     /// Errors per type (`_OTHER` for failures without one); adds up to `errors`.
@@ -85,6 +88,7 @@ impl MetricRow {
                 .map(|(name, nanos)| (name, i64::try_from(nanos).unwrap_or(i64::MAX)))
                 .collect(),
             unpriced: row.try_get("unpriced")?,
+            unpriced_tokens: row.try_get("unpriced_tokens")?,
             providers: row.try_get::<Json<_>, _>("providers")?.0,
             error_types: row.try_get::<Json<_>, _>("error_types")?.0,
             updated_at: row.try_get("updated_at")?,

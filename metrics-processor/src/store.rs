@@ -384,7 +384,7 @@ pub const COLUMNS: &str =
     cached_prompt_tokens, cache_creation_tokens, reasoning_tokens, cost_nanos, unpriced,
     latency_histogram, ttft_histogram, providers, error_types, cost_input_nanos,
     cost_cached_input_nanos, cost_cache_write_nanos, cost_output_nanos, cost_reasoning_nanos,
-    avg_latency_ms, p50_latency_ms, p95_latency_ms, p99_latency_ms, max_latency_ms, avg_ttft_ms,
+    unpriced_tokens, avg_latency_ms, p50_latency_ms, p95_latency_ms, p99_latency_ms, max_latency_ms, avg_ttft_ms,
     avg_prompt_tokens, avg_completion_tokens, estimated_cost_usd, created_at, updated_at,
     revision";
 
@@ -435,7 +435,7 @@ async fn merge_window(
             avg_completion_tokens = $26, estimated_cost_usd = $27, cache_creation_tokens = $28,
             reasoning_tokens = $29, providers = $30, error_types = $31, cost_input_nanos = $32,
             cost_cached_input_nanos = $33, cost_cache_write_nanos = $34, cost_output_nanos = $35,
-            cost_reasoning_nanos = $36, updated_at = clock_timestamp(),
+            cost_reasoning_nanos = $36, unpriced_tokens = $37, updated_at = clock_timestamp(),
             revision = revision + 1
          WHERE tenant_id = $1 AND route = $2 AND model = $3 AND window_start = $4",
     )
@@ -475,6 +475,7 @@ async fn merge_window(
     .bind(i64_of(a.cost_parts_nanos[2]))
     .bind(i64_of(a.cost_parts_nanos[3]))
     .bind(i64_of(a.cost_parts_nanos[4]))
+    .bind(i64_of(a.unpriced_tokens))
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -243,6 +243,19 @@ async fn every_query_shape_answers_from_the_windows_the_processor_wrote() {
         ROUTES.len()
     );
 
+    // Calls of the model without a price stay visible: counted, their tokens too, never as
+    // $0 of cost among the priced ones.
+    let unpriced = calls.iter().filter(|c| c.model == "in-house-llm").count() as i64;
+    assert!(unpriced > 0);
+    assert_eq!(body["totals"]["unpriced"], unpriced, "{body}");
+    assert_eq!(body["totals"]["unpriced_tokens"], 120 * unpriced);
+    let named = &body["unpriced_models"][0];
+    assert_eq!(
+        (named["name"].as_str(), named["unpriced"].as_i64()),
+        (Some("in-house-llm"), Some(unpriced))
+    );
+    assert_eq!(body["unpriced_models"].as_array().unwrap().len(), 1);
+
     // At today's prices: a service whose table prices gpt-4o at $1/$2 a million tokens
     // answers every shape at those prices, from the stored token sums; gpt-4o-mini keeps its
     // built-in price, so its figures are those recorded.

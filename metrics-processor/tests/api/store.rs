@@ -497,21 +497,7 @@ async fn the_partitioning_migration_keeps_every_window_and_roll_up() {
         .await
         .expect("Postgres answers");
     // The migrations before partitioning, as an older release applied them.
-    let older = std::env::temp_dir().join(unique("migrations-"));
-    std::fs::create_dir_all(&older).unwrap();
-    let all = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
-    for file in std::fs::read_dir(&all).unwrap() {
-        let path = file.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if name.as_str() < "20240511" {
-            std::fs::copy(&path, older.join(&name)).unwrap();
-        }
-    }
-    let before = sqlx::migrate::Migrator::new(older.as_path())
-        .await
-        .expect("older migrations");
-    before.run(&pool).await.expect("older migrations apply");
-    std::fs::remove_dir_all(&older).unwrap();
+    migrate_before(&pool, "20240511").await;
     // Forty days of windows of three series, every 17 minutes, and a roll-up row a day.
     sqlx::raw_sql(
         "INSERT INTO llm_metrics (tenant_id, route, model, window_start, window_end, requests,
@@ -566,6 +552,89 @@ async fn the_partitioning_migration_keeps_every_window_and_roll_up() {
     assert_eq!(in_default, 0, "every row is in its day's partition");
 }
 
+/// Applies the migrations older than `version`, as an older release did.
+async fn migrate_before(pool: &sqlx::PgPool, version: &str) {
+    let older = std::env::temp_dir().join(unique("migrations-"));
+    std::fs::create_dir_all(&older).unwrap();
+    let all = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
+    for file in std::fs::read_dir(&all).unwrap() {
+        let path = file.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.as_str() < version {
+            std::fs::copy(&path, older.join(&name)).unwrap();
+        }
+    }
+    let before = sqlx::migrate::Migrator::new(older.as_path())
+        .await
+        .expect("older migrations");
+    before.run(pool).await.expect("older migrations apply");
+    std::fs::remove_dir_all(&older).unwrap();
+}
+
+/// Windows counted before unpriced calls' tokens were kept: the migration gives each window
+/// whose calls were all unpriced all its tokens, a window with some unpriced calls their
+/// share, and every roll-up row the sum of the minute rows it covers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_unpriced_tokens_migration_fills_windows_and_roll_ups() {
+    let postgres = OwnPostgres::start();
+    let pool = infra::db::connect(&postgres.dsn(), 2)
+        .await
+        .expect("Postgres answers");
+    migrate_before(&pool, "20240514").await;
+    // Two days of windows every 7 minutes: model `a` all unpriced, `b` a quarter of its
+    // calls unpriced, `c` priced; and their roll-ups as the processor kept them.
+    sqlx::raw_sql(
+        "INSERT INTO llm_metrics (tenant_id, route, model, window_start, window_end, requests,
+             completed, prompt_tokens, completion_tokens, unpriced)
+         SELECT 'acme', '/r', m, ts, ts + interval '1 minute', 4, 4, 400 + n, 40,
+                CASE m WHEN 'a' THEN 4 WHEN 'b' THEN 1 ELSE 0 END
+         FROM generate_series(date_trunc('day', now()) - interval '1 day',
+                              date_trunc('day', now()) + interval '23 hours',
+                              interval '7 minutes') WITH ORDINALITY AS t(ts, n),
+              unnest(ARRAY['a', 'b', 'c']) AS m;
+         INSERT INTO llm_metrics_rollups (tenant_id, bucket_seconds, bucket_start, route, model,
+             requests, unpriced)
+         SELECT 'acme', b.seconds,
+                to_timestamp(floor(extract(epoch FROM window_start) / b.seconds) * b.seconds),
+                route, model, sum(requests), sum(unpriced)
+         FROM llm_metrics, (VALUES (300), (3600), (86400)) AS b(seconds)
+         GROUP BY 2, 3, 4, 5;",
+    )
+    .execute(&pool)
+    .await
+    .expect("rows");
+    infra::db::migrate(&pool)
+        .await
+        .expect("the migration applies");
+
+    let wrong: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM llm_metrics WHERE unpriced_tokens IS DISTINCT FROM
+             CASE model WHEN 'a' THEN prompt_tokens + completion_tokens
+                        WHEN 'b' THEN round((prompt_tokens + completion_tokens) / 4.0)
+                        ELSE 0 END",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("windows");
+    assert_eq!(
+        wrong, 0,
+        "windows without the tokens of their unpriced calls"
+    );
+    let (rollups, differing): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE r.unpriced_tokens IS DISTINCT FROM
+             (SELECT coalesce(sum(m.unpriced_tokens), 0)::bigint FROM llm_metrics m
+              WHERE m.tenant_id = r.tenant_id AND m.route = r.route AND m.model = r.model
+                AND m.window_start >= r.bucket_start
+                AND m.window_start < r.bucket_start + make_interval(secs => r.bucket_seconds)))
+         FROM llm_metrics_rollups r",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("roll-ups");
+    assert!(rollups > 3 * (2 + 48 + 576 / 2), "{rollups} roll-up rows");
+    assert_eq!(differing, 0, "roll-ups unequal to their minute rows");
+}
+
 /// A month of calls of `tenant` (three models, two routes, every token type), counted by an
 /// engine pricing them at `table`, as one flush.
 fn a_month_priced_at(tenant: &str, table: &PricingTable, now: chrono::DateTime<Utc>) -> Flush {
@@ -618,9 +687,9 @@ async fn costs_of(
     BTreeMap<(i32, chrono::DateTime<Utc>, String, String), Vec<i64>>,
 ) {
     let costs = "cost_nanos, unpriced, cost_input_nanos, cost_cached_input_nanos, \
-                 cost_cache_write_nanos, cost_output_nanos, cost_reasoning_nanos";
+                 cost_cache_write_nanos, cost_output_nanos, cost_reasoning_nanos, unpriced_tokens";
     let figures = |row: &sqlx::postgres::PgRow| -> Vec<i64> {
-        (0..7).map(|i| row.get::<i64, _>(i + 3)).collect()
+        (0..8).map(|i| row.get::<i64, _>(i + 3)).collect()
     };
     let minutes = sqlx::query(&format!(
         "SELECT route, model, window_start, {costs}, estimated_cost_usd, revision
@@ -761,6 +830,10 @@ async fn repricing_a_month_equals_pricing_it_from_scratch() {
         )
     );
     assert!(total(&before, 1) > 0 && total(&expected_minutes, 1) > 0);
+    assert!(
+        total(&before, 7) > 0 && total(&expected_minutes, 7) > 0,
+        "unpriced calls' tokens"
+    );
 
     // Once more under the same table: nothing changes.
     let again = infra::reprice::reprice(&world.pool, &new, Some(&repriced), from, to, "test")

@@ -93,7 +93,7 @@ fn an_aggregate_counts_sums_and_histograms() {
     assert_eq!(a.avg_prompt_tokens(), 100.0);
     assert_eq!(a.avg_completion_tokens(), 20.0);
     assert_eq!(a.cached_prompt_tokens, 90);
-    assert_eq!((a.cost_nanos, a.unpriced), (13, 1));
+    assert_eq!((a.cost_nanos, a.unpriced, a.unpriced_tokens), (13, 1, 120));
     // Requests per provider, timeouts included; errors per type, untyped ones as _OTHER.
     let providers: Vec<_> = a.providers.iter().collect();
     assert_eq!(providers, [("anthropic", 1), ("openai", 2)]);

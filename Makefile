@@ -5,7 +5,7 @@ STACK := scripts/stack.sh
 # Variables for services and tests, from the local stack.
 STACK_ENV = eval "$$($(STACK) env)"
 
-.PHONY: run test build-deps stack-up stack-down chromium build lint fmt bench bench-ingest bench-processor bench-replay bench-query migrate chaos soak abuse
+.PHONY: run test build-deps stack-up stack-down chromium build lint fmt bench bench-ingest bench-processor bench-replay bench-query bench-reprice migrate chaos soak abuse
 
 ## run: start Postgres and the broker, build and run the services on them with demo traffic
 run: stack-up
@@ -88,6 +88,11 @@ bench-processor: stack-up
 bench-replay: stack-up
 	cargo build --release -p metrics-processor -p ingestion-api -p admin -p loadgen
 	@$(STACK_ENV); scripts/bench-replay.sh
+
+## bench-reprice: re-pricing 30 days of one tenant's windows
+bench-reprice: stack-up
+	cargo build --release -p loadgen -p admin
+	@$(STACK_ENV); scripts/bench-reprice.sh
 
 ## bench-query: the query API on a table of 10M generated windows
 bench-query: stack-up

@@ -305,7 +305,10 @@ async fn seen_models(
             let priced_as = table
                 .price(&model, last_seen)
                 .and(table.priced_as(&model))
-                .map(str::to_owned);
+                .map(|entry| match table.provider(entry) {
+                    Some(provider) => format!("{entry} ({provider})"),
+                    None => entry.to_owned(),
+                });
             Seen {
                 model,
                 requests,
@@ -422,7 +425,7 @@ mod tests {
         let find = |m: &str| seen.iter().find(|s| s.model == m).expect(m);
         assert_eq!(
             find("gpt-4o-2024-08-06").priced_as.as_deref(),
-            Some("gpt-4o")
+            Some("gpt-4o (openai)")
         );
         assert_eq!(find(&unknown).priced_as, None);
         assert_eq!(find(&later).priced_as, None);

@@ -101,6 +101,9 @@ pub struct WindowCost {
 struct Dated {
     from: Option<DateTime<Utc>>,
     price: Price,
+    /// Who sells at this price (`openai`, `anthropic`, `aws.bedrock`): shown, not matched,
+    /// since a window's calls of one model may come through several providers.
+    provider: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -142,6 +145,9 @@ struct PriceFile {
     /// RFC 3339, on a whole minute; absent: from always.
     #[serde(default)]
     valid_from: Option<DateTime<Utc>>,
+    /// Who sells the model at this price, as `gen_ai.provider.name` names it.
+    #[serde(default)]
+    provider: Option<String>,
     input: f64,
     output: f64,
     /// Defaults to the input price when a provider has no cache discount.
@@ -156,19 +162,26 @@ struct PriceFile {
 /// common models, from the providers' price pages; reasoning tokens at the output price.
 /// OpenAI and Google do not charge cache writes (the input price); Anthropic charges 1.25 x
 /// input for its 5-minute cache.
-const DEFAULTS: &[(&str, f64, f64, f64, f64)] = &[
-    ("gpt-4o", 2.50, 10.00, 1.25, 2.50),
-    ("gpt-4o-mini", 0.15, 0.60, 0.075, 0.15),
-    ("gpt-4.1", 2.00, 8.00, 0.50, 2.00),
-    ("gpt-4.1-mini", 0.40, 1.60, 0.10, 0.40),
-    ("gpt-4.1-nano", 0.10, 0.40, 0.025, 0.10),
-    ("o3-mini", 1.10, 4.40, 0.55, 1.10),
-    ("claude-3-5-sonnet", 3.00, 15.00, 0.30, 3.75),
-    ("claude-3-7-sonnet", 3.00, 15.00, 0.30, 3.75),
-    ("claude-3-5-haiku", 0.80, 4.00, 0.08, 1.00),
-    ("claude-3-opus", 15.00, 75.00, 1.50, 18.75),
-    ("gemini-1.5-pro", 1.25, 5.00, 0.3125, 1.25),
-    ("gemini-1.5-flash", 0.075, 0.30, 0.01875, 0.075),
+const DEFAULTS: &[(&str, &str, f64, f64, f64, f64)] = &[
+    ("gpt-4o", "openai", 2.50, 10.00, 1.25, 2.50),
+    ("gpt-4o-mini", "openai", 0.15, 0.60, 0.075, 0.15),
+    ("gpt-4.1", "openai", 2.00, 8.00, 0.50, 2.00),
+    ("gpt-4.1-mini", "openai", 0.40, 1.60, 0.10, 0.40),
+    ("gpt-4.1-nano", "openai", 0.10, 0.40, 0.025, 0.10),
+    ("o3-mini", "openai", 1.10, 4.40, 0.55, 1.10),
+    ("claude-3-5-sonnet", "anthropic", 3.00, 15.00, 0.30, 3.75),
+    ("claude-3-7-sonnet", "anthropic", 3.00, 15.00, 0.30, 3.75),
+    ("claude-3-5-haiku", "anthropic", 0.80, 4.00, 0.08, 1.00),
+    ("claude-3-opus", "anthropic", 15.00, 75.00, 1.50, 18.75),
+    ("gemini-1.5-pro", "gcp.gemini", 1.25, 5.00, 0.3125, 1.25),
+    (
+        "gemini-1.5-flash",
+        "gcp.gemini",
+        0.075,
+        0.30,
+        0.01875,
+        0.075,
+    ),
 ];
 
 fn micros(usd_per_million: f64, what: &str) -> Result<u64, PricingError> {
@@ -208,6 +221,7 @@ impl PriceFile {
         Ok(Dated {
             from: self.valid_from,
             price: self.price(what)?,
+            provider: self.provider.clone(),
         })
     }
 }
@@ -243,13 +257,18 @@ impl Default for PricingTable {
         let usd = |v: f64| (v * 1e6).round() as u64;
         let models = DEFAULTS
             .iter()
-            .map(|&(name, input, output, cached, write)| {
+            .map(|&(name, provider, input, output, cached, write)| {
                 let price = Price {
                     cached_input: usd(cached),
                     cache_write: usd(write),
                     ..Price::flat(usd(input), usd(output))
                 };
-                (name.to_owned(), vec![Dated { from: None, price }])
+                let dated = Dated {
+                    from: None,
+                    price,
+                    provider: Some(provider.to_owned()),
+                };
+                (name.to_owned(), vec![dated])
             })
             .collect();
         Self {
@@ -297,6 +316,15 @@ impl PricingTable {
     /// The entry that prices `model` (its own name, or the family it is a version of), if any.
     pub fn priced_as<'a>(&'a self, model: &'a str) -> Option<&'a str> {
         self.entry(model).map(|(name, _)| name)
+    }
+
+    /// Who sells `model` at its newest price that names one.
+    pub fn provider<'a>(&'a self, model: &'a str) -> Option<&'a str> {
+        self.entry(model)?
+            .1
+            .iter()
+            .rev()
+            .find_map(|d| d.provider.as_deref())
     }
 
     /// The price of `model` in force at `at`, if it has one then.
@@ -510,6 +538,17 @@ mod tests {
             None,
             "a suffix must start with a separator"
         );
+        assert_eq!(
+            table.provider("claude-3-5-haiku-20241022"),
+            Some("anthropic")
+        );
+        let file = PricingTable::with_file(
+            r#"{"models": {"m": [{"input": 1, "output": 1, "provider": "azure.ai.openai"},
+                                 {"valid_from": "2026-01-01T00:00:00Z", "input": 1, "output": 2}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(file.provider("m"), Some("azure.ai.openai"));
+        assert_eq!(file.provider("n"), None);
     }
 
     #[test]

@@ -636,8 +636,14 @@ async fn the_unpriced_tokens_migration_fills_windows_and_roll_ups() {
 }
 
 /// A month of calls of `tenant` (three models, two routes, every token type), counted by an
-/// engine pricing them at `table`, as one flush.
-fn a_month_priced_at(tenant: &str, table: &PricingTable, now: chrono::DateTime<Utc>) -> Flush {
+/// engine pricing them at `table`, as one flush; each `batch` its own calls, a few seconds
+/// apart from the other batches' (mostly in the same windows).
+fn a_month_priced_at(
+    tenant: &str,
+    table: &PricingTable,
+    now: chrono::DateTime<Utc>,
+    batch: i64,
+) -> Flush {
     use metrics_core::events::Event;
     let mut engine = Engine::new(EngineConfig::default(), table.clone());
     engine.assign(
@@ -648,8 +654,8 @@ fn a_month_priced_at(tenant: &str, table: &PricingTable, now: chrono::DateTime<U
     );
     let first = Level::Day.bucket(now) - TimeDelta::days(31);
     for i in 0..900_i64 {
-        let at = first + TimeDelta::seconds(i * 2_950);
-        let id = format!("m{i}");
+        let at = first + TimeDelta::seconds(i * 2_950 + batch * 3);
+        let id = format!("b{batch}-m{i}");
         let mut asked = request(tenant, &id, at);
         if let Event::Request(r) = &mut asked {
             r.route = ["/chat", "/search"][(i % 2) as usize].parse().unwrap();
@@ -735,16 +741,9 @@ async fn costs_of(
     (minutes, rollups)
 }
 
-/// Re-pricing a month under a new table equals counting the same calls under that table
-/// from the start: the minute rows and every roll-up row, cost by type and unpriced calls,
-/// with a price that changes mid-month, a model that gains a price and one that loses it.
-/// Each changed row is a new revision (so `llm.metrics` follows), and the audit row holds
-/// the totals before and after. Prices are in whole nano-dollars a token, where counting per
-/// call and re-pricing per window agree to the nano-dollar.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn repricing_a_month_equals_pricing_it_from_scratch() {
-    let world = World::new().await;
-    let now = Utc::now();
+/// A price table, and the one replacing it: gpt-4o cheaper with a change mid-month at a
+/// minute off the hour, `in-house` priced for the first time, `retired` no longer priced.
+fn old_and_new_prices(now: chrono::DateTime<Utc>) -> (PricingTable, PricingTable) {
     let change =
         (Level::Day.bucket(now) - TimeDelta::days(15) + TimeDelta::minutes(727)).to_rfc3339();
     let old = PricingTable::with_file(
@@ -759,10 +758,24 @@ async fn repricing_a_month_equals_pricing_it_from_scratch() {
             "in-house": {{"input": 0.3, "output": 0.6, "cached_input": 0.075}}}}}}"#
     ))
     .unwrap();
+    (old, new)
+}
+
+/// Re-pricing a month under a new table equals counting the same calls under that table
+/// from the start: the minute rows and every roll-up row, cost by type and unpriced calls,
+/// with a price that changes mid-month, a model that gains a price and one that loses it.
+/// Each changed row is a new revision (so `llm.metrics` follows), and the audit row holds
+/// the totals before and after. Prices are in whole nano-dollars a token, where counting per
+/// call and re-pricing per window agree to the nano-dollar.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repricing_a_month_equals_pricing_it_from_scratch() {
+    let world = World::new().await;
+    let now = Utc::now();
+    let (old, new) = old_and_new_prices(now);
     let (repriced, scratch) = (unique("repriced-"), unique("scratch-"));
     for (tenant, table) in [(&repriced, &old), (&scratch, &new)] {
         let (store, _, epochs) = claimed_store(&world).await;
-        let flush = a_month_priced_at(tenant, table, now);
+        let flush = a_month_priced_at(tenant, table, now, 0);
         store
             .commit(&flush, &epochs, "month")
             .await
@@ -841,4 +854,74 @@ async fn repricing_a_month_equals_pricing_it_from_scratch() {
         .expect("re-pricing again");
     assert_eq!((again.changed, again.windows), (0, done.windows));
     assert_eq!(costs_of(&world.pool, &repriced).await.0, minutes);
+}
+
+/// Re-pricing while processors, already on the new table, keep merging late calls into the
+/// windows being re-priced: whatever the interleaving, every minute row and roll-up row ends as
+/// if all calls had been counted under the new table, and nothing a commit added is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_racing_a_repricing_keep_what_they_add() {
+    let world = World::new().await;
+    let now = Utc::now();
+    let (old, new) = old_and_new_prices(now);
+    let (repriced, scratch) = (unique("racing-"), unique("scratch-"));
+    let (store, _, epochs) = claimed_store(&world).await;
+    let first = a_month_priced_at(&repriced, &old, now, 0);
+    store.commit(&first, &epochs, "old").await.expect("commit");
+    let late: Vec<Flush> = (1..=4)
+        .map(|batch| a_month_priced_at(&repriced, &new, now, batch))
+        .collect();
+    let (scratch_store, _, scratch_epochs) = claimed_store(&world).await;
+    for batch in 0..=4 {
+        let flush = a_month_priced_at(&scratch, &new, now, batch);
+        scratch_store
+            .commit(&flush, &scratch_epochs, &format!("scratch-{batch}"))
+            .await
+            .expect("commit");
+    }
+    let commits = tokio::spawn(async move {
+        for (i, flush) in late.iter().enumerate() {
+            // A commit that loses a deadlock to the re-pricing is retried, as the pipeline does.
+            let mut attempts = 0;
+            while let Err(e) = store.commit(flush, &epochs, &format!("late-{i}")).await {
+                attempts += 1;
+                assert!(attempts < 10, "commit {i}: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    let (from, to) = (
+        Level::Day.bucket(now) - TimeDelta::days(32),
+        Level::Day.bucket(now),
+    );
+    // Runs again and again while the commits go on, so each of them races one. A run after
+    // the last commit would not mend what a race broke: a roll-up row changes only by what
+    // its minute rows change.
+    let mut first_run = true;
+    while !commits.is_finished() || first_run {
+        infra::reprice::reprice(&world.pool, &new, Some(&repriced), from, to, "test")
+            .await
+            .expect("re-pricing");
+        first_run = false;
+    }
+    commits.await.expect("the late commits");
+
+    let (minutes, rollups) = costs_of(&world.pool, &repriced).await;
+    let (expected_minutes, expected_rollups) = costs_of(&world.pool, &scratch).await;
+    let strip = |m: &MinuteCosts| {
+        m.iter()
+            .map(|(k, (c, usd, _))| (k.clone(), (c.clone(), *usd)))
+            .collect::<BTreeMap<_, _>>()
+    };
+    assert_eq!(strip(&minutes), strip(&expected_minutes));
+    assert_eq!(rollups, expected_rollups);
+    let requests = |tenant: &str| {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT sum(requests)::bigint FROM llm_metrics WHERE tenant_id = $1",
+        )
+        .bind(tenant.to_owned())
+        .fetch_one(&world.pool)
+    };
+    assert_eq!(requests(&repriced).await.unwrap(), 5 * 900);
+    assert_eq!(requests(&scratch).await.unwrap(), 5 * 900);
 }

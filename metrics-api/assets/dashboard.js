@@ -152,7 +152,7 @@ function drawDetails(summary) {
   }
   const unpriced = summary.unpriced_models || [];
   if (unpriced.length) {
-    lines.push(["unpriced", "No price", unpriced.map((r) => `${r.name} (${compact(r.unpriced)} calls)`).join(", ") +
+    lines.push(["unpriced", "No price", unpriced.map((r) => `${r.name} (${compact(r.unpriced)} calls, ${compact(r.unpriced_tokens)} tokens)`).join(", ") +
       ": counted as unpriced, not in the estimated cost"]);
   }
   $("details").replaceChildren(...lines.map(([id, name, text]) => {

@@ -136,6 +136,7 @@ async fn main() -> anyhow::Result<()> {
                 &topics.responses,
                 &topics.metrics,
                 &topics.dlq,
+                &topics.alerts,
             ];
             kafka
                 .ensure_topics(&all, &topics.inputs(), Duration::from_secs(10))

@@ -19,6 +19,8 @@ pub struct Topics {
     pub responses: String,
     pub metrics: String,
     pub dlq: String,
+    /// Alert transitions, keyed `tenant|rule`.
+    pub alerts: String,
 }
 
 impl Topics {
@@ -28,6 +30,7 @@ impl Topics {
             responses: env.string(&["TOPIC_RESPONSES"], "llm.responses"),
             metrics: env.string(&["TOPIC_METRICS"], "llm.metrics"),
             dlq: env.string(&["TOPIC_DLQ"], "llm.dlq"),
+            alerts: env.string(&["TOPIC_ALERTS"], "llm.alerts"),
         }
     }
 

@@ -3,6 +3,7 @@
 //!
 //! - [`kafka`]: client configuration (TLS, SASL), producer guarantees, topic names and
 //!   creation, the Java-compatible partitioner.
+//! - [`alerts`]: alert rules, their evaluation on written windows, transitions and delivery.
 //! - [`db`]: the Postgres pool, the embedded migrations, window rows read back.
 //! - [`rollups`]: five-minute, hourly and daily roll-ups of the minute windows, kept, rebuilt, complete.
 //! - [`reprice`]: stored windows and their roll-ups costed anew under the current prices.
@@ -11,6 +12,7 @@
 //! - [`openapi`]: what both services' generated OpenAPI documents share.
 //! - [`logging`] and [`shutdown`]: logs and the stop signal.
 
+pub mod alerts;
 pub mod db;
 pub mod http;
 pub mod kafka;

@@ -16,7 +16,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use futures::TryStreamExt;
 use metrics_core::aggregate::Aggregate;
 use metrics_core::histogram;
-use metrics_core::tiles::Level;
+use metrics_core::tiles::{self, Level};
 use sqlx::postgres::PgRow;
 use sqlx::{Connection, PgConnection, PgExecutor, PgPool, Row};
 
@@ -289,6 +289,55 @@ pub async fn rebuild(
         day = next;
     }
     Ok(done)
+}
+
+/// The stored rows of a tenant's windows of `[from, to)` (optionally one route's, one
+/// model's): roll-up rows (five minutes, hours, days; no coarser than `coarsest`) wherever
+/// whole buckets fit and minute rows at the edges, each with `route`, `model`, `window_start`
+/// (a bucket's start) and [`Aggregate::COLUMNS`]. Added up, they are the range's windows.
+pub async fn range_rows<'c>(
+    conn: impl PgExecutor<'c>,
+    tenant: &str,
+    route: Option<&str>,
+    model: Option<&str>,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    coarsest: Level,
+) -> Result<Vec<PgRow>, sqlx::Error> {
+    let tiles = tiles::plan(from, to, coarsest);
+    if tiles.is_empty() {
+        return Ok(Vec::new());
+    }
+    // One statement: a part per tile, each an index range scan of its table.
+    let series = "tenant_id = $1 AND ($2::TEXT IS NULL OR route = $2) \
+                  AND ($3::TEXT IS NULL OR model = $3)";
+    let parts: Vec<String> = tiles
+        .iter()
+        .enumerate()
+        .map(|(i, tile)| {
+            let (a, b) = (4 + 2 * i, 5 + 2 * i);
+            match tile.level {
+                Level::Minute => format!(
+                    "SELECT route, model, window_start, {} FROM llm_metrics
+                     WHERE {series} AND window_start >= ${a} AND window_start < ${b}",
+                    Aggregate::COLUMNS
+                ),
+                level => format!(
+                    "SELECT route, model, bucket_start AS window_start, {} FROM llm_metrics_rollups
+                     WHERE {series} AND bucket_seconds = {} AND bucket_start >= ${a}
+                       AND bucket_start < ${b}",
+                    Aggregate::COLUMNS,
+                    level.seconds()
+                ),
+            }
+        })
+        .collect();
+    let sql = parts.join(" UNION ALL ");
+    let mut query = sqlx::query(&sql).bind(tenant).bind(route).bind(model);
+    for tile in &tiles {
+        query = query.bind(tile.from).bind(tile.to);
+    }
+    query.fetch_all(conn).await
 }
 
 /// Whether every roll-up covers all its minute rows (false until the roll-ups of windows

@@ -3,9 +3,11 @@
 //! - [`query`]: the parameters, parsed and checked, every bad one named.
 //! - [`rollup`]: merging windows into wider buckets, coarser groups and summaries.
 //! - [`store`]: reading windows from Postgres.
+//! - [`alerts`]: alert rules and their transitions.
 //! - [`routes`]: the HTTP handlers; [`dashboard`]: the page at `/` that draws them; [`error`]: how failures become JSON answers.
 //! - [`settings`], [`startup`], [`metrics`]: configuration, running, Prometheus metrics.
 
+pub mod alerts;
 pub mod dashboard;
 pub mod error;
 pub mod metrics;

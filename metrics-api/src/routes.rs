@@ -22,6 +22,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::alerts;
 use crate::dashboard;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -39,6 +40,8 @@ pub struct AppState {
     pub rollups: Arc<store::Rollups>,
     /// The price table of `pricing=current` answers (PRICING_FILE over the built-in prices).
     pub pricing: Arc<PricingTable>,
+    /// URL prefixes alert webhooks may go to (`ALERT_WEBHOOK_ALLOWED`).
+    pub webhook_allowed: Arc<Vec<String>>,
 }
 
 impl AppState {
@@ -51,7 +54,10 @@ impl AppState {
     }
 
     /// A database result, with failures counted.
-    fn checked<T, E: Into<ApiError>>(&self, result: Result<T, E>) -> Result<T, ApiError> {
+    pub(crate) fn checked<T, E: Into<ApiError>>(
+        &self,
+        result: Result<T, E>,
+    ) -> Result<T, ApiError> {
         result.map_err(|e| {
             self.metrics.database_errors.inc();
             e.into()
@@ -79,6 +85,9 @@ fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(Document::openapi())
         .routes(routes!(metrics))
         .routes(routes!(summary))
+        .routes(routes!(alerts::create, alerts::list))
+        .routes(routes!(alerts::delete))
+        .routes(routes!(alerts::events))
         .routes(routes!(live))
         .routes(routes!(ready))
         .routes(routes!(prometheus))
@@ -132,7 +141,7 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
 }
 
 /// The tenant a query is for: the key's, and `tenant_id` must agree with it when given.
-async fn tenant(
+pub(crate) async fn tenant(
     state: &AppState,
     headers: &HeaderMap,
     asked: Option<&str>,
@@ -161,7 +170,7 @@ fn keyed(state: &AppState) -> bool {
 }
 
 /// The error answers of both queries.
-struct QueryErrors;
+pub(crate) struct QueryErrors;
 
 impl utoipa::IntoResponses for QueryErrors {
     fn responses() -> std::collections::BTreeMap<

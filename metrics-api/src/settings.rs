@@ -32,6 +32,9 @@ pub struct Settings {
     /// The prices of `pricing=current` answers: `PRICING_FILE` (the processor's file) over
     /// the built-in prices.
     pub pricing: PricingTable,
+    /// URL prefixes alert rules' webhooks may go to (`ALERT_WEBHOOK_ALLOWED`, comma-separated);
+    /// none by default.
+    pub webhook_allowed: Vec<String>,
 }
 
 impl Settings {
@@ -65,6 +68,9 @@ impl Settings {
                 .collect(),
             log_json: e.log_json(),
             pricing: PricingTable::default(),
+            webhook_allowed: metrics_core::alerts::allow_list(
+                &e.string(&["ALERT_WEBHOOK_ALLOWED"], ""),
+            ),
         };
         let file = e.raw(&["PRICING_FILE"]).map(|(_, path)| path);
         match PricingTable::load(file.as_deref().map(std::path::Path::new)) {

@@ -46,6 +46,7 @@ impl Application {
             request_timeout: settings.request_timeout,
             rollups: Default::default(),
             pricing: Arc::new(settings.pricing),
+            webhook_allowed: Arc::new(settings.webhook_allowed),
         };
         Ok(Self {
             listener,

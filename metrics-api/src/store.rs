@@ -3,9 +3,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::{DateTime, Utc};
-use metrics_core::aggregate::Aggregate;
 use metrics_core::pricing::Tokens;
-use metrics_core::tiles::{self, Level};
+use metrics_core::tiles::Level;
 use sqlx::postgres::PgRow;
 use sqlx::types::Json;
 use sqlx::{PgPool, Row};
@@ -146,40 +145,7 @@ pub async fn windows(
     to: DateTime<Utc>,
     coarsest: Level,
 ) -> Result<Vec<Window<PgRow>>, sqlx::Error> {
-    let tiles = tiles::plan(from, to, coarsest);
-    if tiles.is_empty() {
-        return Ok(Vec::new());
-    }
-    // One statement: a part per tile, each an index range scan of its table.
-    let series = "tenant_id = $1 AND ($2::TEXT IS NULL OR route = $2) \
-                  AND ($3::TEXT IS NULL OR model = $3)";
-    let parts: Vec<String> = tiles
-        .iter()
-        .enumerate()
-        .map(|(i, tile)| {
-            let (a, b) = (4 + 2 * i, 5 + 2 * i);
-            match tile.level {
-                Level::Minute => format!(
-                    "SELECT route, model, window_start, {} FROM llm_metrics
-                     WHERE {series} AND window_start >= ${a} AND window_start < ${b}",
-                    Aggregate::COLUMNS
-                ),
-                level => format!(
-                    "SELECT route, model, bucket_start AS window_start, {} FROM llm_metrics_rollups
-                     WHERE {series} AND bucket_seconds = {} AND bucket_start >= ${a}
-                       AND bucket_start < ${b}",
-                    Aggregate::COLUMNS,
-                    level.seconds()
-                ),
-            }
-        })
-        .collect();
-    let sql = parts.join(" UNION ALL ");
-    let mut query = sqlx::query(&sql).bind(tenant).bind(route).bind(model);
-    for tile in &tiles {
-        query = query.bind(tile.from).bind(tile.to);
-    }
-    let rows = query.fetch_all(pool).await?;
+    let rows = infra::rollups::range_rows(pool, tenant, route, model, from, to, coarsest).await?;
     rows.into_iter()
         .map(|r| {
             Ok(Window {

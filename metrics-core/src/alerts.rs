@@ -192,6 +192,7 @@ pub fn parse_window(s: &str) -> Option<u32> {
 
 /// A rule as `POST /v1/alerts/rules` takes it.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RuleSpec {
     /// 1 to 100 characters.
     pub name: String,
@@ -317,6 +318,16 @@ mod http_url {
             ok.then_some(Checked).ok_or(())
         }
     }
+}
+
+/// The operator's webhook allow-list (`ALERT_WEBHOOK_ALLOWED`): URL prefixes, comma-separated.
+pub fn allow_list(setting: &str) -> Vec<String> {
+    setting
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Whether `url` starts with one of the allowed prefixes (`scheme://host[:port]`, or longer),

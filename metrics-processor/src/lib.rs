@@ -15,8 +15,10 @@
 //! - [`store`]: Postgres: merged window rows, positions, decisions, in one transaction.
 //! - [`watchdog`]: unread input partitions, a stuck pipeline, a changed input layout.
 //! - [`output`]: the `llm.metrics` record.
+//! - [`alerts`]: alert rules evaluated after each commit; transitions to `llm.alerts` and webhooks.
 //! - [`settings`], [`startup`], [`metrics`]: configuration, wiring, Prometheus metrics.
 
+pub mod alerts;
 pub mod domain;
 pub mod driver;
 pub mod metrics;

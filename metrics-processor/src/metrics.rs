@@ -41,6 +41,14 @@ pub struct Metrics {
     pub unread_partitions: Family<PartitionLabels, Gauge>,
     pub rejoins: Counter,
     pub refetches: Counter,
+    pub alert_evaluations: Counter,
+    pub alert_transitions: Counter,
+    pub alert_deliveries: Family<OutcomeLabels, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
 }
 
 impl Default for Metrics {
@@ -62,6 +70,9 @@ impl Default for Metrics {
             unread_partitions: Family::default(),
             rejoins: Counter::default(),
             refetches: Counter::default(),
+            alert_evaluations: Counter::default(),
+            alert_transitions: Counter::default(),
+            alert_deliveries: Family::default(),
             registry: Registry::default(),
         };
         registry.register("records", "Input records consumed", m.records.clone());
@@ -136,6 +147,21 @@ impl Default for Metrics {
             "Times a fetch began past the offset asked for (the broker skipped records) and the \
              input partition was read again from further back",
             m.refetches.clone(),
+        );
+        registry.register(
+            "alert_evaluations",
+            "Alert rules evaluated on written windows",
+            m.alert_evaluations.clone(),
+        );
+        registry.register(
+            "alert_transitions",
+            "Alert rules that went from ok to firing or back",
+            m.alert_transitions.clone(),
+        );
+        registry.register(
+            "alert_deliveries",
+            "Alert webhook attempts by outcome: delivered, failed (tried again later), dead (given up and dead-lettered)",
+            m.alert_deliveries.clone(),
         );
         Self { registry, ..m }
     }

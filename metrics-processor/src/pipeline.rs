@@ -69,6 +69,8 @@ pub struct Shared {
     /// True while reading is paused (back-pressure while commits fail).
     paused: AtomicBool,
     pub health: Health,
+    /// Where each commit's tenants go for their alert rules to be evaluated.
+    pub alerts: Mutex<Option<tokio::sync::mpsc::UnboundedSender<crate::alerts::Written>>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -129,6 +131,7 @@ impl Shared {
             healthy: AtomicBool::new(true),
             paused: AtomicBool::new(false),
             health: Health::default(),
+            alerts: Mutex::new(None),
         }
     }
 
@@ -373,6 +376,13 @@ impl Shared {
                     .commit_duration
                     .observe(started.elapsed().as_secs_f64());
                 self.metrics.windows_written.inc_by(written.windows as u64);
+                if let Some(alerts) = lock(&self.alerts).as_ref() {
+                    if !written.tenants.is_empty() {
+                        // Evaluation runs on its own task; a closed channel (shutting down)
+                        // loses nothing that the next start does not evaluate again.
+                        let _ = alerts.send(written.tenants);
+                    }
+                }
                 self.healthy.store(true, Ordering::Relaxed);
                 self.publish();
                 true

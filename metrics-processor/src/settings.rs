@@ -39,6 +39,8 @@ pub struct Settings {
     /// How often the group's positions and the topics' ends are read.
     pub watch_interval: Duration,
     pub pricing_file: Option<String>,
+    /// URL prefixes alert webhooks may go to (`ALERT_WEBHOOK_ALLOWED`); none by default.
+    pub webhook_allowed: Vec<String>,
     pub retention: TimeDelta,
     pub host: IpAddr,
     /// Health, readiness and Prometheus metrics.
@@ -97,6 +99,9 @@ impl Settings {
             unread_after: secs(e.parse(&["UNREAD_PARTITION_SECS"], 30)),
             watch_interval: Duration::from_millis(e.parse(&["WATCH_INTERVAL_MS"], 5000)),
             pricing_file: e.raw(&["PRICING_FILE"]).map(|(_, v)| v),
+            webhook_allowed: metrics_core::alerts::allow_list(
+                &e.string(&["ALERT_WEBHOOK_ALLOWED"], ""),
+            ),
             retention: TimeDelta::days(e.parse(&["RETENTION_DAYS"], 30)),
             host: e.parse(&["HTTP_HOST"], IpAddr::from([0, 0, 0, 0])),
             port: e.parse(&["HTTP_PORT"], 9091),

@@ -55,6 +55,7 @@ impl Application {
             &topics.responses,
             &topics.metrics,
             &topics.dlq,
+            &topics.alerts,
         ];
         let partitions = settings
             .kafka
@@ -76,6 +77,7 @@ impl Application {
         // Windows written before their roll-ups existed get them in the background; commits
         // keep them from now on, and queries read minute rows until then.
         tokio::spawn(build_rollups(pool.clone()));
+        let pool_for_alerts = pool.clone();
         let store = Store::new(pool, &settings.group, &topics.requests, &topics.responses);
         let partitions = i32::try_from(partitions).context("partition count")?;
         if let Some(was) = store
@@ -94,6 +96,20 @@ impl Application {
             settings.start_from,
             settings.retention,
         ));
+        let (written, to_evaluate) = tokio::sync::mpsc::unbounded_channel();
+        *pipeline::lock(&shared.alerts) = Some(written);
+        let alerts = crate::alerts::Alerts {
+            pool: pool_for_alerts,
+            producer: settings
+                .kafka
+                .producer_config("streamlens-processor-alerts", Duration::from_secs(30))
+                .create()
+                .context("cannot create the Kafka producer of alert events")?,
+            topics: topics.clone(),
+            allowed: settings.webhook_allowed.clone(),
+            metrics: Arc::clone(&shared.metrics),
+        };
+        tokio::spawn(alerts.run(to_evaluate));
         let mut config = settings
             .kafka
             .client_config(&[("client.id", "streamlens-processor")]);

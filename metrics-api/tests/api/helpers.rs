@@ -72,6 +72,8 @@ pub struct World {
     brokers: String,
     suffix: String,
     processor: Option<Child>,
+    /// Settings the processor gets on top of the tests' own.
+    pub processor_env: Vec<(&'static str, String)>,
 }
 
 impl World {
@@ -87,10 +89,11 @@ impl World {
             brokers,
             suffix: unique("q"),
             processor: None,
+            processor_env: Vec::new(),
         }
     }
 
-    fn topic(&self, name: &str) -> String {
+    pub fn topic(&self, name: &str) -> String {
         format!("llm.{name}.{}", self.suffix)
     }
 
@@ -159,6 +162,34 @@ impl World {
         self.wait_stored(&tenant, calls.len() as i64).await;
     }
 
+    /// The ingestion API with keys on this world's topics, running; its base URL.
+    pub async fn start_ingestion(&self) -> String {
+        let [requests, responses, metrics, dlq] = self.topics();
+        let env = [
+            ("KAFKA_BROKERS", self.brokers.clone()),
+            ("POSTGRES_DSN", self.dsn.clone()),
+            ("TOPIC_REQUESTS", requests),
+            ("TOPIC_RESPONSES", responses),
+            ("TOPIC_METRICS", metrics),
+            ("TOPIC_DLQ", dlq),
+            ("TOPIC_PARTITIONS", "3".into()),
+            ("HTTP_HOST", "127.0.0.1".into()),
+            ("HTTP_PORT", "0".into()),
+            ("AUTH_MODE", "keys".into()),
+            ("API_KEY_CACHE_SECS", "0".into()),
+        ];
+        let settings = ingestion_api::settings::Settings::from_env(
+            metrics_core::settings::Env::from_pairs(env),
+        )
+        .expect("ingestion settings");
+        let ingestion = ingestion_api::startup::Application::build(settings)
+            .await
+            .expect("the ingestion API starts");
+        let base = format!("http://127.0.0.1:{}", ingestion.port());
+        tokio::spawn(ingestion.run_until_stopped(std::future::pending()));
+        base
+    }
+
     /// Runs the processor binary on this world's topics.
     pub fn start_processor(&mut self) {
         let names = self.topics();
@@ -170,6 +201,7 @@ impl World {
             ("TOPIC_RESPONSES", names[1].clone()),
             ("TOPIC_METRICS", names[2].clone()),
             ("TOPIC_DLQ", names[3].clone()),
+            ("TOPIC_ALERTS", self.topic("alerts")),
             ("TOPIC_PARTITIONS", "3".into()),
             ("CONSUMER_GROUP", format!("group-{}", self.suffix)),
             ("HTTP_HOST", "127.0.0.1".into()),
@@ -181,6 +213,7 @@ impl World {
             ("RUST_LOG", "warn".into()),
         ]
         .into_iter()
+        .chain(self.processor_env.iter().cloned())
         .collect();
         self.processor = Some(
             Command::new(processor_binary())

@@ -3,8 +3,6 @@
 //! its windows by posting responses for its request ids, nor read them.
 
 use chrono::{TimeDelta, Utc};
-use ingestion_api::settings::Settings;
-use ingestion_api::startup::Application;
 use serde_json::{json, Value};
 
 use crate::helpers::*;
@@ -34,27 +32,7 @@ async fn another_tenants_key_cannot_write_alter_or_read_a_tenants_windows() {
         .await
         .unwrap();
 
-    let [requests, responses, metrics, dlq] = world.topics();
-    let env = [
-        ("KAFKA_BROKERS", world.brokers().to_owned()),
-        ("POSTGRES_DSN", world.dsn.clone()),
-        ("TOPIC_REQUESTS", requests),
-        ("TOPIC_RESPONSES", responses),
-        ("TOPIC_METRICS", metrics),
-        ("TOPIC_DLQ", dlq),
-        ("TOPIC_PARTITIONS", "3".into()),
-        ("HTTP_HOST", "127.0.0.1".into()),
-        ("HTTP_PORT", "0".into()),
-        ("AUTH_MODE", "keys".into()),
-        ("API_KEY_CACHE_SECS", "0".into()),
-    ];
-    let ingestion = Application::build(
-        Settings::from_env(metrics_core::settings::Env::from_pairs(env)).unwrap(),
-    )
-    .await
-    .expect("the ingestion API starts");
-    let base = format!("http://127.0.0.1:{}", ingestion.port());
-    tokio::spawn(ingestion.run_until_stopped(std::future::pending()));
+    let base = world.start_ingestion().await;
     let client = reqwest::Client::new();
 
     let at = Utc::now() - TimeDelta::minutes(5);

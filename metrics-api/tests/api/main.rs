@@ -1,5 +1,6 @@
 //! The query API against real Postgres rows written by the real processor from a real broker.
 
+mod alerts;
 mod dashboard;
 mod helpers;
 mod isolation;

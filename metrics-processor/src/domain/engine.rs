@@ -30,7 +30,8 @@
 //! partition that is still replaying is not flushed: its stored position and watermark are
 //! what the rules above are measured against, and must stay as they are until it has caught up.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use metrics_core::events::Event;
@@ -166,6 +167,17 @@ pub struct Flush {
 }
 
 impl Flush {
+    /// Each tenant with windows in this flush, and the end of its newest one: what alert rules
+    /// are evaluated for once the flush is written.
+    pub fn tenants(&self) -> BTreeMap<Arc<str>, DateTime<Utc>> {
+        let mut out: BTreeMap<Arc<str>, DateTime<Utc>> = BTreeMap::new();
+        for (_, key, _) in &self.closed {
+            let end = out.entry(Arc::clone(&key.tenant)).or_insert(key.end());
+            *end = (*end).max(key.end());
+        }
+        out
+    }
+
     /// The window rows to add to the stored ones: every partition's part of a window merged.
     pub fn windows(&self) -> Vec<(WindowKey, Aggregate)> {
         let mut rows: HashMap<&WindowKey, Aggregate> = HashMap::new();

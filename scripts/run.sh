@@ -32,6 +32,9 @@ for tenant in acme globex initech; do
 done
 KEY=${KEYS[acme]}
 
+# Alert webhooks may go to this machine only (ALERT_WEBHOOK_ALLOWED; none by default).
+export ALERT_WEBHOOK_ALLOWED=${ALERT_WEBHOOK_ALLOWED:-http://127.0.0.1,http://localhost}
+
 HTTP_PORT=$INGESTION_PORT "$BIN/ingestion-api" &
 pids+=($!)
 HTTP_PORT=$PROCESSOR_PORT "$BIN/metrics-processor" &

@@ -175,6 +175,7 @@ impl World {
             ("TOPIC_PARTITIONS", "3".into()),
             ("HTTP_HOST", "127.0.0.1".into()),
             ("HTTP_PORT", "0".into()),
+            ("OTLP_GRPC_PORT", "0".into()),
             ("AUTH_MODE", "keys".into()),
             ("API_KEY_CACHE_SECS", "0".into()),
         ];
@@ -223,6 +224,14 @@ impl World {
                 .spawn()
                 .expect("the processor starts"),
         );
+    }
+
+    /// Kills the processor (SIGKILL: no last flush, no leaving the group).
+    pub fn kill_processor(&mut self) {
+        if let Some(mut p) = self.processor.take() {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
     }
 
     /// Waits until `tenant` has `requests` stored.

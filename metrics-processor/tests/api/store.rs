@@ -635,7 +635,7 @@ async fn the_unpriced_tokens_migration_fills_windows_and_roll_ups() {
     assert_eq!(differing, 0, "roll-ups unequal to their minute rows");
 }
 
-/// A month of calls of `tenant` (three models, two routes, every token type), counted by an
+/// Four weeks of calls of `tenant` (three models, two routes, every token type), counted by an
 /// engine pricing them at `table`, as one flush; each `batch` its own calls, a few seconds
 /// apart from the other batches' (mostly in the same windows).
 fn a_month_priced_at(
@@ -652,9 +652,11 @@ fn a_month_priced_at(
         Vec::new(),
         now,
     );
-    let first = Level::Day.bucket(now) - TimeDelta::days(31);
+    // Four weeks back: inside the default 30-day retention, which processors of other tests
+    // sharing the database enforce by dropping older days.
+    let first = Level::Day.bucket(now) - TimeDelta::days(28);
     for i in 0..900_i64 {
-        let at = first + TimeDelta::seconds(i * 2_950 + batch * 3);
+        let at = first + TimeDelta::seconds(i * 2_600 + batch * 3);
         let id = format!("b{batch}-m{i}");
         let mut asked = request(tenant, &id, at);
         if let Event::Request(r) = &mut asked {

@@ -45,7 +45,22 @@ pub fn with_request_ids<S: Clone + Send + Sync + 'static>(
                     tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
                 }),
             )
-            .layer(PropagateRequestIdLayer::new(header)),
+            .layer(PropagateRequestIdLayer::new(header))
+            // A handler that panics answers a JSON 500, and the panic is logged, instead of
+            // the connection closing without a word.
+            .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+                |_: Box<dyn std::any::Any + Send>| {
+                    tracing::error!("a request handler panicked");
+                    (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        Json(ErrorBody::new(
+                            "internal",
+                            "the service failed on this request; it is logged",
+                        )),
+                    )
+                        .into_response()
+                },
+            )),
     )
 }
 
@@ -222,6 +237,30 @@ mod tests {
             .await
             .unwrap();
         (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    #[tokio::test]
+    async fn a_handler_that_panics_answers_a_json_500_with_the_request_id() {
+        let app = with_request_ids(Router::new().route(
+            "/boom",
+            get(|| async {
+                let bytes = "\u{80}".as_bytes();
+                // Slicing inside a character: the kind of bug that panics.
+                String::from_utf8_lossy(&bytes[..1]).into_owned()
+                    + std::str::from_utf8(&bytes[..1]).expect("a whole character")
+            }),
+        ));
+        let response = app
+            .oneshot(Request::get("/boom").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(response.headers().contains_key(REQUEST_ID_HEADER));
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(body["error"], "internal");
     }
 
     #[tokio::test]

@@ -116,9 +116,16 @@ pub async fn list(
 pub async fn delete(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(id): Path<i64>,
+    Path(id): Path<String>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
+    // Read here, not by the extractor, so a bad id gets the JSON error every 400 has.
+    let id: i64 = id.parse().map_err(|_| {
+        ApiError::BadParameters(vec![FieldError::new(
+            "id",
+            "must be a rule's id, a whole number",
+        )])
+    })?;
     let tenant = caller(&state, &headers, &params).await?;
     if state.checked(infra::alerts::delete_rule(&state.pool, &tenant, id).await)? {
         Ok(StatusCode::NO_CONTENT.into_response())

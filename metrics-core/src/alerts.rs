@@ -178,11 +178,10 @@ pub const MAX_WINDOW_MINUTES: u32 = 24 * 60;
 
 /// Reads `1m` to `24h` (whole minutes or hours) as minutes.
 pub fn parse_window(s: &str) -> Option<u32> {
-    let (number, unit) = s.split_at(s.len().checked_sub(1)?);
-    let n: u32 = number.parse().ok()?;
-    let minutes = match unit {
-        "m" => n,
-        "h" => n.checked_mul(60)?,
+    let n: u32 = s.get(..s.len().checked_sub(1)?)?.parse().ok()?;
+    let minutes = match s.as_bytes().last()? {
+        b'm' => n,
+        b'h' => n.checked_mul(60)?,
         _ => return None,
     };
     (1..=MAX_WINDOW_MINUTES)
@@ -195,17 +194,26 @@ pub fn parse_window(s: &str) -> Option<u32> {
 #[serde(deny_unknown_fields)]
 pub struct RuleSpec {
     /// 1 to 100 characters.
+    #[schema(min_length = 1, max_length = 100)]
     pub name: String,
     /// `error_rate`, `timeout_rate`, `p95_latency_ms`, `p99_latency_ms`, `cost_usd` or
     /// `requests`.
+    #[schema(
+        pattern = "^(error_rate|timeout_rate|p95_latency_ms|p99_latency_ms|cost_usd|requests)$"
+    )]
     pub metric: String,
     /// `>` or `<`.
+    #[schema(pattern = "^[<>]$")]
     pub op: String,
+    /// 0 or more; a rate's at most 1.
+    #[schema(minimum = 0)]
     pub threshold: f64,
     /// `1m` to `24h`.
+    #[schema(pattern = "^[0-9]{1,4}[mh]$")]
     pub window: String,
     /// Fewer requests in the window: no verdict (default 1).
     #[serde(default = "one")]
+    #[schema(minimum = 0)]
     pub min_requests: i64,
     /// Only this route's calls; absent: all.
     pub route: Option<String>,
@@ -525,7 +533,9 @@ mod tests {
         assert_eq!(parse_window("1m"), Some(1));
         assert_eq!(parse_window("24h"), Some(1440));
         assert_eq!(parse_window("90m"), Some(90));
-        for bad in ["", "0m", "25h", "1441m", "5", "5s", "1d", "-1m", "m"] {
+        for bad in [
+            "", "0m", "25h", "1441m", "5", "5s", "1d", "-1m", "m", "\u{80}", "5\u{e9}", "\u{e9}m",
+        ] {
             assert_eq!(parse_window(bad), None, "{bad}");
         }
     }

@@ -93,6 +93,35 @@ async fn calls(
     at
 }
 
+/// A world of the test's own, an API key of its tenant, and a webhook receiver.
+struct Setup {
+    world: World,
+    tenant: String,
+    key: String,
+    hooks: Hooks,
+    hook_base: String,
+}
+
+impl Setup {
+    async fn new() -> Self {
+        let world = World::new().await;
+        world.ensure_topics().await;
+        let tenant = world.tenant.clone();
+        let (_, key) = infra::keys::create(&world.pool, &tenant, "app")
+            .await
+            .unwrap();
+        let hooks: Hooks = Arc::default();
+        let hook_base = receiver(Arc::clone(&hooks)).await;
+        Self {
+            world,
+            tenant,
+            key,
+            hooks,
+            hook_base,
+        }
+    }
+}
+
 async fn wait_for(hooks: &Hooks, count: usize, limit: Duration) -> Vec<Hook> {
     let deadline = Instant::now() + limit;
     loop {
@@ -115,14 +144,13 @@ async fn wait_for(hooks: &Hooks, count: usize, limit: Duration) -> Vec<Hook> {
 /// webhook and one row of `GET /v1/alerts`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_error_spike_fires_a_signed_webhook_and_recovery_resolves_it() {
-    let mut world = World::new().await;
-    world.ensure_topics().await;
-    let tenant = world.tenant.clone();
-    let (_, key) = infra::keys::create(&world.pool, &tenant, "app")
-        .await
-        .unwrap();
-    let hooks: Hooks = Arc::default();
-    let hook_base = receiver(Arc::clone(&hooks)).await;
+    let Setup {
+        mut world,
+        tenant,
+        key,
+        hooks,
+        hook_base,
+    } = Setup::new().await;
     let allowed = [("ALERT_WEBHOOK_ALLOWED", "http://127.0.0.1")];
     let api = Api::start_with(&world.dsn, true, &allowed).await;
     let ingest = world.start_ingestion().await;
@@ -260,19 +288,19 @@ async fn an_error_spike_fires_a_signed_webhook_and_recovery_resolves_it() {
 }
 
 /// Killed (SIGKILL) and restarted three times at random moments from the close of a spike's
-/// minute on (before, during and after its commit and evaluation, and while restarted instances
-/// replay), the processor still records the transition exactly once, and the webhook gets that one event (a repeat, should a kill fall
-/// between the receiver's answer and the delivery's record, carries the same event id).
+/// minute on (before, during and after its commit and evaluation, and while restarted
+/// instances replay), the processor still records the transition exactly once, and the
+/// webhook gets that one event (a repeat, should a kill fall between the receiver's answer and
+/// the delivery's record, carries the same event id).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_processor_killed_around_a_spike_records_one_firing() {
-    let mut world = World::new().await;
-    world.ensure_topics().await;
-    let tenant = world.tenant.clone();
-    let (_, key) = infra::keys::create(&world.pool, &tenant, "app")
-        .await
-        .unwrap();
-    let hooks: Hooks = Arc::default();
-    let hook_base = receiver(Arc::clone(&hooks)).await;
+    let Setup {
+        mut world,
+        tenant,
+        key,
+        hooks,
+        hook_base,
+    } = Setup::new().await;
     let spec: metrics_core::alerts::RuleSpec = serde_json::from_value(json!({
         "name": "errors", "metric": "error_rate", "op": ">", "threshold": 0.5, "window": "1m",
         "min_requests": 5, "webhook_url": format!("{hook_base}/spike")}))

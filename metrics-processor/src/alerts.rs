@@ -18,6 +18,9 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::metrics::{Metrics, OutcomeLabels};
 
+/// Webhook deliveries attempted between two evaluations.
+const DELIVERIES_PER_ROUND: usize = 10;
+
 /// Tenants written to by a commit, each with the end of its newest window written.
 pub type Written = BTreeMap<Arc<str>, DateTime<Utc>>;
 
@@ -133,7 +136,9 @@ impl Alerts {
         if let Err(e) = published {
             tracing::warn!(error = %e, "alert events not published");
         }
-        loop {
+        // A few at a time, so that a slow receiver (5 s a try) does not hold evaluations back:
+        // the rest wait for the next tick.
+        for _ in 0..DELIVERIES_PER_ROUND {
             let next = alerts::deliver_next(&self.pool, |due| self.post(client, due)).await;
             match next {
                 Ok(Some((due, true))) => self.count("delivered", &due),

@@ -382,6 +382,8 @@ pub enum Delivery {
     Delivered,
     /// Failed; tried again later, or given up after [`MAX_ATTEMPTS`].
     Failed(String),
+    /// Not attempted and never to be (the URL is no longer allowed): given up at once.
+    Refused(String),
 }
 
 /// Attempts before a webhook delivery is given up and dead-lettered.
@@ -442,17 +444,9 @@ where
             .await?;
             Some(true)
         }
+        Delivery::Refused(why) => give_up(&mut tx, due.event.id, attempts, why).await?,
         Delivery::Failed(why) if attempts >= MAX_ATTEMPTS => {
-            sqlx::query(
-                "UPDATE alert_events SET dead_at = now(), attempts = $2, last_error = $3
-                 WHERE id = $1",
-            )
-            .bind(due.event.id)
-            .bind(attempts)
-            .bind(why)
-            .execute(&mut *tx)
-            .await?;
-            Some(false)
+            give_up(&mut tx, due.event.id, attempts, why).await?
         }
         Delivery::Failed(why) => {
             sqlx::query(
@@ -471,6 +465,25 @@ where
     };
     tx.commit().await?;
     Ok(result.map(|delivered| (due, delivered)))
+}
+
+/// Marks a delivery given up (dead-lettered by the caller); `Some(false)` for
+/// [`deliver_next`].
+async fn give_up(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    id: i64,
+    attempts: i32,
+    why: &str,
+) -> Result<Option<bool>, sqlx::Error> {
+    sqlx::query(
+        "UPDATE alert_events SET dead_at = now(), attempts = $2, last_error = $3 WHERE id = $1",
+    )
+    .bind(id)
+    .bind(attempts)
+    .bind(why)
+    .execute(&mut **tx)
+    .await?;
+    Ok(Some(false))
 }
 
 /// `sha256=<hex>`: the HMAC-SHA256 of `body` under `secret`, as `X-StreamLens-Signature`

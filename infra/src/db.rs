@@ -92,6 +92,11 @@ pub enum RowError {
     Histogram(#[from] HistogramError),
 }
 
+/// A count or sum as a BIGINT column stores it: saturating, never wrapping.
+pub fn i64_of(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
 /// Reading an [`Aggregate`] back from a row selected with [`Aggregate::COLUMNS`].
 pub trait StoredAggregate: Sized {
     fn from_row(row: &PgRow) -> Result<Self, RowError>;
@@ -100,7 +105,8 @@ pub trait StoredAggregate: Sized {
     fn merge_row(&mut self, row: &PgRow) -> Result<(), RowError>;
 }
 
-fn count(row: &PgRow, name: &str) -> Result<u64, sqlx::Error> {
+/// A count or sum column as stored (BIGINT), read back; a negative one (never written) as 0.
+pub fn count(row: &PgRow, name: &str) -> Result<u64, sqlx::Error> {
     let v: i64 = row.try_get(name)?;
     Ok(u64::try_from(v).unwrap_or(0))
 }

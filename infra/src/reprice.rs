@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 
+use crate::db::{count, i64_of};
 use crate::rollups::{self, BucketKey, CostChange};
 
 /// What a run did; `id` is its audit row.
@@ -104,14 +105,6 @@ pub async fn reprice(
 /// A deadlock or a serialization failure: the transaction did nothing and may run again.
 fn starts_over(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("40P01" | "40001")))
-}
-
-fn count(row: &PgRow, column: &str) -> Result<u64, sqlx::Error> {
-    Ok(u64::try_from(row.try_get::<i64, _>(column)?).unwrap_or(0))
-}
-
-fn i64_of(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 /// The changed minute rows of one transaction, one array per column.

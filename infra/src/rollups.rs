@@ -10,6 +10,7 @@
 //! deadlocking. A rebuild locks the whole table against writers for one day at a time.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -20,7 +21,7 @@ use metrics_core::tiles::{self, Level};
 use sqlx::postgres::PgRow;
 use sqlx::{Connection, PgConnection, PgExecutor, PgPool, Row};
 
-use crate::db::{RowError, StoredAggregate};
+use crate::db::{i64_of, RowError, StoredAggregate};
 
 /// One roll-up row's key, ordered as the table's primary key.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -349,6 +350,28 @@ pub async fn complete<'c>(conn: impl PgExecutor<'c>) -> Result<bool, sqlx::Error
     Ok(complete.unwrap_or(false))
 }
 
+/// Whether the roll-ups may be read: asked of the database until they are complete, then
+/// remembered (they stay complete).
+#[derive(Debug, Default)]
+pub struct Readable {
+    complete: AtomicBool,
+}
+
+impl Readable {
+    /// The coarsest rows a query may read: `wanted`, or minute rows while the roll-ups do
+    /// not yet cover every window.
+    pub async fn readable(&self, pool: &PgPool, wanted: Level) -> Result<Level, sqlx::Error> {
+        if !self.complete.load(Ordering::Relaxed) {
+            let complete = complete(pool).await?;
+            self.complete.store(complete, Ordering::Relaxed);
+            if !complete {
+                return Ok(Level::Minute);
+            }
+        }
+        Ok(wanted)
+    }
+}
+
 /// Builds the roll-ups of every stored minute window if they are not complete yet, then
 /// records them complete. Safe to run beside running processors and other instances of
 /// itself (an advisory lock lets one build at a time; the others wait and find it done).
@@ -426,10 +449,6 @@ struct Values {
     error_types: Vec<String>,
     cost_parts: [Vec<i64>; 5],
     unpriced_tokens: Vec<i64>,
-}
-
-fn i64_of(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 impl Values {

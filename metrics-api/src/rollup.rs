@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use infra::db::{RowError, StoredAggregate};
+use infra::db::{i64_of, RowError, StoredAggregate};
 use metrics_core::aggregate::{Aggregate, Breakdown, TOKEN_TYPES};
 use metrics_core::pricing::{PricingTable, Tokens};
 use serde::Serialize;
@@ -149,10 +149,6 @@ pub struct MetricsItem {
     pub avg_ttft_ms: Option<f64>,
     pub avg_prompt_tokens: f64,
     pub avg_completion_tokens: f64,
-}
-
-fn i64_of(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 pub fn rate(part: u64, whole: u64) -> f64 {

@@ -37,7 +37,7 @@ pub struct AppState {
     pub limits: QueryLimits,
     pub metrics: Arc<Metrics>,
     pub request_timeout: Duration,
-    pub rollups: Arc<store::Rollups>,
+    pub rollups: Arc<infra::rollups::Readable>,
     /// The price table of `pricing=current` answers (PRICING_FILE over the built-in prices).
     pub pricing: Arc<PricingTable>,
     /// URL prefixes alert webhooks may go to (`ALERT_WEBHOOK_ALLOWED`).

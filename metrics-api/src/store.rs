@@ -1,7 +1,5 @@
 //! Reading windows from Postgres.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use chrono::{DateTime, Utc};
 use metrics_core::pricing::Tokens;
 use metrics_core::tiles::Level;
@@ -86,12 +84,11 @@ pub async fn latest(
                     reasoning: count(r.try_get("reasoning_tokens")?),
                 };
                 let priced = table.window_cost(&model, at, tokens, count(r.try_get("completed")?));
-                let i64_of = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
                 (cost_usd, parts, unpriced, unpriced_tokens) = (
                     priced.cost.nanos() as f64 / 1e9,
                     priced.cost.parts,
-                    i64_of(priced.unpriced),
-                    i64_of(priced.unpriced_tokens),
+                    infra::db::i64_of(priced.unpriced),
+                    infra::db::i64_of(priced.unpriced_tokens),
                 );
             }
             Ok(MetricsItem {
@@ -156,28 +153,6 @@ pub async fn windows(
             })
         })
         .collect()
-}
-
-/// Whether the roll-ups may be read: asked of the database until they are complete, then
-/// remembered (they stay complete).
-#[derive(Debug, Default)]
-pub struct Rollups {
-    complete: AtomicBool,
-}
-
-impl Rollups {
-    /// The coarsest rows a query may read: `wanted`, or minute rows while the roll-ups do
-    /// not yet cover every window.
-    pub async fn readable(&self, pool: &PgPool, wanted: Level) -> Result<Level, sqlx::Error> {
-        if !self.complete.load(Ordering::Relaxed) {
-            let complete = infra::rollups::complete(pool).await?;
-            self.complete.store(complete, Ordering::Relaxed);
-            if !complete {
-                return Ok(Level::Minute);
-            }
-        }
-        Ok(wanted)
-    }
 }
 
 pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {

@@ -30,6 +30,8 @@ pub struct Alerts {
     pub topics: Topics,
     pub allowed: Vec<String>,
     pub metrics: Arc<Metrics>,
+    /// Whether roll-ups may be read yet (asked of the database until they are complete).
+    pub rollups: infra::rollups::Readable,
 }
 
 impl std::fmt::Debug for Alerts {
@@ -94,10 +96,11 @@ impl Alerts {
     }
 
     async fn evaluate(&self, written: Written) {
-        let coarsest = match infra::rollups::complete(&self.pool).await {
-            Ok(true) => Level::Day,
-            _ => Level::Minute,
-        };
+        let coarsest = self
+            .rollups
+            .readable(&self.pool, Level::Day)
+            .await
+            .unwrap_or(Level::Minute);
         for (tenant, end) in written {
             match alerts::evaluate_tenant(&self.pool, &tenant, end, coarsest).await {
                 Ok(outcome) => {
@@ -156,11 +159,13 @@ impl Alerts {
     }
 
     /// One webhook attempt: the event as JSON, signed with the tenant's secret.
-    async fn post(&self, client: &reqwest::Client, mut due: Due) -> (Due, Delivery) {
+    async fn post(&self, client: &reqwest::Client, due: Due) -> (Due, Delivery) {
         if !metrics_core::alerts::webhook_allowed(&due.url, &self.allowed) {
             // Allowed when the rule was made, not any more: retrying will not change that.
-            due.attempts = alerts::MAX_ATTEMPTS - 1;
-            return (due, Delivery::Failed("not on ALERT_WEBHOOK_ALLOWED".into()));
+            return (
+                due,
+                Delivery::Refused("not on ALERT_WEBHOOK_ALLOWED".into()),
+            );
         }
         let body = serde_json::to_vec(&due.event).unwrap_or_default();
         let answer = client

@@ -108,6 +108,7 @@ impl Application {
             topics: topics.clone(),
             allowed: settings.webhook_allowed.clone(),
             metrics: Arc::clone(&shared.metrics),
+            rollups: infra::rollups::Readable::default(),
         };
         tokio::spawn(alerts.run(to_evaluate));
         let mut config = settings

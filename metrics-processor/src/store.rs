@@ -9,7 +9,7 @@ use crate::domain::join::Ended;
 use crate::domain::offsets::{Input, Source};
 use crate::domain::window::{Aggregate, WindowKey, WINDOW};
 use crate::driver::{Claimed, Epochs, PositionStore};
-use infra::db::{breakdown_json, StoredAggregate};
+use infra::db::{breakdown_json, i64_of, StoredAggregate};
 use infra::rollups;
 use metrics_core::tiles::Level;
 
@@ -387,10 +387,6 @@ pub const COLUMNS: &str =
     unpriced_tokens, avg_latency_ms, p50_latency_ms, p95_latency_ms, p99_latency_ms, max_latency_ms, avg_ttft_ms,
     avg_prompt_tokens, avg_completion_tokens, estimated_cost_usd, created_at, updated_at,
     revision";
-
-fn i64_of(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
 
 /// Adds a partial window to its stored row under a row lock, so concurrent writers of the
 /// same window (other partitions, other instances) add up instead of overwriting.

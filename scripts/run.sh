@@ -50,6 +50,19 @@ for url in "http://127.0.0.1:$INGESTION_PORT/ready" "http://127.0.0.1:$PROCESSOR
   done
 done
 
+# Demo objectives and an alert rule for acme, shown above the dashboard's totals (once per
+# database). Its webhook signing secret comes with the first of them, and is printed below.
+api() { curl -fsS -X "$1" "http://127.0.0.1:$QUERY_PORT$2" -H "Authorization: Bearer $KEY" -H 'content-type: application/json' ${3:+-d "$3"}; }
+secret=""
+if [ "$DEMO_RATE" -gt 0 ] && [[ $(api GET /v1/slos) == *'"slos":[]'* ]]; then
+  for slo in '{"name":"calls succeed","indicator":"availability","target":0.95}' \
+             '{"name":"answers in 5 s","indicator":"latency","target":0.95,"threshold_ms":5000}'; do
+    created=$(api POST /v1/slos "$slo")
+    secret=${secret:-$(grep -o '"webhook_secret":"[0-9a-f]*"' <<<"$created" | cut -d'"' -f4 || true)}
+  done
+  api POST /v1/alerts/rules '{"name":"errors over 2%","metric":"error_rate","op":">","threshold":0.02,"window":"5m","min_requests":50}' >/dev/null
+fi
+
 if [ "$DEMO_RATE" -gt 0 ]; then
   RUST_LOG=warn "$BIN/streamlens-loadgen" demo --url "http://127.0.0.1:$INGESTION_PORT" \
     --keys "acme=${KEYS[acme]},globex=${KEYS[globex]},initech=${KEYS[initech]}" \
@@ -69,7 +82,8 @@ StreamLens is running, with $demo.
   OpenTelemetry      http://127.0.0.1:$INGESTION_PORT/v1/traces (OTLP/HTTP), 127.0.0.1:$OTLP_GRPC_PORT (OTLP/gRPC)
   metrics processor  http://127.0.0.1:$PROCESSOR_PORT   (/health, /ready, /metrics)
   metrics API        http://127.0.0.1:$QUERY_PORT   (OpenAPI: /openapi.json)
-  API key (tenant acme, shown once): $KEY
+  API key (tenant acme, shown once): $KEY${secret:+
+  webhook secret     $secret   (acme's alert webhooks are signed with it; shown once)}
   Kafka broker       $KAFKA_BROKERS
   Postgres           $POSTGRES_DSN
 
@@ -83,6 +97,7 @@ A few seconds after that minute ends, its window is in Postgres, on llm.metrics 
   curl -s -H 'Authorization: Bearer $KEY' 'http://127.0.0.1:$QUERY_PORT/v1/metrics'
   curl -s -H 'Authorization: Bearer $KEY' 'http://127.0.0.1:$QUERY_PORT/v1/metrics?granularity=5m&group_by=model'
   curl -s -H 'Authorization: Bearer $KEY' 'http://127.0.0.1:$QUERY_PORT/v1/summary'
+  curl -s -H 'Authorization: Bearer $KEY' 'http://127.0.0.1:$QUERY_PORT/v1/slos'
 
 Press Ctrl-C to stop.
 MSG

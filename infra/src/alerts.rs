@@ -10,8 +10,8 @@
 
 use chrono::{DateTime, TimeDelta, Utc};
 use hmac::{Hmac, Mac};
-use metrics_core::aggregate::Aggregate;
 use metrics_core::alerts::{Condition, Metric, Op, Rule, State};
+use metrics_core::slo::Severity;
 use metrics_core::tiles::Level;
 use serde::Serialize;
 use sha2::Sha256;
@@ -19,7 +19,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 use utoipa::ToSchema;
 
-use crate::db::{RowError, StoredAggregate};
+use crate::db::RowError;
 
 /// A rule as stored and as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
@@ -109,26 +109,34 @@ pub async fn create_rule(
     .bind(&rule.webhook_url)
     .fetch_one(&mut *tx)
     .await?;
+    let created = ensure_secret(&mut tx, tenant).await?;
+    tx.commit().await?;
+    Ok((StoredRule::of(&row)?, created))
+}
+
+/// Gives `tenant` its webhook signing secret if it has none yet; returns it when it did.
+pub(crate) async fn ensure_secret(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    tenant: &str,
+) -> Result<Option<String>, sqlx::Error> {
     let mut bytes = [0u8; 32];
     getrandom::getrandom(&mut bytes).expect("the operating system's random source works");
     let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let created: Option<String> = sqlx::query_scalar(
+    sqlx::query_scalar(
         "INSERT INTO alert_secrets (tenant_id, secret) VALUES ($1, $2)
          ON CONFLICT (tenant_id) DO NOTHING RETURNING secret",
     )
     .bind(tenant)
     .bind(&secret)
-    .fetch_optional(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok((StoredRule::of(&row)?, created))
+    .fetch_optional(&mut **tx)
+    .await
 }
 
-/// The tenant's rules, oldest first.
+/// The tenant's rules, oldest first (not the burn-rate alerts of its objectives).
 pub async fn rules(pool: &PgPool, tenant: &str) -> Result<Vec<StoredRule>, sqlx::Error> {
     sqlx::query(&format!(
         "SELECT {RULE_COLUMNS} FROM alert_rules
-         WHERE tenant_id = $1 AND deleted_at IS NULL ORDER BY id"
+         WHERE tenant_id = $1 AND deleted_at IS NULL AND slo_id IS NULL ORDER BY id"
     ))
     .bind(tenant)
     .fetch_all(pool)
@@ -138,11 +146,12 @@ pub async fn rules(pool: &PgPool, tenant: &str) -> Result<Vec<StoredRule>, sqlx:
     .collect()
 }
 
-/// Stops evaluating a rule of the tenant; false when it has no such rule.
+/// Stops evaluating a rule of the tenant; false when it has no such rule (an objective's
+/// alerts go with the objective).
 pub async fn delete_rule(pool: &PgPool, tenant: &str, id: i64) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE alert_rules SET deleted_at = now()
-         WHERE id = $1 AND tenant_id = $2 AND deleted_at IS NULL",
+         WHERE id = $1 AND tenant_id = $2 AND deleted_at IS NULL AND slo_id IS NULL",
     )
     .bind(id)
     .bind(tenant)
@@ -157,9 +166,10 @@ pub struct AlertEvent {
     pub id: i64,
     pub tenant_id: String,
     pub rule_id: i64,
-    /// The rule's name.
+    /// The rule's name; for an objective's alert, the objective's name and the severity.
     pub rule: String,
-    pub metric: Metric,
+    /// The rule's metric, or `burn_rate` for an objective's alert.
+    pub metric: String,
     pub op: String,
     /// `firing` or `resolved`.
     pub state: String,
@@ -169,21 +179,28 @@ pub struct AlertEvent {
     pub window_end: DateTime<Utc>,
     pub route: Option<String>,
     pub model: Option<String>,
+    /// The objective whose burn-rate alert this is (`value` and `threshold` are burn rates).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slo_id: Option<i64>,
+    /// `page` or `ticket`, for an objective's alert.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub severity: Option<Severity>,
     pub created_at: DateTime<Utc>,
 }
 
 const EVENT_COLUMNS: &str = "e.id, e.tenant_id, e.rule_id, r.name, r.metric, r.op, e.state, \
-    e.value, e.threshold, e.window_start, e.window_end, r.route, r.model, e.created_at";
+    e.value, e.threshold, e.window_start, e.window_end, r.route, r.model, r.slo_id, r.severity, \
+    e.created_at";
 
 impl AlertEvent {
     fn of(row: &PgRow) -> Result<Self, sqlx::Error> {
-        let metric: String = row.try_get("metric")?;
+        let severity: Option<String> = row.try_get("severity")?;
         Ok(Self {
             id: row.try_get("id")?,
             tenant_id: row.try_get("tenant_id")?,
             rule_id: row.try_get("rule_id")?,
             rule: row.try_get("name")?,
-            metric: Metric::parse(&metric).unwrap_or(Metric::Requests),
+            metric: row.try_get("metric")?,
             op: row.try_get("op")?,
             state: row.try_get("state")?,
             value: row.try_get("value")?,
@@ -192,6 +209,8 @@ impl AlertEvent {
             window_end: row.try_get("window_end")?,
             route: row.try_get("route")?,
             model: row.try_get("model")?,
+            slo_id: row.try_get("slo_id")?,
+            severity: severity.as_deref().and_then(Severity::parse),
             created_at: row.try_get("created_at")?,
         })
     }
@@ -269,36 +288,48 @@ async fn evaluate_rule(
 ) -> Result<bool, RowError> {
     let mut tx = pool.begin().await?;
     let row = sqlx::query(&format!(
-        "SELECT {RULE_COLUMNS} FROM alert_rules WHERE id = $1 AND deleted_at IS NULL FOR UPDATE"
+        "SELECT {RULE_COLUMNS}, slo_id, severity FROM alert_rules
+         WHERE id = $1 AND deleted_at IS NULL FOR UPDATE"
     ))
     .bind(id)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some(rule) = row.as_ref().map(StoredRule::of).transpose()? else {
+    let Some(row) = row else {
         return Ok(false);
     };
     // A lagging instance's older window never moves a rule back in time; the same end again
     // is a late correction of the window, and counts.
-    if rule.evaluated_end.is_some_and(|done| done > end) {
+    let evaluated_end: Option<DateTime<Utc>> = row.try_get("evaluated_end")?;
+    if evaluated_end.is_some_and(|done| done > end) {
         return Ok(false);
     }
-    let start = end - TimeDelta::minutes(i64::from(rule.window_minutes));
+    let tenant: String = row.try_get("tenant_id")?;
+    let before = State::parse(&row.try_get::<String, _>("state")?).unwrap_or(State::Ok);
+    let window_minutes: i32 = row.try_get("window_minutes")?;
+    let start = end - TimeDelta::minutes(i64::from(window_minutes));
     // Read after the lock: every commit that finished before it is in.
-    let rows = crate::rollups::range_rows(
-        &mut *tx,
-        &rule.tenant_id,
-        rule.route.as_deref(),
-        rule.model.as_deref(),
-        start,
-        end,
-        coarsest,
-    )
-    .await?;
-    let mut window = Aggregate::default();
-    for row in &rows {
-        window.merge_row(row)?;
-    }
-    let verdict = rule.condition().evaluate(&window, rule.state);
+    let slo: Option<i64> = row.try_get("slo_id")?;
+    let verdict = match slo {
+        None => {
+            let rule = StoredRule::of(&row)?;
+            let window = crate::rollups::merged(
+                &mut *tx,
+                &tenant,
+                rule.route.as_deref(),
+                rule.model.as_deref(),
+                start,
+                end,
+                coarsest,
+            )
+            .await?;
+            rule.condition().evaluate(&window, before)
+        }
+        Some(slo) => {
+            let severity: String = row.try_get("severity")?;
+            let severity = Severity::parse(&severity).unwrap_or(Severity::Page);
+            crate::slos::evaluate_alert(&mut tx, slo, severity, end, coarsest, before).await?
+        }
+    };
     sqlx::query(
         "UPDATE alert_rules SET state = $2, value = coalesce($3, value), evaluated_end = $4
          WHERE id = $1",
@@ -310,22 +341,24 @@ async fn evaluate_rule(
     .execute(&mut *tx)
     .await?;
     if let (Some(to), Some(value)) = (verdict.transition, verdict.value) {
+        let threshold: f64 = row.try_get("threshold")?;
+        let webhook: Option<String> = row.try_get("webhook_url")?;
         sqlx::query(
             "INSERT INTO alert_events (tenant_id, rule_id, state, value, threshold, window_start,
                  window_end, next_attempt_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, CASE WHEN $8 THEN now() END)",
         )
-        .bind(&rule.tenant_id)
+        .bind(&tenant)
         .bind(id)
         .bind(match to {
             State::Firing => "firing",
             State::Ok => "resolved",
         })
         .bind(value)
-        .bind(rule.threshold)
+        .bind(threshold)
         .bind(start)
         .bind(end)
-        .bind(rule.webhook_url.is_some())
+        .bind(webhook.is_some())
         .execute(&mut *tx)
         .await?;
     }

@@ -4,6 +4,7 @@
 //! - [`kafka`]: client configuration (TLS, SASL), producer guarantees, topic names and
 //!   creation, the Java-compatible partitioner.
 //! - [`alerts`]: alert rules, their evaluation on written windows, transitions and delivery.
+//! - [`slos`]: service level objectives, their budgets, burn rates and burn-rate alerts.
 //! - [`db`]: the Postgres pool, the embedded migrations, window rows read back.
 //! - [`rollups`]: five-minute, hourly and daily roll-ups of the minute windows, kept, rebuilt, complete.
 //! - [`reprice`]: stored windows and their roll-ups costed anew under the current prices.
@@ -22,3 +23,4 @@ pub mod openapi;
 pub mod reprice;
 pub mod rollups;
 pub mod shutdown;
+pub mod slos;

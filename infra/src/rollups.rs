@@ -341,6 +341,24 @@ pub async fn range_rows<'c>(
     query.fetch_all(conn).await
 }
 
+/// The calls of `[from, to)` (one route, one model, or all) merged into one aggregate, from
+/// the coarsest rows that tile the range.
+pub async fn merged<'c>(
+    conn: impl PgExecutor<'c>,
+    tenant: &str,
+    route: Option<&str>,
+    model: Option<&str>,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    coarsest: Level,
+) -> Result<Aggregate, RowError> {
+    let mut merged = Aggregate::default();
+    for row in &range_rows(conn, tenant, route, model, from, to, coarsest).await? {
+        merged.merge_row(row)?;
+    }
+    Ok(merged)
+}
+
 /// Whether every roll-up covers all its minute rows (false until the roll-ups of windows
 /// written before they existed have been rebuilt).
 pub async fn complete<'c>(conn: impl PgExecutor<'c>) -> Result<bool, sqlx::Error> {

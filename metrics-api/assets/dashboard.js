@@ -29,6 +29,7 @@ function compact(v) {
   return Number.isInteger(v) ? String(v) : v.toFixed(1);
 }
 function percent(v) { return (v * 100).toFixed(v < 0.1 ? 1 : 0) + "%"; }
+function share(v) { return +(v * 100).toFixed(3) + "%"; }
 function millis(v) { return v >= 1000 ? (v / 1000).toFixed(1) + " s" : Math.round(v) + " ms"; }
 function dollars(v) { return "$" + (v >= 100 ? v.toFixed(0) : v >= 0.1 || v === 0 ? v.toFixed(2) : v.toFixed(4)); }
 
@@ -101,11 +102,14 @@ async function refresh() {
     return p;
   };
   try {
-    const [series, totals, summary] = await Promise.all([
+    const [series, totals, summary, rules, slos] = await Promise.all([
       get("/v1/metrics", query($("group").value)),
       get("/v1/metrics", query("tenant")),
       get("/v1/summary", range()),
+      get("/v1/alerts/rules", new URLSearchParams()),
+      get("/v1/slos", new URLSearchParams()),
     ]);
+    drawAlerts(rules.rules, slos.slos);
     drawTotals(summary);
     drawDetails(summary);
     drawCharts(series.metrics, totals.metrics, step, from, to);
@@ -114,6 +118,40 @@ async function refresh() {
   } catch (e) {
     status("Could not load metrics: " + e.message, true);
   }
+}
+
+// Above the tiles: the rules firing now, and each objective's budget and burn.
+function drawAlerts(rules, slos) {
+  const lines = [];
+  for (const r of rules.filter((r) => r.state === "firing")) {
+    const value = r.metric.endsWith("_rate") ? percent(r.value) : r.metric.endsWith("_ms") ? millis(r.value)
+      : r.metric === "cost_usd" ? dollars(r.value) : compact(r.value);
+    const scope = [r.route, r.model].filter(Boolean).join(" · ");
+    lines.push(["alert", r.id, "bad", `Firing: ${r.name}`,
+      ` — ${r.metric} ${value} ${r.op} ${r.threshold} over ${r.window_minutes} min${scope ? " (" + scope + ")" : ""}`]);
+  }
+  for (const s of slos) {
+    const burn = Object.fromEntries(s.burn_rates.map((b) => [b.window, b.burn_rate]));
+    const firing = s.alerts.filter((a) => a.state === "firing").map((a) => a.severity);
+    const what = s.slo.indicator === "latency" ? `${share(s.slo.target)} under ${millis(s.slo.threshold_ms)}`
+      : `${share(s.slo.target)} succeed`;
+    lines.push(["slo", s.slo.id, firing.length ? "bad" : s.budget_left < 0.25 ? "warn" : "",
+      `${s.slo.name} (${what}): `,
+      `${percent(Math.max(s.budget_left, 0))} of the 30-day budget left` +
+      (s.budget_left < 0 ? ` (overspent ${(-s.budget_left * 100).toFixed(0)}%)` : "") +
+      ` · burn ${burn["1h"].toFixed(1)}× over 1 h, ${burn["5m"].toFixed(1)}× over 5 min` +
+      (firing.length ? ` · firing: ${firing.join(", ")}` : "")]);
+  }
+  $("alerts").replaceChildren(...lines.map(([kind, id, level, name, text]) => {
+    const p = document.createElement("p");
+    p.dataset[kind] = String(id);
+    if (level) p.className = level;
+    const label = document.createElement("span");
+    label.className = "name";
+    label.textContent = name;
+    p.append(label, text);
+    return p;
+  }));
 }
 
 function drawTotals(summary) {

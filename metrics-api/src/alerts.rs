@@ -19,7 +19,7 @@ use crate::error::ApiError;
 use crate::routes::{tenant, AppState, QueryErrors};
 
 /// The tenant a rule request acts for: the key's, or `tenant_id` without keys.
-async fn caller(
+pub(crate) async fn caller(
     state: &AppState,
     headers: &HeaderMap,
     params: &HashMap<String, String>,
@@ -34,6 +34,13 @@ async fn caller(
     tenant(state, headers, asked).await
 }
 
+/// An id from the path, read here rather than by the extractor so that a bad one gets the
+/// JSON error every 400 has.
+pub(crate) fn path_id(id: &str, why: &str) -> Result<i64, ApiError> {
+    id.parse()
+        .map_err(|_| ApiError::BadParameters(vec![FieldError::new("id", why)]))
+}
+
 /// A rule just created; `webhook_secret` only with the tenant's first rule.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Created {
@@ -45,7 +52,7 @@ pub struct Created {
 }
 
 /// Reads a JSON body into `T`, naming the field serde could not read where it says which.
-fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| {
         let text = e.to_string();
         let field = ["missing field `", "unknown field `"]
@@ -119,13 +126,7 @@ pub async fn delete(
     Path(id): Path<String>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    // Read here, not by the extractor, so a bad id gets the JSON error every 400 has.
-    let id: i64 = id.parse().map_err(|_| {
-        ApiError::BadParameters(vec![FieldError::new(
-            "id",
-            "must be a rule's id, a whole number",
-        )])
-    })?;
+    let id = path_id(&id, "must be a rule's id, a whole number")?;
     let tenant = caller(&state, &headers, &params).await?;
     if state.checked(infra::alerts::delete_rule(&state.pool, &tenant, id).await)? {
         Ok(StatusCode::NO_CONTENT.into_response())

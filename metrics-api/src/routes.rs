@@ -28,6 +28,7 @@ use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::query::{self, Pricing, QueryLimits};
 use crate::rollup;
+use crate::slos;
 use crate::store;
 
 #[derive(Debug, Clone)]
@@ -88,6 +89,8 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(alerts::create, alerts::list))
         .routes(routes!(alerts::delete))
         .routes(routes!(alerts::events))
+        .routes(routes!(slos::create, slos::list))
+        .routes(routes!(slos::get, slos::delete))
         .routes(routes!(live))
         .routes(routes!(ready))
         .routes(routes!(prometheus))

@@ -277,8 +277,7 @@ impl RuleSpec {
             }
         }
         if let Some(url) = &self.webhook_url {
-            let web = url.starts_with("https://") || url.starts_with("http://");
-            if !web || !callable(url) {
+            if !callable(url) {
                 fail("webhook_url", "must be an http:// or https:// URL");
             } else if !allowed(url) {
                 fail(
@@ -307,10 +306,10 @@ impl RuleSpec {
 }
 
 /// Just enough URL syntax to refuse what no HTTP client could call, or could call somewhere
-/// else than it seems: a host after the scheme, no user part (`http://a.example@b.example/`
-/// goes to b), no spaces or control characters.
-fn callable(url: &str) -> bool {
-    let Some((_, rest)) = url.split_once("://") else {
+/// else than it seems: http or https, a host after the scheme, no user part
+/// (`http://a.example@b.example/` goes to b), no spaces or control characters.
+pub(crate) fn callable(url: &str) -> bool {
+    let Some(("http" | "https", rest)) = url.split_once("://") else {
         return false;
     };
     let host = rest.split(['/', '?', '#']).next().unwrap_or("");

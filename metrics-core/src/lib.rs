@@ -4,6 +4,7 @@
 //! - [`ids`]: the names an event carries (request id, tenant, route, model), valid by type.
 //! - [`validation`]: turning untrusted JSON into events, naming every field that is wrong.
 //! - [`alerts`]: alert rules, checked, and their evaluation with hysteresis.
+//! - [`slo`]: service level objectives, error budgets and burn-rate alerts.
 //! - [`aggregate`]: the mergeable sums and histograms behind a window row.
 //! - [`histogram`]: the one HdrHistogram configuration, so histograms merge exactly.
 //! - [`pricing`]: the per-model price table and exact integer cost.
@@ -19,5 +20,6 @@ pub mod histogram;
 pub mod ids;
 pub mod pricing;
 pub mod settings;
+pub mod slo;
 pub mod tiles;
 pub mod validation;

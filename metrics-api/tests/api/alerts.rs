@@ -15,17 +15,17 @@ use crate::helpers::*;
 
 /// A webhook call as the receiver got it: its path, signature header, body, arrival.
 #[derive(Debug, Clone)]
-struct Hook {
-    path: String,
-    signature: String,
-    body: Vec<u8>,
-    at: DateTime<Utc>,
+pub(crate) struct Hook {
+    pub path: String,
+    pub signature: String,
+    pub body: Vec<u8>,
+    pub at: DateTime<Utc>,
 }
 
-type Hooks = Arc<Mutex<Vec<Hook>>>;
+pub(crate) type Hooks = Arc<Mutex<Vec<Hook>>>;
 
 /// An HTTP server on loopback that keeps every POST; its base URL.
-async fn receiver(hooks: Hooks) -> String {
+pub(crate) async fn receiver(hooks: Hooks) -> String {
     async fn keep(
         State(hooks): State<Hooks>,
         Path(path): Path<String>,
@@ -54,7 +54,12 @@ async fn receiver(hooks: Hooks) -> String {
     base
 }
 
-async fn post(client: &reqwest::Client, url: String, key: &str, body: Value) -> (u16, Value) {
+pub(crate) async fn post(
+    client: &reqwest::Client,
+    url: String,
+    key: &str,
+    body: Value,
+) -> (u16, Value) {
     let answer = client
         .post(url)
         .bearer_auth(key)
@@ -68,7 +73,7 @@ async fn post(client: &reqwest::Client, url: String, key: &str, body: Value) -> 
 
 /// `n` calls of the key's tenant stamped now, failed or not, through the ingestion API; the
 /// time they are stamped.
-async fn calls(
+pub(crate) async fn calls(
     client: &reqwest::Client,
     (ingest, key, tenant): (&str, &str, &str),
     tag: &str,
@@ -94,16 +99,16 @@ async fn calls(
 }
 
 /// A world of the test's own, an API key of its tenant, and a webhook receiver.
-struct Setup {
-    world: World,
-    tenant: String,
-    key: String,
-    hooks: Hooks,
-    hook_base: String,
+pub(crate) struct Setup {
+    pub world: World,
+    pub tenant: String,
+    pub key: String,
+    pub hooks: Hooks,
+    pub hook_base: String,
 }
 
 impl Setup {
-    async fn new() -> Self {
+    pub async fn new() -> Self {
         let world = World::new().await;
         world.ensure_topics().await;
         let tenant = world.tenant.clone();
@@ -122,7 +127,7 @@ impl Setup {
     }
 }
 
-async fn wait_for(hooks: &Hooks, count: usize, limit: Duration) -> Vec<Hook> {
+pub(crate) async fn wait_for(hooks: &Hooks, count: usize, limit: Duration) -> Vec<Hook> {
     let deadline = Instant::now() + limit;
     loop {
         let got = hooks.lock().unwrap().clone();

@@ -5,3 +5,4 @@ mod dashboard;
 mod helpers;
 mod isolation;
 mod queries;
+mod slos;

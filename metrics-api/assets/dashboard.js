@@ -124,11 +124,11 @@ async function refresh() {
 function drawAlerts(rules, slos) {
   const lines = [];
   for (const r of rules.filter((r) => r.state === "firing")) {
-    const value = r.metric.endsWith("_rate") ? percent(r.value) : r.metric.endsWith("_ms") ? millis(r.value)
-      : r.metric === "cost_usd" ? dollars(r.value) : compact(r.value);
+    const format = (v) => r.metric.endsWith("_rate") ? percent(v) : r.metric.endsWith("_ms") ? millis(v)
+      : r.metric === "cost_usd" ? dollars(v) : compact(v);
     const scope = [r.route, r.model].filter(Boolean).join(" · ");
     lines.push(["alert", r.id, "bad", `Firing: ${r.name}`,
-      ` — ${r.metric} ${value} ${r.op} ${r.threshold} over ${r.window_minutes} min${scope ? " (" + scope + ")" : ""}`]);
+      ` — ${r.metric} ${format(r.value)} ${r.op} ${format(r.threshold)} over ${r.window_minutes} min${scope ? " (" + scope + ")" : ""}`]);
   }
   for (const s of slos) {
     const burn = Object.fromEntries(s.burn_rates.map((b) => [b.window, b.burn_rate]));

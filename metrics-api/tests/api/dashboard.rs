@@ -212,6 +212,21 @@ async fn make_run_serves_a_dashboard_that_draws_the_demo_traffic_and_stops_on_ct
     };
     let (_, summary) = api.get("/v1/summary", Some(key)).await;
     assert_eq!(summary["tenant_id"], "acme");
+    // The demo's rule fires on the demo's 3% of failures; its two objectives are there.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, rules) = api.get("/v1/alerts/rules", Some(key)).await;
+        if rules["rules"][0]["state"] == "firing" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the demo rule never fired: {rules}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (_, slos) = api.get("/v1/slos", Some(key)).await;
+    assert_eq!(slos["slos"].as_array().map(Vec::len), Some(2), "{slos}");
 
     let dom = browse(&url, "--dump-dom");
     assert!(
@@ -219,6 +234,13 @@ async fn make_run_serves_a_dashboard_that_draws_the_demo_traffic_and_stops_on_ct
         "the status line names the tenant: {dom}"
     );
     assert!(!dom.contains("Could not load"), "{dom}");
+    // Above the tiles, the firing rule and each objective's budget.
+    assert!(
+        dom.contains("Firing: errors over 2%"),
+        "the firing rule is shown: {dom}"
+    );
+    assert_eq!(dom.matches("data-slo=").count(), 2, "{dom}");
+    assert!(dom.contains("of the 30-day budget left"), "{dom}");
     // Below the tiles, what the totals are made of: the demo names its providers.
     let detail = |id: &str| {
         let at = dom

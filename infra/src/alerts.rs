@@ -1,14 +1,14 @@
 //! Alert rules, their evaluation against the stored windows, and the transitions they make.
 //!
-//! A rule is evaluated when windows of its tenant are written: over the merged minutes of its
-//! window ending at the newest one written, in a transaction that locks the rule's row, so
+//! A rule is evaluated over the merged minutes of its window ending at the newest minute closed
+//! on every input partition ([`closed_until`]), in a transaction that locks the rule's row, so
 //! instances evaluating the same rule at once take turns, and a transition is recorded once,
 //! as an `alert_events` row written with the state it leads to. Delivery reads those rows
 //! afterwards, so a crash between the two loses nothing. `llm.alerts` and the webhook get each
 //! transition at least once, with its `id` to tell a repeat apart (a crash after the broker
 //! or the receiver took it and before it was marked).
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use hmac::{Hmac, Mac};
 use metrics_core::alerts::{Condition, Metric, Op, Rule, State};
 use metrics_core::slo::Severity;
@@ -255,8 +255,46 @@ pub struct Evaluated {
     pub transitions: usize,
 }
 
+/// How long a partition no instance has written positions for keeps holding
+/// [`closed_until`] back: longer than any rebalance, so only a partition that stopped
+/// existing (or a group left without instances) is passed over.
+pub const STALE_PARTITION: TimeDelta = TimeDelta::minutes(10);
+
+/// The end of the newest minute that every input partition of the consumer `group` has
+/// closed: the lowest watermark its instances last wrote with their positions, less the
+/// window `grace`, down to the minute. A minute before it is whole in Postgres (late calls
+/// aside, which merge into it later); one after it may still lack a partition's part. `None`
+/// while a partition has no watermark yet.
+pub async fn closed_until(
+    pool: &PgPool,
+    group: &str,
+    grace: TimeDelta,
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    // A partition without a watermark (claimed, not yet written) holds everything back.
+    let lowest: Option<DateTime<Utc>> = sqlx::query_scalar(
+        "SELECT CASE WHEN bool_and(watermark IS NOT NULL) THEN min(watermark) END
+         FROM processor_positions
+         WHERE consumer_group = $1 AND updated_at > now() - make_interval(secs => $2)",
+    )
+    .bind(group)
+    .bind(STALE_PARTITION.num_seconds() as f64)
+    .fetch_one(pool)
+    .await?;
+    Ok(lowest.and_then(|w| (w - grace).duration_trunc(TimeDelta::minutes(1)).ok()))
+}
+
+/// The tenants with rules (or objectives) to evaluate.
+pub async fn tenants_with_rules(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT DISTINCT tenant_id FROM alert_rules WHERE deleted_at IS NULL ORDER BY tenant_id",
+    )
+    .fetch_all(pool)
+    .await
+}
+
 /// Evaluates every rule of `tenant` over its window ending at `end` (the end of the newest
-/// window written), reading roll-ups no coarser than `coarsest`.
+/// minute closed on every partition, see [`closed_until`]), reading roll-ups no coarser than
+/// `coarsest`.
 pub async fn evaluate_tenant(
     pool: &PgPool,
     tenant: &str,

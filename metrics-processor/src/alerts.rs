@@ -1,13 +1,17 @@
-//! Alert rules evaluated on the stream: after each commit, the rules of every tenant it wrote
-//! windows for are evaluated over their windows ending at the newest one written (see
-//! `infra::alerts`); transitions go to `llm.alerts` and to the rules' webhooks, signed, retried
-//! with backoff and dead-lettered to `llm.dlq` after repeated failure.
+//! Alert rules evaluated on the stream: each rule over its window ending at the newest minute
+//! closed on every input partition of the group (`infra::alerts::closed_until`), so a rule
+//! never judges a minute one partition has written and another not yet. When that minute
+//! advances, every rule is evaluated (a silent tenant's `requests <` rule included); after a
+//! commit that wrote windows of a tenant, that tenant's rules again at the same minute (a late
+//! call may have corrected one they watch). Transitions go to `llm.alerts` and to the rules'
+//! webhooks, signed, retried with backoff and dead-lettered to `llm.dlq` after repeated
+//! failure.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use infra::alerts::{self, Delivery, Due};
 use infra::kafka::Topics;
 use metrics_core::tiles::Level;
@@ -21,11 +25,15 @@ use crate::metrics::{Metrics, OutcomeLabels};
 /// Webhook deliveries attempted between two evaluations.
 const DELIVERIES_PER_ROUND: usize = 10;
 
-/// Tenants written to by a commit, each with the end of its newest window written.
-pub type Written = BTreeMap<Arc<str>, DateTime<Utc>>;
+/// The tenants a commit wrote windows for.
+pub type Written = BTreeSet<Arc<str>>;
 
 pub struct Alerts {
     pub pool: PgPool,
+    /// The consumer group whose watermarks say which minutes are closed.
+    pub group: String,
+    /// The window grace: a minute is closed once the watermark is this far past its end.
+    pub grace: TimeDelta,
     pub producer: FutureProducer,
     pub topics: Topics,
     pub allowed: Vec<String>,
@@ -44,7 +52,7 @@ impl std::fmt::Debug for Alerts {
 }
 
 impl Alerts {
-    /// Evaluates on every commit's tenants and delivers transitions, until `written` closes.
+    /// Evaluates after every commit and delivers transitions, until `written` closes.
     pub async fn run(self, mut written: UnboundedReceiver<Written>) {
         let client = match reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
@@ -57,25 +65,19 @@ impl Alerts {
                 return;
             }
         };
-        // A crash between a commit and its evaluation: every rule is evaluated once at start,
-        // at its tenant's newest window.
-        match self.newest_windows().await {
-            Ok(pending) => self.evaluate(pending).await,
-            Err(e) => tracing::warn!(error = %e, "cannot read the tenants with alert rules"),
-        }
+        // The newest closed minute every rule was evaluated at; none yet, so the first commit
+        // evaluates every rule (a crash between a commit and its evaluation loses nothing).
+        let mut evaluated: Option<DateTime<Utc>> = None;
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             tokio::select! {
                 batch = written.recv() => {
-                    let Some(mut pending) = batch else { return };
-                    // Commits that came meanwhile: one evaluation per tenant, at its newest.
+                    let Some(mut tenants) = batch else { return };
+                    // Commits that came meanwhile: one evaluation for them all.
                     while let Ok(more) = written.try_recv() {
-                        for (tenant, end) in more {
-                            let newest = pending.entry(tenant).or_insert(end);
-                            *newest = (*newest).max(end);
-                        }
+                        tenants.extend(more);
                     }
-                    self.evaluate(pending).await;
+                    self.evaluate(&mut evaluated, tenants).await;
                     self.deliver(&client).await;
                 }
                 _ = tick.tick() => self.deliver(&client).await,
@@ -83,34 +85,52 @@ impl Alerts {
         }
     }
 
-    async fn newest_windows(&self) -> Result<Written, sqlx::Error> {
-        let rows: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
-            "SELECT m.tenant_id, max(m.window_end) FROM llm_metrics m
-             WHERE m.tenant_id IN (SELECT tenant_id FROM alert_rules WHERE deleted_at IS NULL)
-               AND m.window_start > now() - interval '1 day'
-             GROUP BY m.tenant_id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(|(t, end)| (t.into(), end)).collect())
-    }
-
-    async fn evaluate(&self, written: Written) {
+    /// Evaluates at the newest minute closed on every partition: every rule when that minute
+    /// is new, else the rules of the tenants just written.
+    async fn evaluate(&self, evaluated: &mut Option<DateTime<Utc>>, written: Written) {
+        let closed = match alerts::closed_until(&self.pool, &self.group, self.grace).await {
+            Ok(Some(closed)) => closed,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the group's watermarks; alert rules wait");
+                return;
+            }
+        };
+        let every = evaluated.is_none_or(|done| closed > done);
+        let tenants: Vec<String> = if every {
+            match alerts::tenants_with_rules(&self.pool).await {
+                Ok(tenants) => tenants,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the tenants with alert rules");
+                    return;
+                }
+            }
+        } else {
+            written.iter().map(|t| t.to_string()).collect()
+        };
         let coarsest = self
             .rollups
             .readable(&self.pool, Level::Day)
             .await
             .unwrap_or(Level::Minute);
-        for (tenant, end) in written {
-            match alerts::evaluate_tenant(&self.pool, &tenant, end, coarsest).await {
+        let mut complete = true;
+        for tenant in tenants {
+            match alerts::evaluate_tenant(&self.pool, &tenant, closed, coarsest).await {
                 Ok(outcome) => {
                     self.metrics.alert_evaluations.inc_by(outcome.rules as u64);
                     self.metrics
                         .alert_transitions
                         .inc_by(outcome.transitions as u64);
                 }
-                Err(e) => tracing::warn!(error = %e, %tenant, "alert rules not evaluated"),
+                Err(e) => {
+                    complete = false;
+                    tracing::warn!(error = %e, %tenant, "alert rules not evaluated");
+                }
             }
+        }
+        // A failure: every rule again at the next commit.
+        if every && complete {
+            *evaluated = Some(closed);
         }
     }
 

@@ -23,7 +23,7 @@
 //!   kept flush written under the new claim would slip past the fencing and count again what
 //!   that instance wrote.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -90,8 +90,8 @@ pub enum CommitError {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Written {
     pub windows: usize,
-    /// Each tenant written to, with the end of its newest window written.
-    pub tenants: BTreeMap<Arc<str>, DateTime<Utc>>,
+    /// Each tenant written to.
+    pub tenants: BTreeSet<Arc<str>>,
     /// Partitions dropped because another instance had claimed them.
     pub fenced: Vec<i32>,
 }
@@ -288,10 +288,7 @@ impl<S: PositionStore> Driver<S> {
         while let Some((id, flush)) = self.pending.as_mut() {
             match self.store.commit(flush, &self.epochs, id) {
                 Ok(windows) => {
-                    for (tenant, end) in flush.tenants() {
-                        let newest = written.tenants.entry(tenant).or_insert(end);
-                        *newest = (*newest).max(end);
-                    }
+                    written.tenants.extend(flush.tenants());
                     self.engine.committed(flush);
                     self.pending = None;
                     written.windows += windows;

@@ -377,11 +377,11 @@ impl Shared {
                     .observe(started.elapsed().as_secs_f64());
                 self.metrics.windows_written.inc_by(written.windows as u64);
                 if let Some(alerts) = lock(&self.alerts).as_ref() {
-                    if !written.tenants.is_empty() {
-                        // Evaluation runs on its own task; a closed channel (shutting down)
-                        // loses nothing that the next start does not evaluate again.
-                        let _ = alerts.send(written.tenants);
-                    }
+                    // Every commit, written or not: it may have moved the watermark that
+                    // closes minutes for alert rules. Evaluation runs on its own task; a closed
+                    // channel (shutting down) loses nothing that the next start does not
+                    // evaluate again.
+                    let _ = alerts.send(written.tenants);
                 }
                 self.healthy.store(true, Ordering::Relaxed);
                 self.publish();

@@ -87,6 +87,7 @@ impl Application {
         {
             anyhow::bail!(watchdog::layout_changed(&topics.requests, was, partitions));
         }
+        let grace = settings.engine.grace;
         let shared = Arc::new(Shared::new(
             Engine::new(settings.engine, pricing),
             store,
@@ -100,6 +101,8 @@ impl Application {
         *pipeline::lock(&shared.alerts) = Some(written);
         let alerts = crate::alerts::Alerts {
             pool: pool_for_alerts,
+            group: settings.group.clone(),
+            grace,
             producer: settings
                 .kafka
                 .producer_config("streamlens-processor-alerts", Duration::from_secs(30))

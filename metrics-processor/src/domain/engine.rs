@@ -30,7 +30,7 @@
 //! partition that is still replaying is not flushed: its stored position and watermark are
 //! what the rules above are measured against, and must stay as they are until it has caught up.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -167,15 +167,13 @@ pub struct Flush {
 }
 
 impl Flush {
-    /// Each tenant with windows in this flush, and the end of its newest one: what alert rules
-    /// are evaluated for once the flush is written.
-    pub fn tenants(&self) -> BTreeMap<Arc<str>, DateTime<Utc>> {
-        let mut out: BTreeMap<Arc<str>, DateTime<Utc>> = BTreeMap::new();
-        for (_, key, _) in &self.closed {
-            let end = out.entry(Arc::clone(&key.tenant)).or_insert(key.end());
-            *end = (*end).max(key.end());
-        }
-        out
+    /// Each tenant with windows in this flush: whose alert rules are evaluated again once the
+    /// flush is written (a late call may have corrected a minute they watch).
+    pub fn tenants(&self) -> BTreeSet<Arc<str>> {
+        self.closed
+            .iter()
+            .map(|(_, key, _)| Arc::clone(&key.tenant))
+            .collect()
     }
 
     /// The window rows to add to the stored ones: every partition's part of a window merged.

@@ -2,14 +2,16 @@
 //! it repeats, publishing under concurrent changes). The behaviour both stores share is in
 //! `contract.rs`.
 
-use chrono::{TimeDelta, Utc};
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use infra::db::StoredAggregate;
 use infra::rollups::{self, BucketKey};
 use metrics_core::aggregate::Aggregate;
+use metrics_core::alerts::State;
+use metrics_core::events::Event;
 use metrics_core::pricing::PricingTable;
 use metrics_core::tiles::Level;
 use metrics_processor::domain::engine::{Engine, EngineConfig, Flush};
-use metrics_processor::domain::offsets::Input;
+use metrics_processor::domain::offsets::{Input, Source};
 use metrics_processor::output::MetricRow;
 use metrics_processor::store::Store;
 use sqlx::Row;
@@ -926,4 +928,141 @@ async fn commits_racing_a_repricing_keep_what_they_add() {
     };
     assert_eq!(requests(&repriced).await.unwrap(), 5 * 900);
     assert_eq!(requests(&scratch).await.unwrap(), 5 * 900);
+}
+
+/// A flush of partition `partition` alone, as the instance owning it makes one: `n` calls of
+/// `tenant` stamped `at`, failed or not, closed by a clock an hour on.
+fn partition_flush(tenant: &str, partition: i32, n: i64, failed: bool, at: DateTime<Utc>) -> Flush {
+    let now = Utc::now();
+    let mut engine = Engine::new(EngineConfig::default(), PricingTable::default());
+    engine.assign(
+        partition,
+        [(Input::Requests, None), (Input::Responses, None)],
+        Vec::new(),
+        now,
+    );
+    let from = |input, offset| Source {
+        partition,
+        ..source(input, offset)
+    };
+    for i in 0..n {
+        let id = format!("p{partition}-{i}");
+        engine.apply(from(Input::Requests, i), request(tenant, &id, at), now);
+        let mut answer = response(tenant, &id, at);
+        if let (true, Event::Response(r)) = (failed, &mut answer) {
+            r.error = Some("upstream 500".into());
+        }
+        engine.apply(from(Input::Responses, i), answer, now);
+    }
+    engine.reached_end(Input::Requests, partition);
+    engine.reached_end(Input::Responses, partition);
+    engine.flush(now + TimeDelta::hours(1)).0
+}
+
+/// Two instances of a group, each owning one partition, write their parts of a tenant's
+/// minute at different commits: four failed calls on one, four good ones on the other. Until
+/// both have written, the group's closed minutes stop before it, so an error-rate rule (above
+/// 50%) is never shown the failed half alone; once both have, it sees 50% and stays quiet.
+/// A partition no instance has written for longer than a rebalance stops holding it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alert_rules_judge_only_minutes_every_partition_has_closed() {
+    let world = World::new().await;
+    let tenant = world.tenant.clone();
+    let group = unique("closed-");
+    let (requests, responses) = (unique("req-"), unique("resp-"));
+    let mut instances = Vec::new();
+    for partition in [0, 1] {
+        let store = Store::new(world.pool.clone(), &group, &requests, &responses);
+        let claimed = store.claim(&[partition]).await.expect("claim");
+        let epochs: HashMap<(Input, i32), i64> = claimed
+            .claims
+            .iter()
+            .map(|c| ((c.input, c.partition), c.epoch))
+            .collect();
+        instances.push((store, epochs));
+    }
+    let spec: metrics_core::alerts::RuleSpec = serde_json::from_value(serde_json::json!({
+        "name": "errors", "metric": "error_rate", "op": ">", "threshold": 0.5,
+        "window": "2h", "min_requests": 2}))
+    .unwrap();
+    let checked = spec.check(|_| true).unwrap();
+    let (rule, _) = infra::alerts::create_rule(&world.pool, &tenant, &checked)
+        .await
+        .unwrap();
+    let grace = TimeDelta::seconds(2);
+    let closed = || infra::alerts::closed_until(&world.pool, &group, grace);
+    let evaluate = |end| infra::alerts::evaluate_tenant(&world.pool, &tenant, end, Level::Minute);
+    let at = Utc::now() - TimeDelta::minutes(10);
+    let minute_end = at.duration_trunc(TimeDelta::minutes(1)).unwrap() + TimeDelta::minutes(1);
+
+    // The failed half is written; the other partition has no watermark yet.
+    let (store, epochs) = &instances[0];
+    store
+        .commit(&partition_flush(&tenant, 0, 4, true, at), epochs, "a-1")
+        .await
+        .expect("commit");
+    assert_eq!(closed().await.unwrap(), None, "partition 1 holds it back");
+    // Judged at the newest minute written, as a rule was before, it would have fired.
+    let early = closed_at_written(&world.pool, &tenant).await.unwrap();
+    assert_eq!(early, minute_end);
+    let seen = infra::rollups::merged(
+        &world.pool,
+        &tenant,
+        None,
+        None,
+        early - TimeDelta::hours(2),
+        early,
+        Level::Minute,
+    )
+    .await
+    .unwrap();
+    let verdict = checked.condition.evaluate(&seen, State::Ok);
+    assert_eq!(verdict.transition, Some(State::Firing));
+
+    // The good half is written: the minute is closed everywhere, and it is 50% errors.
+    let (store, epochs) = &instances[1];
+    store
+        .commit(&partition_flush(&tenant, 1, 4, false, at), epochs, "b-1")
+        .await
+        .expect("commit");
+    let end = closed()
+        .await
+        .unwrap()
+        .expect("both partitions have a watermark");
+    assert!(end >= minute_end, "{end} {minute_end}");
+    let done = evaluate(end).await.unwrap();
+    assert_eq!((done.rules, done.transitions), (1, 0));
+    let (state, value): (String, Option<f64>) =
+        sqlx::query_as("SELECT state, value FROM alert_rules WHERE id = $1")
+            .bind(rule.id)
+            .fetch_one(&world.pool)
+            .await
+            .unwrap();
+    assert_eq!((state.as_str(), value), ("ok", Some(0.5)));
+
+    // Partition 1's instance is gone and nobody took it over for longer than a rebalance.
+    sqlx::query(
+        "UPDATE processor_positions SET watermark = $2, updated_at = now() - interval '11 minutes'
+         WHERE consumer_group = $1 AND partition = 1",
+    )
+    .bind(&group)
+    .bind(at - TimeDelta::hours(1))
+    .execute(&world.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        closed().await.unwrap(),
+        Some(end),
+        "partition 0 alone decides"
+    );
+}
+
+/// The end of the newest window of `tenant` written so far: where alert rules were judged
+/// before they waited for every partition.
+async fn closed_at_written(pool: &sqlx::PgPool, tenant: &str) -> Option<DateTime<Utc>> {
+    sqlx::query_scalar("SELECT max(window_end) FROM llm_metrics WHERE tenant_id = $1")
+        .bind(tenant)
+        .fetch_one(pool)
+        .await
+        .unwrap()
 }

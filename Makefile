@@ -5,7 +5,7 @@ STACK := scripts/stack.sh
 # Variables for services and tests, from the local stack.
 STACK_ENV = eval "$$($(STACK) env)"
 
-.PHONY: run test build-deps stack-up stack-down chromium build lint fmt bench bench-ingest bench-processor bench-replay bench-query bench-reprice migrate chaos soak abuse
+.PHONY: run test build-deps stack-up stack-down chromium build lint fmt bench bench-ingest bench-processor bench-replay bench-query bench-reprice bench-alerts migrate chaos soak abuse
 
 ## run: start Postgres and the broker, build and run the services on them with demo traffic
 run: stack-up
@@ -93,6 +93,11 @@ bench-replay: stack-up
 bench-reprice: stack-up
 	cargo build --release -p loadgen -p admin
 	@$(STACK_ENV); scripts/bench-reprice.sh
+
+## bench-alerts: time from a minute's end to its alert webhook, over ten minutes
+bench-alerts: stack-up
+	@$(STACK_ENV); export TEST_KAFKA_BROKERS=$$KAFKA_BROKERS TEST_DATABASE_URL=$$POSTGRES_DSN; \
+	cargo test -p metrics-api --test api -- --ignored --nocapture time_from_window_end_to_webhook
 
 ## bench-query: the query API on a table of 10M generated windows
 bench-query: stack-up

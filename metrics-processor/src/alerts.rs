@@ -1,9 +1,13 @@
 //! Alert rules evaluated on the stream: each rule over its window ending at the newest minute
 //! closed on every input partition of the group (`infra::alerts::closed_until`), so a rule
 //! never judges a minute one partition has written and another not yet. When that minute
-//! advances, every rule is evaluated (a silent tenant's `requests <` rule included); after a
-//! commit that wrote windows of a tenant, that tenant's rules again at the same minute (a late
-//! call may have corrected one they watch). Transitions go to `llm.alerts` and to the rules'
+//! advances, the rules of every tenant whose home partition (the tenant's name through the
+//! record partitioner) this instance owns are evaluated, a silent tenant's `requests <` rule
+//! included: instances share the tenants as they share the partitions. After a commit that
+//! wrote windows of a tenant, that tenant's rules are evaluated again at the same minute, by
+//! whichever instance wrote them (a late call may have corrected a minute they watch). An
+//! instance's first evaluation covers every tenant, so a crash between a commit and its
+//! evaluation loses nothing. Transitions go to `llm.alerts` and to the rules'
 //! webhooks, signed, retried with backoff and dead-lettered to `llm.dlq` after repeated
 //! failure.
 
@@ -28,12 +32,21 @@ const DELIVERIES_PER_ROUND: usize = 10;
 /// The tenants a commit wrote windows for.
 pub type Written = BTreeSet<Arc<str>>;
 
+/// The partition whose owner sweeps a tenant's rules each minute.
+pub fn home_partition(tenant: &str, partitions: i32) -> i32 {
+    infra::kafka::partition_for(tenant.as_bytes(), partitions)
+}
+
 pub struct Alerts {
     pub pool: PgPool,
     /// The consumer group whose watermarks say which minutes are closed.
     pub group: String,
     /// The window grace: a minute is closed once the watermark is this far past its end.
     pub grace: TimeDelta,
+    /// The input partitions (a tenant's home partition is one of them).
+    pub partitions: i32,
+    /// The input partitions this instance owns now.
+    pub owned: Box<dyn Fn() -> Vec<i32> + Send + Sync>,
     pub producer: FutureProducer,
     pub topics: Topics,
     pub allowed: Vec<String>,
@@ -98,12 +111,20 @@ impl Alerts {
         };
         let every = evaluated.is_none_or(|done| closed > done);
         let tenants: Vec<String> = if every {
-            match alerts::tenants_with_rules(&self.pool).await {
+            let all = match alerts::tenants_with_rules(&self.pool).await {
                 Ok(tenants) => tenants,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read the tenants with alert rules");
                     return;
                 }
+            };
+            if evaluated.is_none() {
+                all
+            } else {
+                let owned = (self.owned)();
+                all.into_iter()
+                    .filter(|t| owned.contains(&home_partition(t, self.partitions)))
+                    .collect()
             }
         } else {
             written.iter().map(|t| t.to_string()).collect()

@@ -103,6 +103,17 @@ impl Application {
             pool: pool_for_alerts,
             group: settings.group.clone(),
             grace,
+            partitions,
+            owned: {
+                // Weak: the alert task must not keep the pipeline alive.
+                let shared = Arc::downgrade(&shared);
+                Box::new(move || {
+                    shared
+                        .upgrade()
+                        .map(|s| s.ownership().owned)
+                        .unwrap_or_default()
+                })
+            },
             producer: settings
                 .kafka
                 .producer_config("streamlens-processor-alerts", Duration::from_secs(30))

@@ -390,3 +390,74 @@ async fn a_processor_killed_around_a_spike_records_one_firing() {
         .collect();
     assert_eq!(ids.len(), 1, "one event delivered (seed {seed})");
 }
+
+/// Not a test but a measurement (`make bench-alerts`): the time from the end of a minute to
+/// its transition's webhook, over `ALERT_BENCH_MINUTES` (10) consecutive minutes, failed and
+/// healthy calls in turn, so every minute makes a transition (firing, resolved, firing …).
+/// Prints every figure, the median and the maximum. The processor runs with its default
+/// grace, commit interval and idle time; the calls are posted early in each minute and nothing
+/// follows them, so the minute closes only once the partitions count as idle: the slow case.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement of several minutes: make bench-alerts"]
+async fn time_from_window_end_to_webhook() {
+    let minutes: usize = std::env::var("ALERT_BENCH_MINUTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let Setup {
+        mut world,
+        tenant,
+        key,
+        hooks,
+        hook_base,
+    } = Setup::new().await;
+    let spec: metrics_core::alerts::RuleSpec = serde_json::from_value(json!({
+        "name": "errors", "metric": "error_rate", "op": ">", "threshold": 0.5, "window": "1m",
+        "min_requests": 5, "webhook_url": format!("{hook_base}/bench")}))
+    .unwrap();
+    infra::alerts::create_rule(&world.pool, &tenant, &spec.check(|_| true).unwrap())
+        .await
+        .unwrap();
+    let ingest = world.start_ingestion().await;
+    // The processor's defaults, not the tests' shorter ones: what a user runs.
+    let (grace, commits, idle) = ("2", "1000", "3");
+    world.processor_env = vec![
+        ("ALERT_WEBHOOK_ALLOWED", "http://127.0.0.1".into()),
+        ("WINDOW_GRACE_SECS", grace.into()),
+        ("COMMIT_INTERVAL_MS", commits.into()),
+        ("PARTITION_IDLE_SECS", idle.into()),
+    ];
+    world.start_processor();
+    let client = reqwest::Client::new();
+    let ingestion = (ingest.as_str(), key.as_str(), tenant.as_str());
+    let mut latencies = Vec::new();
+    for m in 0..minutes {
+        // Calls stamped well inside a minute, so all of them fall in it.
+        let mut now = Utc::now();
+        while now - now.duration_trunc(TimeDelta::minutes(1)).unwrap() > TimeDelta::seconds(50) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            now = Utc::now();
+        }
+        let stamped = calls(&client, ingestion, &format!("m{m}"), 8, m % 2 == 0).await;
+        let end = stamped.duration_trunc(TimeDelta::minutes(1)).unwrap() + TimeDelta::minutes(1);
+        let got = wait_for(&hooks, m + 1, Duration::from_secs(120)).await;
+        let ms = (got[m].at - end).num_milliseconds();
+        eprintln!(
+            "minute {} of {minutes}: webhook {ms} ms after the minute ended",
+            m + 1
+        );
+        latencies.push(ms);
+    }
+    latencies.sort_unstable();
+    let median = latencies[latencies.len() / 2];
+    let max = latencies[latencies.len() - 1];
+    println!(
+        "alert latency over {minutes} minutes: median {median} ms, max {max} ms (all: {latencies:?}); \
+         window grace {grace} s, commits every {commits} ms, partitions idle after {idle} s"
+    );
+    assert_eq!(
+        hooks.lock().unwrap().len(),
+        minutes,
+        "one transition a minute"
+    );
+}

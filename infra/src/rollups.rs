@@ -352,7 +352,7 @@ pub async fn merged<'c>(
     to: DateTime<Utc>,
     coarsest: Level,
 ) -> Result<Aggregate, RowError> {
-    let mut merged = Aggregate::default();
+    let mut merged = Aggregate::lean();
     for row in &range_rows(conn, tenant, route, model, from, to, coarsest).await? {
         merged.merge_row(row)?;
     }

@@ -121,7 +121,7 @@ pub fn roll_up<C: Contribution>(
             route: group_by.route.then_some(w.route),
             model: group_by.model.then_some(w.model),
         };
-        let a = out.entry(bucket).or_default();
+        let a = out.entry(bucket).or_insert_with(Aggregate::lean);
         add(
             &w.aggregate,
             priced.as_deref().unwrap_or_default(),
@@ -328,7 +328,9 @@ pub fn summarize<C: Contribution>(
     let mut pairs: BTreeMap<(String, String), Aggregate> = BTreeMap::new();
     for w in windows {
         let priced = prices.is_some().then(|| w.model.clone());
-        let pair = pairs.entry((w.route, w.model)).or_default();
+        let pair = pairs
+            .entry((w.route, w.model))
+            .or_insert_with(Aggregate::lean);
         add(
             &w.aggregate,
             priced.as_deref().unwrap_or_default(),
@@ -336,13 +338,19 @@ pub fn summarize<C: Contribution>(
             prices,
         )?;
     }
-    let mut totals = Aggregate::default();
+    let mut totals = Aggregate::lean();
     let mut models: BTreeMap<String, Aggregate> = BTreeMap::new();
     let mut routes: BTreeMap<String, Aggregate> = BTreeMap::new();
     for ((route, model), a) in &pairs {
         totals.merge(a);
-        models.entry(model.clone()).or_default().merge(a);
-        routes.entry(route.clone()).or_default().merge(a);
+        models
+            .entry(model.clone())
+            .or_insert_with(Aggregate::lean)
+            .merge(a);
+        routes
+            .entry(route.clone())
+            .or_insert_with(Aggregate::lean)
+            .merge(a);
     }
     Ok(Summary {
         tenant_id: tenant.to_owned(),

@@ -126,6 +126,19 @@ pub struct Aggregate {
 
 impl Default for Aggregate {
     fn default() -> Self {
+        Self::with_histograms(histogram::new(), histogram::new())
+    }
+}
+
+impl Aggregate {
+    /// An empty aggregate whose histograms grow with what is merged in
+    /// ([`histogram::growing`]): for an answer's buckets, whose figures are read and never
+    /// stored. Its percentiles are those of [`Aggregate::default`] given the same merges.
+    pub fn lean() -> Self {
+        Self::with_histograms(histogram::growing(), histogram::growing())
+    }
+
+    fn with_histograms(latency: Latencies, ttft: Latencies) -> Self {
         Self {
             requests: 0,
             errors: 0,
@@ -143,8 +156,8 @@ impl Default for Aggregate {
             cost_parts_nanos: [0; 5],
             unpriced: 0,
             unpriced_tokens: 0,
-            latency: histogram::new(),
-            ttft: histogram::new(),
+            latency,
+            ttft,
             providers: Breakdown::default(),
             error_types: Breakdown::default(),
         }

@@ -19,6 +19,17 @@ pub fn new() -> Latencies {
         .expect("the histogram bounds are valid constants")
 }
 
+/// An empty histogram of the same configuration (values land in the same buckets, so
+/// percentiles are the same) whose counts start small and grow to the largest value added:
+/// for answers that merge many stored histograms into many buckets, where a full-size one
+/// per bucket (16 KiB, zeroed) cost more than the merging. It never goes into storage.
+pub fn growing() -> Latencies {
+    let mut h = Histogram::new_with_bounds(LOWEST_MS, 2 << HALF_MAGNITUDE, SIGNIFICANT_DIGITS)
+        .expect("the histogram bounds are valid constants");
+    h.auto(true);
+    h
+}
+
 /// Records one value, clamped into the tracked range.
 pub fn record(histogram: &mut Latencies, value_ms: u64) {
     histogram.saturating_record(value_ms.min(HIGHEST_MS));
@@ -176,6 +187,8 @@ mod tests {
             let mut whole = new();
             let mut merged = new();
             let mut streamed = new();
+            let mut grown = growing();
+            let mut grown_merged = growing();
             for part in &parts {
                 let mut partial = new();
                 for &v in part {
@@ -185,6 +198,22 @@ mod tests {
                 let stored = decode(&encode(&partial)).unwrap();
                 merged.add(&stored).unwrap();
                 add_encoded(&mut streamed, &encode(&partial)).unwrap();
+                add_encoded(&mut grown, &encode(&partial)).unwrap();
+                grown_merged.add(&partial).unwrap();
+            }
+            // A growing histogram gives the same figures as a full-size one.
+            for h in [&grown, &grown_merged] {
+                prop_assert_eq!(h.len(), whole.len());
+                prop_assert_eq!(h.max(), whole.max());
+                for q in [0.0, 0.5, 0.95, 0.99, 1.0] {
+                    prop_assert_eq!(h.value_at_quantile(q), whole.value_at_quantile(q));
+                }
+                for limit in [1, 100, 999, 1000, 123_456] {
+                    prop_assert_eq!(
+                        crate::slo::count_under(h, limit),
+                        crate::slo::count_under(&whole, limit)
+                    );
+                }
             }
             prop_assert_eq!(encode(&streamed), encode(&whole));
             prop_assert_eq!(merged.len(), whole.len());

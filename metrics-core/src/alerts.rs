@@ -244,10 +244,7 @@ impl RuleSpec {
     pub fn check(&self, allowed: impl Fn(&str) -> bool) -> Result<Rule, Vec<FieldError>> {
         let mut errors = Vec::new();
         let mut fail = |field: &str, reason: &str| errors.push(FieldError::new(field, reason));
-        let name = self.name.trim();
-        if name.is_empty() || name.chars().count() > 100 {
-            fail("name", "must be 1 to 100 characters");
-        }
+        let name = checked_name(&self.name, &mut fail);
         let metric = Metric::parse(&self.metric);
         if metric.is_none() {
             fail("metric", &format!("must be one of {}", Metric::NAMES));
@@ -271,21 +268,12 @@ impl RuleSpec {
         if self.min_requests < 0 {
             fail("min_requests", "must be 0 or more");
         }
-        for (field, value) in [("route", &self.route), ("model", &self.model)] {
-            if let Some(Err(why)) = value.as_deref().map(TenantId::parse) {
-                fail(field, why.0);
-            }
-        }
-        if let Some(url) = &self.webhook_url {
-            if !callable(url) {
-                fail("webhook_url", "must be an http:// or https:// URL");
-            } else if !allowed(url) {
-                fail(
-                    "webhook_url",
-                    "is not on this service's webhook allow-list (ALERT_WEBHOOK_ALLOWED)",
-                );
-            }
-        }
+        check_scope(
+            [&self.route, &self.model],
+            self.webhook_url.as_deref(),
+            allowed,
+            &mut fail,
+        );
         match (metric, op, window) {
             (Some(metric), Some(op), Some(window_minutes)) if errors.is_empty() => Ok(Rule {
                 name: name.to_owned(),
@@ -301,6 +289,40 @@ impl RuleSpec {
                 webhook_url: self.webhook_url.clone(),
             }),
             _ => Err(errors),
+        }
+    }
+}
+
+/// A rule's or objective's name, trimmed; 1 to 100 characters.
+pub(crate) fn checked_name<'a>(name: &'a str, fail: &mut impl FnMut(&str, &str)) -> &'a str {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 100 {
+        fail("name", "must be 1 to 100 characters");
+    }
+    name
+}
+
+/// What rules and objectives share: the route and model filters, named as ingestion names
+/// them, and a webhook URL that is callable and allowed.
+pub(crate) fn check_scope(
+    [route, model]: [&Option<String>; 2],
+    webhook_url: Option<&str>,
+    allowed: impl Fn(&str) -> bool,
+    fail: &mut impl FnMut(&str, &str),
+) {
+    for (field, value) in [("route", route), ("model", model)] {
+        if let Some(Err(why)) = value.as_deref().map(TenantId::parse) {
+            fail(field, why.0);
+        }
+    }
+    if let Some(url) = webhook_url {
+        if !callable(url) {
+            fail("webhook_url", "must be an http:// or https:// URL");
+        } else if !allowed(url) {
+            fail(
+                "webhook_url",
+                "is not on this service's webhook allow-list (ALERT_WEBHOOK_ALLOWED)",
+            );
         }
     }
 }

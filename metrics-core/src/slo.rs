@@ -14,9 +14,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::aggregate::Aggregate;
-use crate::alerts::{callable, State, Verdict, HYSTERESIS};
+use crate::alerts::{check_scope, checked_name, State, Verdict, HYSTERESIS};
 use crate::histogram::Latencies;
-use crate::ids::TenantId;
 use crate::validation::FieldError;
 
 /// The period an objective is kept over, and its budget spent, in minutes (30 days).
@@ -231,10 +230,7 @@ impl SloSpec {
     pub fn check(&self, allowed: impl Fn(&str) -> bool) -> Result<Slo, Vec<FieldError>> {
         let mut errors = Vec::new();
         let mut fail = |field: &str, reason: &str| errors.push(FieldError::new(field, reason));
-        let name = self.name.trim();
-        if name.is_empty() || name.chars().count() > 100 {
-            fail("name", "must be 1 to 100 characters");
-        }
+        let name = checked_name(&self.name, &mut fail);
         if !(self.target > 0.0 && self.target < 1.0) {
             fail("target", "must be a share above 0 and below 1, e.g. 0.995");
         }
@@ -263,21 +259,12 @@ impl SloSpec {
         if self.min_requests < 1 {
             fail("min_requests", "must be 1 or more");
         }
-        for (field, value) in [("route", &self.route), ("model", &self.model)] {
-            if let Some(Err(why)) = value.as_deref().map(TenantId::parse) {
-                fail(field, why.0);
-            }
-        }
-        if let Some(url) = &self.webhook_url {
-            if !callable(url) {
-                fail("webhook_url", "must be an http:// or https:// URL");
-            } else if !allowed(url) {
-                fail(
-                    "webhook_url",
-                    "is not on this service's webhook allow-list (ALERT_WEBHOOK_ALLOWED)",
-                );
-            }
-        }
+        check_scope(
+            [&self.route, &self.model],
+            self.webhook_url.as_deref(),
+            allowed,
+            &mut fail,
+        );
         match indicator {
             Some(indicator) if errors.is_empty() => Ok(Slo {
                 name: name.to_owned(),

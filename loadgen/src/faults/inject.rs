@@ -19,8 +19,9 @@ pub async fn inject(system: &mut System, args: &FaultArgs, rng: &mut StdRng) -> 
     let third = Duration::from_secs(load / 3);
     let stack = &args.stack;
     match system.scenario {
-        Scenario::Kill => kill_at_random(system, rng, load.saturating_sub(20) / 25).await,
-        Scenario::Crashloop => crash_loop(system, rng, load.saturating_sub(20) / 45).await,
+        // At least one fault however short the run: a scenario that injects none proves nothing.
+        Scenario::Kill => kill_at_random(system, rng, (load.saturating_sub(20) / 25).max(1)).await,
+        Scenario::Crashloop => crash_loop(system, rng, (load.saturating_sub(20) / 45).max(1)).await,
         // What a supervisor and then an operator do: restart at once, then after 15 s.
         Scenario::Twokills => {
             sleep(third).await;

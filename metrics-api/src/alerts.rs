@@ -7,7 +7,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::Utc;
 use infra::alerts::{AlertEvent, StoredRule};
 use metrics_core::alerts::RuleSpec;
 use metrics_core::ids::TenantId;
@@ -157,43 +157,10 @@ pub async fn events(
     headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let mut errors = Vec::new();
-    let state_filter = match params.get("state").map(String::as_str) {
-        None => None,
-        Some(s @ ("firing" | "resolved")) => Some(s),
-        Some(_) => {
-            errors.push(FieldError::new("state", "must be `firing` or `resolved`"));
-            None
-        }
-    };
-    let mut time = |field: &str| match params.get(field).map(|v| v.parse::<DateTime<Utc>>()) {
-        None => None,
-        Some(Ok(t)) => Some(t),
-        Some(Err(_)) => {
-            errors.push(FieldError::new(field, "must be an RFC 3339 time"));
-            None
-        }
-    };
-    let (from, to) = (time("from"), time("to"));
-    let limit = match params.get("limit").map(|v| v.parse::<i64>()) {
-        None => 100,
-        Some(Ok(n)) if (1..=1000).contains(&n) => n,
-        Some(_) => {
-            errors.push(FieldError::new(
-                "limit",
-                "must be a whole number from 1 to 1000",
-            ));
-            100
-        }
-    };
-    if !errors.is_empty() {
-        return Err(ApiError::BadParameters(errors));
-    }
+    let q = crate::query::alerts(&params, Utc::now()).map_err(ApiError::BadParameters)?;
     let tenant = caller(&state, &headers, &params).await?;
-    let to = to.unwrap_or_else(|| Utc::now() + TimeDelta::seconds(1));
-    let from = from.unwrap_or(to - TimeDelta::days(7));
     let alerts = state.checked(
-        infra::alerts::events(&state.pool, &tenant, state_filter, from, to, limit).await,
+        infra::alerts::events(&state.pool, &tenant, q.state, q.from, q.to, q.limit).await,
     )?;
     Ok(Json(Alerts {
         count: alerts.len(),

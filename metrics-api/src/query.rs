@@ -323,6 +323,53 @@ pub fn metrics(
     })
 }
 
+/// `GET /v1/alerts` parameters, read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertsQuery {
+    /// `firing` or `resolved`; `None` for both.
+    pub state: Option<&'static str>,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub limit: i64,
+}
+
+/// Reads `GET /v1/alerts` parameters: transitions made in `[from, to)`, by default the 7 days
+/// up to now, at most `limit` (100, at most 1000).
+pub fn alerts(
+    params: &HashMap<String, String>,
+    now: DateTime<Utc>,
+) -> Result<AlertsQuery, Vec<FieldError>> {
+    let mut p = Parser {
+        params,
+        errors: Vec::new(),
+    };
+    let state = match params.get("state").map(String::as_str) {
+        None => None,
+        Some("firing") => Some("firing"),
+        Some("resolved") => Some("resolved"),
+        Some(_) => {
+            p.fail("state", "must be `firing` or `resolved`");
+            None
+        }
+    };
+    let limits = QueryLimits {
+        default_limit: 100,
+        ..QueryLimits::default()
+    };
+    let limit = p.limit(&limits);
+    let from = p.time("from");
+    let to = p.time("to");
+    p.range(from, to, &limits);
+    // Created this second counts: `to` is exclusive.
+    let to = to.unwrap_or(now + TimeDelta::seconds(1));
+    p.finish(AlertsQuery {
+        state,
+        from: from.unwrap_or(to - TimeDelta::days(7)),
+        to,
+        limit,
+    })
+}
+
 /// Reads `GET /v1/summary` parameters; the range defaults to the last 24 hours.
 pub fn summary(
     params: &HashMap<String, String>,
@@ -376,6 +423,29 @@ mod tests {
 
     fn fields(errors: Vec<FieldError>) -> Vec<String> {
         errors.into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn alert_queries_default_to_a_week_and_name_every_bad_parameter() {
+        let now = "2026-05-08T12:00:00Z".parse::<DateTime<Utc>>().unwrap();
+        let q = alerts(&params(&[]), now).unwrap();
+        assert_eq!((q.state, q.limit), (None, 100));
+        assert_eq!(q.to - q.from, TimeDelta::days(7));
+        assert!(q.to > now, "a transition made this second is in");
+        let q = alerts(&params(&[("state", "firing"), ("limit", "1000")]), now).unwrap();
+        assert_eq!((q.state, q.limit), (Some("firing"), 1000));
+        let bad = params(&[
+            ("state", "ok"),
+            ("limit", "1001"),
+            ("from", "2026-05-08T12:00:00Z"),
+            ("to", "2026-05-01T00:00:00Z"),
+        ]);
+        assert_eq!(
+            fields(alerts(&bad, now).unwrap_err()),
+            ["state", "limit", "from"]
+        );
+        let bad = params(&[("from", "yesterday")]);
+        assert_eq!(fields(alerts(&bad, now).unwrap_err()), ["from"]);
     }
 
     #[test]

@@ -16,9 +16,19 @@ DEMO_BACKFILL_MINUTES=${DEMO_BACKFILL_MINUTES:-30}
 : "${KAFKA_BROKERS:?run through make run, which starts the stack}" "${POSTGRES_DSN:?}"
 
 pids=()
+names=()
 stop() {
   trap - INT TERM EXIT
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  # Say which service is slow to stop, every 10 s, rather than hang silently.
+  for i in "${!pids[@]}"; do
+    waited=0
+    while kill -0 "${pids[$i]}" 2>/dev/null; do
+      sleep 0.2
+      waited=$((waited + 1))
+      [ $((waited % 50)) -eq 0 ] && echo "still stopping: ${names[$i]} (pid ${pids[$i]}, $((waited / 5)) s)" >&2
+    done
+  done
   wait 2>/dev/null || true
   echo "StreamLens stopped."
 }
@@ -36,11 +46,11 @@ KEY=${KEYS[acme]}
 export ALERT_WEBHOOK_ALLOWED=${ALERT_WEBHOOK_ALLOWED:-http://127.0.0.1,http://localhost}
 
 HTTP_PORT=$INGESTION_PORT "$BIN/ingestion-api" &
-pids+=($!)
+pids+=($!) names+=(ingestion-api)
 HTTP_PORT=$PROCESSOR_PORT "$BIN/metrics-processor" &
-pids+=($!)
+pids+=($!) names+=(metrics-processor)
 HTTP_PORT=$QUERY_PORT "$BIN/metrics-api" &
-pids+=($!)
+pids+=($!) names+=(metrics-api)
 
 for url in "http://127.0.0.1:$INGESTION_PORT/ready" "http://127.0.0.1:$PROCESSOR_PORT/health" "http://127.0.0.1:$QUERY_PORT/ready"; do
   for _ in $(seq 1 150); do
@@ -67,7 +77,7 @@ if [ "$DEMO_RATE" -gt 0 ]; then
   RUST_LOG=warn "$BIN/streamlens-loadgen" demo --url "http://127.0.0.1:$INGESTION_PORT" \
     --keys "acme=${KEYS[acme]},globex=${KEYS[globex]},initech=${KEYS[initech]}" \
     --rate "$DEMO_RATE" --backfill-minutes "$DEMO_BACKFILL_MINUTES" &
-  pids+=($!)
+  pids+=($!) names+=("demo traffic")
   demo="demo traffic: $DEMO_RATE events/s from tenants acme, globex and initech, after $DEMO_BACKFILL_MINUTES minutes of history"
 else
   demo="no demo traffic (DEMO_RATE=0)"

@@ -98,8 +98,9 @@ impl Alerts {
         }
     }
 
-    /// Evaluates at the newest minute closed on every partition: every rule when that minute
-    /// is new, else the rules of the tenants just written.
+    /// Evaluates at the newest minute closed on every partition: when that minute is new, the
+    /// rules of the tenants this instance owns (at its first evaluation, every tenant's); and
+    /// always those of the tenants just written.
     async fn evaluate(&self, evaluated: &mut Option<DateTime<Utc>>, written: Written) {
         let closed = match alerts::closed_until(&self.pool, &self.group, self.grace).await {
             Ok(Some(closed)) => closed,
@@ -121,9 +122,14 @@ impl Alerts {
             if evaluated.is_none() {
                 all
             } else {
+                // The tenants it owns, and those it just wrote (their owner may have swept
+                // this minute before these windows landed).
                 let owned = (self.owned)();
                 all.into_iter()
-                    .filter(|t| owned.contains(&home_partition(t, self.partitions)))
+                    .filter(|t| {
+                        owned.contains(&home_partition(t, self.partitions))
+                            || written.contains(t.as_str())
+                    })
                     .collect()
             }
         } else {

@@ -113,6 +113,19 @@ struct Run {
     child: Child,
 }
 
+/// The processes of process group `group` (`pid pgid elapsed command`).
+fn group_processes(group: u32) -> Vec<String> {
+    let out = Command::new("ps")
+        .args(["-eo", "pid=,pgid=,etime=,args="])
+        .output()
+        .expect("ps runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.split_whitespace().nth(1) == Some(group.to_string().as_str()))
+        .map(|l| l.trim().to_owned())
+        .collect()
+}
+
 impl Drop for Run {
     /// The whole process group: killing the script alone would leave its services running.
     fn drop(&mut self) {
@@ -138,7 +151,10 @@ async fn make_run_serves_a_dashboard_that_draws_the_demo_traffic_and_stops_on_ct
     let (ingestion, processor, query) = (free_port(), free_port(), free_port());
     let topics = world.topics();
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/run.sh");
-    let child = Command::new("bash")
+    // With SIGINT at its default, as a terminal starts it: a shell that finds SIGINT ignored
+    // when it starts (it is, when this test binary runs tests beside this one) cannot trap it.
+    let child = Command::new("env")
+        .args(["--default-signal=INT", "bash"])
         .arg(script)
         .envs([
             ("BIN_DIR", bin.display().to_string()),
@@ -164,14 +180,23 @@ async fn make_run_serves_a_dashboard_that_draws_the_demo_traffic_and_stops_on_ct
         .spawn()
         .expect("run.sh starts");
     let mut run = Run { child };
-    let mut stdout = BufReader::new(run.child.stdout.take().unwrap()).lines();
+    // Read all along: the services write to the same pipe, and a pipe nobody reads fills up
+    // and blocks whoever writes next (the script itself, or a service's log line).
+    let stdout = BufReader::new(run.child.stdout.take().unwrap()).lines();
+    let (tx, output) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
 
     // What run.sh prints is what a newcomer clicks: the dashboard URL with a ready key.
     let url = loop {
-        let line = stdout
-            .next()
-            .expect("run.sh printed no dashboard URL before it ended")
-            .unwrap();
+        let line = output
+            .recv_timeout(Duration::from_secs(300))
+            .expect("run.sh printed no dashboard URL");
         if let Some(url) = line.trim().strip_prefix("dashboard") {
             break url.trim().to_owned();
         }
@@ -315,22 +340,30 @@ async fn make_run_serves_a_dashboard_that_draws_the_demo_traffic_and_stops_on_ct
     names.sort();
     assert_eq!(names, expected, "one line per model over 30 days");
 
-    // Ctrl-C stops everything run.sh started: the services write to the same pipe, so it
-    // closes only when the last of them has exited.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(stdout.map_while(Result::ok).collect::<Vec<String>>());
-    });
-    let pid = run.child.id().to_string();
+    // Ctrl-C stops everything run.sh started: the script waits for each of its services, so
+    // once it has exited and said so, none is left in its process group.
+    // As a terminal's Ctrl-C does: SIGINT to the whole foreground process group.
+    let pid = run.child.id();
     assert!(Command::new("kill")
-        .args(["-INT", &pid])
+        .args(["-INT", "--", &format!("-{pid}")])
         .status()
         .unwrap()
         .success());
-    let rest = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("run.sh and its services exit within 30 s of Ctrl-C");
-    assert!(rest.iter().any(|l| l == "StreamLens stopped."), "{rest:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while run.child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "run.sh did not exit within 30 s of Ctrl-C; its process group:\n{}",
+            group_processes(pid).join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Its last words (a service's last output may come before them).
+    let stopped = std::iter::from_fn(|| output.recv_timeout(Duration::from_secs(5)).ok())
+        .any(|l| l == "StreamLens stopped.");
+    assert!(stopped, "run.sh did not say it had stopped everything");
+    let left = group_processes(pid);
+    assert!(left.is_empty(), "still running after Ctrl-C: {left:?}");
     for port in [ingestion, processor, query] {
         assert!(
             std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),

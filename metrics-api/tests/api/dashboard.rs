@@ -340,9 +340,9 @@ async fn make_run_serves_a_dashboard_that_draws_the_demo_traffic_and_stops_on_ct
     names.sort();
     assert_eq!(names, expected, "one line per model over 30 days");
 
-    // Ctrl-C stops everything run.sh started: the script waits for each of its services, so
-    // once it has exited and said so, none is left in its process group.
-    // As a terminal's Ctrl-C does: SIGINT to the whole foreground process group.
+    // Ctrl-C, as a terminal sends it (SIGINT to the whole foreground process group), stops
+    // everything run.sh started: the script waits for each of its services, so once it has
+    // exited and said so, none is left in its group.
     let pid = run.child.id();
     assert!(Command::new("kill")
         .args(["-INT", "--", &format!("-{pid}")])

@@ -264,16 +264,16 @@ pub const STALE_PARTITION: TimeDelta = TimeDelta::minutes(10);
 /// closed: the lowest watermark its instances last wrote with their positions, less the
 /// window `grace`, down to the minute. A minute before it is whole in Postgres (late calls
 /// aside, which merge into it later); one after it may still lack a partition's part. `None`
-/// while a partition has no watermark yet.
+/// before any partition has a watermark.
 pub async fn closed_until(
     pool: &PgPool,
     group: &str,
     grace: TimeDelta,
 ) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-    // A partition without a watermark (claimed, not yet written) holds everything back.
+    // A partition without a watermark has never had a record to write: it holds nothing
+    // back (were it to, one partition that no call ever hashed to would stop every rule).
     let lowest: Option<DateTime<Utc>> = sqlx::query_scalar(
-        "SELECT CASE WHEN bool_and(watermark IS NOT NULL) THEN min(watermark) END
-         FROM processor_positions
+        "SELECT min(watermark) FROM processor_positions
          WHERE consumer_group = $1 AND updated_at > now() - make_interval(secs => $2)",
     )
     .bind(group)

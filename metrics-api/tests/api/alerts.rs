@@ -461,3 +461,57 @@ async fn time_from_window_end_to_webhook() {
         "one transition a minute"
     );
 }
+
+/// A tenant without traffic: its `requests < 5` rule fires on the empty minutes, though no
+/// window of the tenant is ever written (the sweep at each closed minute), and its calls
+/// coming back resolve it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_tenant_fires_its_traffic_drop_rule_and_calls_resolve_it() {
+    let Setup {
+        mut world,
+        tenant,
+        key,
+        hooks,
+        hook_base,
+    } = Setup::new().await;
+    let spec: metrics_core::alerts::RuleSpec = serde_json::from_value(json!({
+        "name": "traffic dropped", "metric": "requests", "op": "<", "threshold": 5,
+        "window": "1m", "min_requests": 0, "webhook_url": format!("{hook_base}/drop")}))
+    .unwrap();
+    infra::alerts::create_rule(&world.pool, &tenant, &spec.check(|_| true).unwrap())
+        .await
+        .unwrap();
+    let ingest = world.start_ingestion().await;
+    world.processor_env = vec![("ALERT_WEBHOOK_ALLOWED", "http://127.0.0.1".into())];
+    world.start_processor();
+    // Another tenant's calls: the partitions have watermarks, and minutes close.
+    let client = reqwest::Client::new();
+    let other = unique("other");
+    let (_, other_key) = infra::keys::create(&world.pool, &other, "app")
+        .await
+        .unwrap();
+    calls(
+        &client,
+        (ingest.as_str(), &other_key, &other),
+        "busy",
+        8,
+        false,
+    )
+    .await;
+    let got = wait_for(&hooks, 1, Duration::from_secs(100)).await;
+    let fired: Value = serde_json::from_slice(&got[0].body).unwrap();
+    assert_eq!(
+        (fired["state"].as_str(), fired["value"].as_f64()),
+        (Some("firing"), Some(0.0)),
+        "{fired}"
+    );
+    let ingestion = (ingest.as_str(), key.as_str(), tenant.as_str());
+    calls(&client, ingestion, "back", 8, false).await;
+    let got = wait_for(&hooks, 2, Duration::from_secs(100)).await;
+    let resolved: Value = serde_json::from_slice(&got[1].body).unwrap();
+    assert_eq!(
+        (resolved["state"].as_str(), resolved["value"].as_f64()),
+        (Some("resolved"), Some(8.0)),
+        "{resolved}"
+    );
+}

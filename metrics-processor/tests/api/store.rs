@@ -961,8 +961,9 @@ fn partition_flush(tenant: &str, partition: i32, n: i64, failed: bool, at: DateT
 
 /// Two instances of a group, each owning one partition, write their parts of a tenant's
 /// minute at different commits: four failed calls on one, four good ones on the other. Until
-/// both have written, the group's closed minutes stop before it, so an error-rate rule (above
-/// 50%) is never shown the failed half alone; once both have, it sees 50% and stays quiet.
+/// both have written it, the group's closed minutes stop before it, so an error-rate rule
+/// (above 50%) is never shown the failed half alone; once both have, it sees 50% and stays
+/// quiet.
 /// A partition no instance has written for longer than a rebalance stops holding it back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alert_rules_judge_only_minutes_every_partition_has_closed() {
@@ -995,13 +996,24 @@ async fn alert_rules_judge_only_minutes_every_partition_has_closed() {
     let at = Utc::now() - TimeDelta::minutes(10);
     let minute_end = at.duration_trunc(TimeDelta::minutes(1)).unwrap() + TimeDelta::minutes(1);
 
-    // The failed half is written; the other partition has no watermark yet.
+    // The second instance last wrote before the minute ended on its partition.
+    sqlx::query(
+        "UPDATE processor_positions SET watermark = $2
+         WHERE consumer_group = $1 AND partition = 1",
+    )
+    .bind(&group)
+    .bind(at - TimeDelta::minutes(5))
+    .execute(&world.pool)
+    .await
+    .unwrap();
+    // The failed half is written; partition 1 still holds the minute back.
     let (store, epochs) = &instances[0];
     store
         .commit(&partition_flush(&tenant, 0, 4, true, at), epochs, "a-1")
         .await
         .expect("commit");
-    assert_eq!(closed().await.unwrap(), None, "partition 1 holds it back");
+    let held = closed().await.unwrap().expect("both have watermarks");
+    assert!(held < minute_end, "partition 1 holds it back: {held}");
     // Judged at the newest minute written, as a rule was before, it would have fired.
     let early = closed_at_written(&world.pool, &tenant).await.unwrap();
     assert_eq!(early, minute_end);

@@ -186,16 +186,27 @@ async fn every_written_window_reaches_llm_metrics_with_its_full_row() {
             w.values().map(|v| v.0).sum::<i64>() == 5
         })
         .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    processor.stop();
+    // Published after its commit: waited for, not assumed within a fixed pause (a loaded
+    // machine takes longer).
     let key = format!("{}|/chat|gpt-4o", world.tenant);
-    let records = world.read("metrics");
-    let latest: Value = records
-        .iter()
-        .filter(|(k, _, _)| k == &key)
-        .map(|(_, v, _)| serde_json::from_slice(v).unwrap())
-        .next_back()
-        .expect("a record for the window");
+    let deadline = std::time::Instant::now() + WAIT;
+    let latest: Value = loop {
+        let whole = world
+            .read("metrics")
+            .iter()
+            .filter(|(k, _, _)| k == &key)
+            .map(|(_, v, _)| serde_json::from_slice::<Value>(v).unwrap())
+            .rfind(|v| v["requests"] == 5);
+        if let Some(record) = whole {
+            break record;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no record of the whole window on llm.metrics"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    processor.stop();
     assert_eq!(latest["requests"], 5);
     assert_eq!(latest["avg_latency_ms"], 300.0);
     assert_eq!(

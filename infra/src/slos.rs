@@ -290,11 +290,10 @@ pub async fn status(
         .execute(&mut *tx)
         .await?;
     let mut burn_rates = Vec::new();
-    let mut period = Calls::default();
+    // The last window is the whole period.
     for minutes in [5, 30, 60, 360, slo::PERIOD_MINUTES] {
         let from = at - TimeDelta::minutes(i64::from(minutes));
         let calls = slo.calls(&mut tx, from, at, coarsest).await?;
-        period = calls;
         burn_rates.push(Burn {
             window: span(minutes),
             good: calls.good,
@@ -325,6 +324,10 @@ pub async fn status(
     })
     .collect::<Result<_, _>>()?;
     tx.commit().await?;
+    let period = burn_rates.last().map_or(Calls::default(), |b| Calls {
+        good: b.good,
+        total: b.total,
+    });
     Ok(Status {
         budget_left: objective.budget_left(period),
         period,

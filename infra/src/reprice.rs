@@ -198,10 +198,8 @@ async fn reprice_part(
         let tenant: Arc<str> = row.try_get::<String, _>("tenant_id")?.into();
         let route: Arc<str> = row.try_get::<String, _>("route")?.into();
         let model: Arc<str> = model.into();
-        for level in Level::ROLLUPS {
-            let change = buckets
-                .entry(BucketKey::of(level, &tenant, &route, &model, start))
-                .or_default();
+        for key in BucketKey::all(&tenant, &route, &model, start) {
+            let change = buckets.entry(key).or_default();
             for (sum, (new, old)) in change.parts.iter_mut().zip(new.parts.iter().zip(old.parts)) {
                 *sum += new - old;
             }

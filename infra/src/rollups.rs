@@ -5,13 +5,19 @@
 //! the minute rows it covers: sums exact, histograms and breakdowns merged. [`rebuild`]
 //! recomputes buckets from the minute rows, for windows written before roll-ups existed.
 //!
+//! Each bucket is kept four times over: per series (route and model), per model with every
+//! route merged, per route with every model merged, and for the whole tenant, the merged
+//! side holding [`ALL`] in place of a name (names are never blank). A query reads the rows
+//! that keep apart only what it asks for ([`Kept`]), so an answer per model over a tenant with
+//! many routes reads one row per model and bucket, not one per series.
+//!
 //! Locks: a commit locks its minute rows first, then its roll-up rows in primary-key order,
 //! in one statement, so two commits touching the same buckets wait for each other instead of
 //! deadlocking. A rebuild locks the whole table against writers for one day at a time.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use futures::TryStreamExt;
@@ -62,6 +68,98 @@ impl BucketKey {
     }
 }
 
+/// The route or model of a roll-up row that merges every route or every model.
+pub const ALL: &str = "";
+
+static ALL_NAMES: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(ALL));
+
+/// `name` where a grouping keeps it apart, [`ALL`] where it merges.
+fn kept_name(keep: bool, name: &Arc<str>) -> Arc<str> {
+    if keep {
+        Arc::clone(name)
+    } else {
+        Arc::clone(&ALL_NAMES)
+    }
+}
+
+/// What roll-up rows keep apart below the tenant: routes, models, both (the series) or
+/// neither. A filter on a route or a model needs the rows that keep routes or models apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kept {
+    pub routes: bool,
+    pub models: bool,
+}
+
+impl Kept {
+    /// Every series apart.
+    pub const SERIES: Kept = Kept {
+        routes: true,
+        models: true,
+    };
+
+    /// Routes and models merged (what a filter does not name).
+    pub const NONE: Kept = Kept {
+        routes: false,
+        models: false,
+    };
+
+    /// The four groupings every bucket is kept in.
+    pub const GROUPINGS: [Kept; 4] = [
+        Kept::SERIES,
+        Kept {
+            routes: false,
+            models: true,
+        },
+        Kept {
+            routes: true,
+            models: false,
+        },
+        Kept::NONE,
+    ];
+
+    /// The rows that hold what a read needs: the filtered or grouped dimensions apart, the
+    /// others merged.
+    pub fn for_read(route: Option<&str>, model: Option<&str>, kept: Kept) -> Kept {
+        Kept {
+            routes: kept.routes || route.is_some(),
+            models: kept.models || model.is_some(),
+        }
+    }
+
+    /// The condition on a roll-up row's route and model that selects this grouping.
+    fn condition(self) -> &'static str {
+        match (self.routes, self.models) {
+            (true, true) => "route <> '' AND model <> ''",
+            (false, true) => "route = '' AND model <> ''",
+            (true, false) => "route <> '' AND model = ''",
+            (false, false) => "route = '' AND model = ''",
+        }
+    }
+}
+
+impl BucketKey {
+    /// Every roll-up row a minute window of the series starting at `start` adds to: its
+    /// bucket of each level, in each of the four groupings.
+    pub fn all<'a>(
+        tenant: &'a Arc<str>,
+        route: &'a Arc<str>,
+        model: &'a Arc<str>,
+        start: DateTime<Utc>,
+    ) -> impl Iterator<Item = BucketKey> + 'a {
+        Level::ROLLUPS.into_iter().flat_map(move |level| {
+            Kept::GROUPINGS.into_iter().map(move |kept| {
+                BucketKey::of(
+                    level,
+                    tenant,
+                    &kept_name(kept.routes, route),
+                    &kept_name(kept.models, model),
+                    start,
+                )
+            })
+        })
+    }
+}
+
 /// A minute window as the roll-ups take it: its series, its start, what it adds.
 #[derive(Debug, Clone, Copy)]
 pub struct Minute<'a> {
@@ -83,7 +181,25 @@ pub fn buckets<'a>(
             out.entry(key).or_default().merge(w.aggregate);
         }
     }
-    out
+    grouped(out)
+}
+
+/// Series buckets and, beside them, the same buckets with routes, models or both merged.
+fn grouped(series: BTreeMap<BucketKey, Aggregate>) -> BTreeMap<BucketKey, Aggregate> {
+    let mut merged: BTreeMap<BucketKey, Aggregate> = BTreeMap::new();
+    for (key, aggregate) in &series {
+        for kept in &Kept::GROUPINGS[1..] {
+            let key = BucketKey {
+                route: kept_name(kept.routes, &key.route),
+                model: kept_name(kept.models, &key.model),
+                ..key.clone()
+            };
+            merged.entry(key).or_default().merge(aggregate);
+        }
+    }
+    let mut all = series;
+    all.extend(merged);
+    all
 }
 
 const KEY_ARRAYS: &str = "$1::text[], $2::int[], $3::timestamptz[], $4::text[], $5::text[]";
@@ -262,6 +378,7 @@ pub async fn rebuild(
             }
         }
         drop(rows);
+        let totals = grouped(totals);
         sqlx::query(
             "DELETE FROM llm_metrics_rollups WHERE bucket_start >= $1 AND bucket_start < $2",
         )
@@ -296,6 +413,9 @@ pub async fn rebuild(
 /// model's): roll-up rows (five minutes, hours, days; no coarser than `coarsest`) wherever
 /// whole buckets fit and minute rows at the edges, each with `route`, `model`, `window_start`
 /// (a bucket's start) and [`Aggregate::COLUMNS`]. Added up, they are the range's windows.
+/// Roll-up rows keep apart what `kept` asks for (and a filtered route or model) and merge
+/// the rest (their `route` or `model` then [`ALL`]); minute rows are the series'.
+#[allow(clippy::too_many_arguments)]
 pub async fn range_rows<'c>(
     conn: impl PgExecutor<'c>,
     tenant: &str,
@@ -304,7 +424,9 @@ pub async fn range_rows<'c>(
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     coarsest: Level,
+    kept: Kept,
 ) -> Result<Vec<PgRow>, sqlx::Error> {
+    let grouping = Kept::for_read(route, model, kept).condition();
     let tiles = tiles::plan(from, to, coarsest);
     if tiles.is_empty() {
         return Ok(Vec::new());
@@ -325,8 +447,8 @@ pub async fn range_rows<'c>(
                 ),
                 level => format!(
                     "SELECT route, model, bucket_start AS window_start, {} FROM llm_metrics_rollups
-                     WHERE {series} AND bucket_seconds = {} AND bucket_start >= ${a}
-                       AND bucket_start < ${b}",
+                     WHERE {series} AND {grouping} AND bucket_seconds = {}
+                       AND bucket_start >= ${a} AND bucket_start < ${b}",
                     Aggregate::COLUMNS,
                     level.seconds()
                 ),
@@ -353,7 +475,8 @@ pub async fn merged<'c>(
     coarsest: Level,
 ) -> Result<Aggregate, RowError> {
     let mut merged = Aggregate::lean();
-    for row in &range_rows(conn, tenant, route, model, from, to, coarsest).await? {
+    let rows = range_rows(conn, tenant, route, model, from, to, coarsest, Kept::NONE).await?;
+    for row in &rows {
         merged.merge_row(row)?;
     }
     Ok(merged)

@@ -42,17 +42,19 @@ const STORED: &str = r#"SELECT COALESCE(json_agg(t), '[]')::text FROM (
     FROM llm_metrics) t"#;
 /// Roll-up buckets whose counts and sums differ from those of the minute rows they cover (a
 /// bucket missing on either side counts as zeros), in one snapshot: both are written in the
-/// same transaction.
+/// same transaction. Every grouping is checked: per series, and with routes, models or both
+/// merged ('' in their place).
 const ROLLUPS_DIFFERING: &str = r#"
     WITH minutes AS (
-        SELECT tenant_id, route, model, s.seconds AS bucket_seconds,
+        SELECT tenant_id, COALESCE(route, '') AS route, COALESCE(model, '') AS model,
+               s.seconds AS bucket_seconds,
                to_timestamp(floor(extract(epoch FROM window_start) / s.seconds) * s.seconds)
                    AS bucket_start,
                sum(requests) AS requests, sum(errors) AS errors, sum(timeouts) AS timeouts,
                sum(completed) AS completed, sum(latency_sum_ms) AS latency_sum_ms,
                sum(prompt_tokens) AS prompt_tokens, sum(completion_tokens) AS completion_tokens
         FROM llm_metrics CROSS JOIN (VALUES (300), (3600), (86400)) AS s(seconds)
-        GROUP BY 1, 2, 3, 4, 5),
+        GROUP BY tenant_id, s.seconds, 5, GROUPING SETS ((route, model), (model), (route), ())),
     buckets AS (
         SELECT tenant_id, route, model, bucket_seconds, bucket_start, requests, errors,
                timeouts, completed, latency_sum_ms, prompt_tokens, completion_tokens

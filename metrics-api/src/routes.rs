@@ -12,6 +12,7 @@ use axum::{Json, Router};
 use chrono::Utc;
 use infra::http::{measure_and_bound, Guard};
 use infra::keys::Auth;
+use infra::rollups::Kept;
 use metrics_core::error::ErrorBody;
 use metrics_core::pricing::PricingTable;
 use metrics_core::tiles::Level;
@@ -238,6 +239,11 @@ async fn metrics(
                 from,
                 to,
                 coarsest,
+                // What the answer keeps apart; at today's prices each model is costed anew.
+                Kept {
+                    routes: q.group_by.route,
+                    models: q.group_by.model || prices.is_some(),
+                },
             )
             .await,
         )?;
@@ -282,8 +288,20 @@ async fn summary(
     let tenant = tenant(&state, &headers, q.tenant.as_deref()).await?;
     let prices = state.prices(q.pricing);
     let coarsest = state.checked(state.rollups.readable(&state.pool, Level::Day).await)?;
-    let windows = state
-        .checked(store::windows(&state.pool, &tenant, None, None, q.from, q.to, coarsest).await)?;
+    let windows = state.checked(
+        // The top models and routes need every series apart.
+        store::windows(
+            &state.pool,
+            &tenant,
+            None,
+            None,
+            q.from,
+            q.to,
+            coarsest,
+            Kept::SERIES,
+        )
+        .await,
+    )?;
     state.metrics.windows_read.inc_by(windows.len() as u64);
     let summary = state.checked(rollup::summarize(
         &tenant, q.from, q.to, windows, q.top, prices,

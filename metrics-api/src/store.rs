@@ -1,6 +1,7 @@
 //! Reading windows from Postgres.
 
 use chrono::{DateTime, Utc};
+use infra::rollups::Kept;
 use metrics_core::pricing::Tokens;
 use metrics_core::tiles::Level;
 use sqlx::postgres::PgRow;
@@ -132,7 +133,9 @@ pub async fn latest(
 /// What a range query reads: the tenant's windows of `[from, to)`, as roll-up rows (five
 /// minutes, hours, days; no coarser than `coarsest`) wherever whole buckets fit and minute
 /// rows at the edges. Each row is kept as read and added to its bucket without building a
-/// histogram for it.
+/// histogram for it. Roll-up rows keep apart what `kept` asks for; the rest is merged (see
+/// [`infra::rollups::range_rows`]).
+#[allow(clippy::too_many_arguments)]
 pub async fn windows(
     pool: &PgPool,
     tenant: &str,
@@ -141,8 +144,10 @@ pub async fn windows(
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     coarsest: Level,
+    kept: Kept,
 ) -> Result<Vec<Window<PgRow>>, sqlx::Error> {
-    let rows = infra::rollups::range_rows(pool, tenant, route, model, from, to, coarsest).await?;
+    let rows =
+        infra::rollups::range_rows(pool, tenant, route, model, from, to, coarsest, kept).await?;
     rows.into_iter()
         .map(|r| {
             Ok(Window {

@@ -186,6 +186,38 @@ async fn every_query_shape_answers_from_the_windows_the_processor_wrote() {
     let cost = bucket["estimated_cost_usd"].as_f64().unwrap();
     assert!(cost > 0.0 && (by_type - cost).abs() < 1e-9, "{bucket}");
 
+    // Per route, over every model and over one: the stored rows with models merged, and the
+    // series' rows of that model.
+    for model in [None, Some("gpt-4o")] {
+        let (status, body) = api
+            .get(
+                &format!(
+                    "/v1/metrics?tenant_id={t}&granularity=1h&group_by=route&from={}{}",
+                    base.to_rfc3339().replace('+', "%2B"),
+                    model.map(|m| format!("&model={m}")).unwrap_or_default()
+                ),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let chosen: Vec<Call> = calls
+            .iter()
+            .filter(|c| model.is_none_or(|m| c.model == m))
+            .cloned()
+            .collect();
+        let want = expected(&chosen, |c| {
+            (c.at.duration_trunc(TimeDelta::hours(1)).unwrap(), c.route)
+        });
+        let items = body["metrics"].as_array().unwrap();
+        assert_eq!(items.len(), want.len(), "{body}");
+        for item in items {
+            assert_eq!(item["model"], Value::Null);
+            let key = (time(&item["window_start"]), item["route"].as_str().unwrap());
+            let w = want.iter().find(|(k, _)| *k == &key).map(|(_, v)| *v);
+            assert_eq!(Some(figures(item)), w, "{item}");
+        }
+    }
+
     // A range starting off the hour: its first hour is read from minute rows, the rest from
     // the hourly roll-ups, and only the calls from its start on are counted.
     let from = base + TimeDelta::minutes(3);

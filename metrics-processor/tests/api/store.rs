@@ -293,19 +293,29 @@ async fn rollups_stored_and_from_minutes(
     // From scratch: each minute row merged into its hour and its day.
     let mut from_minutes: BTreeMap<BucketKey, Aggregate> = BTreeMap::new();
     for row in &minutes {
+        let (route, model): (String, String) = (row.get("route"), row.get("model"));
+        // Per series, per model (routes merged), per route (models merged), per tenant.
+        let groupings = [
+            (route.as_str(), model.as_str()),
+            ("", model.as_str()),
+            (route.as_str(), ""),
+            ("", ""),
+        ];
         for level in [Level::FiveMinutes, Level::Hour, Level::Day] {
-            let key = BucketKey {
-                tenant: tenant.into(),
-                seconds: level.seconds(),
-                start: level.bucket(row.get("window_start")),
-                route: row.get::<String, _>("route").into(),
-                model: row.get::<String, _>("model").into(),
-            };
-            from_minutes
-                .entry(key)
-                .or_default()
-                .merge_row(row)
-                .expect("row");
+            for (route, model) in groupings {
+                let key = BucketKey {
+                    tenant: tenant.into(),
+                    seconds: level.seconds(),
+                    start: level.bucket(row.get("window_start")),
+                    route: route.into(),
+                    model: model.into(),
+                };
+                from_minutes
+                    .entry(key)
+                    .or_default()
+                    .merge_row(row)
+                    .expect("row");
+            }
         }
     }
     (stored, from_minutes)
@@ -333,8 +343,18 @@ proptest::proptest! {
             }
             let (stored, from_minutes) = rollups_stored_and_from_minutes(&world.pool, &world.tenant).await;
             let calls: usize = flushes.iter().map(Vec::len).sum();
-            let days: u64 = stored.iter().filter(|(k, _)| k.seconds == 86_400).map(|(_, a)| a.requests).sum();
-            assert_eq!(days, calls as u64, "the daily rows hold every call once");
+            // The tenant's daily rows (routes and models merged), and the series' rows of each day.
+            let days = |tenant_rows: bool| -> u64 {
+                stored
+                    .iter()
+                    .filter(|(k, _)| k.seconds == 86_400)
+                    .filter(|(k, _)| (k.route.is_empty() && k.model.is_empty()) == tenant_rows)
+                    .filter(|(k, _)| tenant_rows || (!k.route.is_empty() && !k.model.is_empty()))
+                    .map(|(_, a)| a.requests)
+                    .sum()
+            };
+            assert_eq!(days(true), calls as u64, "the tenant's daily rows hold every call once");
+            assert_eq!(days(false), calls as u64, "the series' daily rows hold every call once");
             assert_eq!(stored, from_minutes, "roll-ups as kept by the commits");
             let (from, to) = (now - TimeDelta::days(4), now + TimeDelta::days(1));
             let mut conn = world.pool.acquire().await.expect("connection");
@@ -433,9 +453,10 @@ async fn retention_drops_whole_days_of_windows_and_their_roll_ups_together() {
     );
     let (stored, from_minutes) = rollups_stored_and_from_minutes(&world.pool, &world.tenant).await;
     assert_eq!(stored, from_minutes);
+    // The tenant's daily rows: routes and models merged.
     let days: u64 = stored
         .iter()
-        .filter(|(k, _)| k.seconds == 86_400)
+        .filter(|(k, _)| k.seconds == 86_400 && k.route.is_empty() && k.model.is_empty())
         .map(|(_, a)| a.requests)
         .sum();
     assert_eq!(

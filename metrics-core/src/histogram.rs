@@ -91,37 +91,94 @@ pub fn add_encoded(target: &mut Latencies, bytes: &[u8]) -> Result<(), Histogram
     let payload = bytes
         .get(HEADER..HEADER + len)
         .ok_or_else(|| HistogramError("truncated payload".into()))?;
-    let (mut at, mut index) = (0usize, 0u64);
-    while at < payload.len() {
-        // LEB128, at most 9 bytes, the ninth taken whole; then zig-zag.
-        let mut raw = 0u64;
-        for i in 0..9 {
-            let b = *payload
-                .get(at)
-                .ok_or_else(|| HistogramError("truncated count".into()))?;
-            at += 1;
-            if i == 8 {
-                raw |= u64::from(b) << 56;
-                break;
-            }
-            raw |= u64::from(b & 0x7f) << (7 * i);
-            if b & 0x80 == 0 {
-                break;
-            }
-        }
-        let n = ((raw >> 1) as i64) ^ -((raw & 1) as i64);
-        if n < 0 {
-            index += n.unsigned_abs();
-        } else {
-            if n > 0 {
-                target
-                    .record_n(value_at_index(index), n as u64)
-                    .map_err(|e| HistogramError(format!("{e:?}")))?;
-            }
-            index += 1;
-        }
+    // A growing target is grown once, to the highest value the encoding holds, rather than
+    // once for each higher value recorded (a roll-up's first row in each bucket did that
+    // for every value it held).
+    let mut highest = None;
+    for count in Counts::of(payload) {
+        highest = Some(count?.0);
+    }
+    if let Some(index) = highest {
+        grow_to(target, value_at_index(index))?;
+    }
+    for count in Counts::of(payload) {
+        let (index, n) = count?;
+        target
+            .record_n(value_at_index(index), n)
+            .map_err(|e| HistogramError(format!("{e:?}")))?;
     }
     Ok(())
+}
+
+/// Makes `target` able to count `value` without resizing: a histogram that grows is
+/// replaced by one of the same configuration sized for it, holding the same counts.
+fn grow_to(target: &mut Latencies, value: u64) -> Result<(), HistogramError> {
+    if value <= target.high() {
+        return Ok(());
+    }
+    let mut bigger = Histogram::new_with_bounds(LOWEST_MS, value, SIGNIFICANT_DIGITS)
+        .map_err(|e| HistogramError(format!("{e:?}")))?;
+    bigger.auto(true);
+    bigger
+        .add(&*target)
+        .map_err(|e| HistogramError(format!("{e:?}")))?;
+    *target = bigger;
+    Ok(())
+}
+
+/// The non-zero counts of a V2 payload, as (index, count), lowest index first: LEB128
+/// values (at most 9 bytes, the ninth taken whole), zig-zag encoded, a negative one a run
+/// of empty indexes.
+struct Counts<'a> {
+    payload: &'a [u8],
+    at: usize,
+    index: u64,
+}
+
+impl<'a> Counts<'a> {
+    fn of(payload: &'a [u8]) -> Self {
+        Self {
+            payload,
+            at: 0,
+            index: 0,
+        }
+    }
+}
+
+impl Iterator for Counts<'_> {
+    type Item = Result<(u64, u64), HistogramError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while self.at < self.payload.len() {
+            let mut raw = 0u64;
+            for i in 0..9 {
+                let Some(&b) = self.payload.get(self.at) else {
+                    self.at = self.payload.len();
+                    return Some(Err(HistogramError("truncated count".into())));
+                };
+                self.at += 1;
+                if i == 8 {
+                    raw |= u64::from(b) << 56;
+                    break;
+                }
+                raw |= u64::from(b & 0x7f) << (7 * i);
+                if b & 0x80 == 0 {
+                    break;
+                }
+            }
+            let n = ((raw >> 1) as i64) ^ -((raw & 1) as i64);
+            if n < 0 {
+                self.index += n.unsigned_abs();
+            } else {
+                let index = self.index;
+                self.index += 1;
+                if n > 0 {
+                    return Some(Ok((index, n as u64)));
+                }
+            }
+        }
+        None
+    }
 }
 
 /// The lowest value counted at `index` in the standard configuration.

@@ -263,6 +263,7 @@ pub fn counts(b: &Breakdown) -> BTreeMap<String, i64> {
 
 impl Figures {
     pub fn of(a: &Aggregate) -> Self {
+        let [p50, p95, p99] = a.latency_quantiles_ms([0.5, 0.95, 0.99]);
         Self {
             requests: i64_of(a.requests),
             errors: i64_of(a.errors),
@@ -270,9 +271,9 @@ impl Figures {
             error_rate: rate(a.errors, a.requests),
             timeout_rate: rate(a.timeouts, a.requests),
             avg_latency_ms: a.avg_latency_ms(),
-            p50_latency_ms: a.latency_quantile_ms(0.5) as f64,
-            p95_latency_ms: a.latency_quantile_ms(0.95) as f64,
-            p99_latency_ms: a.latency_quantile_ms(0.99) as f64,
+            p50_latency_ms: p50 as f64,
+            p95_latency_ms: p95 as f64,
+            p99_latency_ms: p99 as f64,
             prompt_tokens: i64_of(a.prompt_tokens),
             completion_tokens: i64_of(a.completion_tokens),
             total_tokens: i64_of(a.prompt_tokens.saturating_add(a.completion_tokens)),

@@ -298,6 +298,18 @@ impl Aggregate {
             self.latency.value_at_quantile(q)
         }
     }
+
+    /// Several latency percentiles in one pass over the histogram, `qs` in ascending order:
+    /// each equal to [`Aggregate::latency_quantile_ms`] of it.
+    pub fn latency_quantiles_ms<const N: usize>(&self, qs: [f64; N]) -> [u64; N] {
+        let mut out = [0; N];
+        if !self.latency.is_empty() {
+            for (slot, value) in out.iter_mut().zip(self.latency.value_at_quantiles(qs)) {
+                *slot = value;
+            }
+        }
+        out
+    }
 }
 
 /// Sums saturate: a window's counters never wrap around or panic, whatever a producer wrote.
@@ -343,6 +355,24 @@ mod tests {
         priced: true,
         parts: [1, 0, 0, 0, 0],
     };
+
+    proptest! {
+        /// Percentiles read in one pass equal those read one at a time, on the full-size
+        /// histograms windows keep and on the growing ones of roll-up answers.
+        #[test]
+        fn percentiles_in_one_pass_equal_each_read_alone(
+            values in proptest::collection::vec(0u64..5_000_000, 0..300)
+        ) {
+            for mut a in [Aggregate::default(), Aggregate::lean()] {
+                for &v in &values {
+                    histogram::record(&mut a.latency, v);
+                }
+                let qs = [0.0, 0.5, 0.95, 0.99, 1.0];
+                let alone = qs.map(|q| a.latency_quantile_ms(q));
+                prop_assert_eq!(a.latency_quantiles_ms(qs), alone);
+            }
+        }
+    }
 
     fn table(json: &str) -> PricingTable {
         PricingTable::with_file(json).unwrap()

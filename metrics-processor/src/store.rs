@@ -420,6 +420,7 @@ async fn merge_window(
     let mut merged = Aggregate::from_row(&row)?;
     merged.merge(partial);
     let a = &merged;
+    let [p50, p95, p99, max] = a.latency_quantiles_ms([0.5, 0.95, 0.99, 1.0]);
     sqlx::query(
         "UPDATE llm_metrics SET
             requests = $5, errors = $6, timeouts = $7, completed = $8, latency_sum_ms = $9,
@@ -454,10 +455,10 @@ async fn merge_window(
     .bind(histogram::encode(&a.latency))
     .bind(histogram::encode(&a.ttft))
     .bind(a.avg_latency_ms())
-    .bind(a.latency_quantile_ms(0.5) as f64)
-    .bind(a.latency_quantile_ms(0.95) as f64)
-    .bind(a.latency_quantile_ms(0.99) as f64)
-    .bind(a.latency_quantile_ms(1.0) as f64)
+    .bind(p50 as f64)
+    .bind(p95 as f64)
+    .bind(p99 as f64)
+    .bind(max as f64)
     .bind(a.avg_ttft_ms())
     .bind(a.avg_prompt_tokens())
     .bind(a.avg_completion_tokens())

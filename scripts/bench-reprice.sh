@@ -20,6 +20,9 @@ psql "$POSTGRES_DSN" -qc "CREATE DATABASE $DB"
 POSTGRES_DSN=$DSN "$BIN/streamlens-admin" migrate 2>/dev/null
 echo "generating $((MINUTES * 10)) windows of one tenant over $DAYS days" >&2
 hist=$("$BIN/streamlens-loadgen" histogram --values 50 | tr -d '"')
+# One minute for the windows and for the price change, so that the figure is the same whatever
+# minute boundary passes while the data is generated.
+base=$(date -u +%Y-%m-%dT%H:%M:00Z)
 psql "$DSN" -q -v ON_ERROR_STOP=1 <<SQL
 SELECT streamlens_ensure_partitions((now() - interval '$MINUTES minutes')::date - 1, now()::date + 2);
 INSERT INTO llm_metrics (tenant_id, route, model, window_start, window_end, requests, errors,
@@ -31,15 +34,17 @@ SELECT 'tenant-7', '/route-' || (c % 5), 'model-' || (c / 5), ts, ts + interval 
        50, 2, 50, 35000, 5000, 1200, 1000, 300, 22500000, 12500000, 10000000, 700, 650, 1500,
        2500, 3000, 100, 20, 0.0225, decode('$hist', 'hex'), now(), now()
 FROM generate_series(1, $MINUTES) m
-CROSS JOIN LATERAL (SELECT date_trunc('minute', now()) - m * interval '1 minute' AS ts) x
+CROSS JOIN LATERAL (SELECT '$base'::timestamptz - m * interval '1 minute' AS ts) x
 CROSS JOIN generate_series(0, 9) c;
 VACUUM ANALYZE llm_metrics;
 UPDATE rollup_state SET complete = false;
 SQL
 POSTGRES_DSN=$DSN "$BIN/streamlens-admin" rollups rebuild 2>&1 | tail -1 >&2
 # The old prices were 2.5 / 10 USD a million input / output tokens for both models; the new
-# table prices model-0 lower from 15 days ago and gives model-1 a cached-input discount.
-change=$(date -u -d "15 days ago" +%Y-%m-%dT%H:%M:00Z)
+# table prices model-0 lower from 15 days ago and gives model-1 a cached-input discount. By
+# hand: model-1's 216,000 windows at $0.0216, model-0's newest 108,000 at $0.018 and the older
+# 108,000 at $0.0225 as before: $9,039.60.
+change=$(date -u -d "${base%Z} UTC - 15 days" +%Y-%m-%dT%H:%M:00Z)
 cat >"$prices" <<JSON
 {"models": {"model-0": [{"input": 2.5, "output": 10},
                         {"valid_from": "$change", "input": 2, "output": 8}],

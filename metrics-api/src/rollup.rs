@@ -166,14 +166,15 @@ impl MetricsItem {
         width: chrono::TimeDelta,
         a: &Aggregate,
     ) -> Self {
+        let (figures, max) = Figures::with_max(a);
         Self {
             tenant_id: tenant.to_owned(),
             route: bucket.route.clone(),
             model: bucket.model.clone(),
             window_start: bucket.start,
             window_end: bucket.start + width,
-            figures: Figures::of(a),
-            max_latency_ms: a.latency_quantile_ms(1.0) as f64,
+            figures,
+            max_latency_ms: max as f64,
             avg_ttft_ms: a.avg_ttft_ms(),
             avg_prompt_tokens: a.avg_prompt_tokens(),
             avg_completion_tokens: a.avg_completion_tokens(),
@@ -263,8 +264,13 @@ pub fn counts(b: &Breakdown) -> BTreeMap<String, i64> {
 
 impl Figures {
     pub fn of(a: &Aggregate) -> Self {
-        let [p50, p95, p99] = a.latency_quantiles_ms([0.5, 0.95, 0.99]);
-        Self {
+        Self::with_max(a).0
+    }
+
+    /// The figures and the highest latency, all percentiles read in one pass.
+    pub fn with_max(a: &Aggregate) -> (Self, u64) {
+        let [p50, p95, p99, max] = a.latency_quantiles_ms([0.5, 0.95, 0.99, 1.0]);
+        let figures = Self {
             requests: i64_of(a.requests),
             errors: i64_of(a.errors),
             timeouts: i64_of(a.timeouts),
@@ -286,7 +292,8 @@ impl Figures {
             unpriced_tokens: i64_of(a.unpriced_tokens),
             providers: counts(&a.providers),
             error_types: counts(&a.error_types),
-        }
+        };
+        (figures, max)
     }
 }
 

@@ -110,10 +110,11 @@ pub fn add_encoded(target: &mut Latencies, bytes: &[u8]) -> Result<(), Histogram
     Ok(())
 }
 
-/// Makes `target` able to count `value` without resizing: a histogram that grows is
-/// replaced by one of the same configuration sized for it, holding the same counts.
+/// Makes a growing `target` able to count `value` without resizing: it is replaced by one of
+/// the same configuration sized for it, holding the same counts. A full-size histogram keeps
+/// its range.
 fn grow_to(target: &mut Latencies, value: u64) -> Result<(), HistogramError> {
-    if value <= target.high() {
+    if value <= target.high() || !target.is_auto_resize() {
         return Ok(());
     }
     let mut bigger = Histogram::new_with_bounds(LOWEST_MS, value, SIGNIFICANT_DIGITS)

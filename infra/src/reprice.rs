@@ -198,14 +198,15 @@ async fn reprice_part(
         let tenant: Arc<str> = row.try_get::<String, _>("tenant_id")?.into();
         let route: Arc<str> = row.try_get::<String, _>("route")?.into();
         let model: Arc<str> = model.into();
-        for key in BucketKey::all(&tenant, &route, &model, start) {
-            let change = buckets.entry(key).or_default();
-            for (sum, (new, old)) in change.parts.iter_mut().zip(new.parts.iter().zip(old.parts)) {
-                *sum += new - old;
-            }
-            change.total += new.total - old.total;
-            change.unpriced += new.unpriced - old.unpriced;
-            change.unpriced_tokens += new.unpriced_tokens - old.unpriced_tokens;
+        let change = CostChange {
+            parts: std::array::from_fn(|i| new.parts[i] - old.parts[i]),
+            total: new.total - old.total,
+            unpriced: new.unpriced - old.unpriced,
+            unpriced_tokens: new.unpriced_tokens - old.unpriced_tokens,
+        };
+        for level in Level::ROLLUPS {
+            let key = BucketKey::of(level, &tenant, &route, &model, start);
+            buckets.entry(key).or_default().add(&change);
         }
         changed.tenants.push(tenant.to_string());
         changed.routes.push(route.to_string());
@@ -253,7 +254,7 @@ async fn reprice_part(
         .bind(to)
         .execute(&mut *tx)
         .await?;
-        rollups::change_costs(&mut tx, &buckets).await?;
+        rollups::change_costs(&mut tx, buckets).await?;
     }
     sqlx::query(
         "UPDATE price_reprices SET windows = windows + $2, changed = changed + $3,

@@ -104,7 +104,7 @@ impl Kept {
     };
 
     /// The four groupings every bucket is kept in.
-    pub const GROUPINGS: [Kept; 4] = [
+    const GROUPINGS: [Kept; 4] = [
         Kept::SERIES,
         Kept {
             routes: false,
@@ -119,7 +119,7 @@ impl Kept {
 
     /// The rows that hold what a read needs: the filtered or grouped dimensions apart, the
     /// others merged.
-    pub fn for_read(route: Option<&str>, model: Option<&str>, kept: Kept) -> Kept {
+    fn for_read(route: Option<&str>, model: Option<&str>, kept: Kept) -> Kept {
         Kept {
             routes: kept.routes || route.is_some(),
             models: kept.models || model.is_some(),
@@ -134,29 +134,6 @@ impl Kept {
             (true, false) => "route <> '' AND model = ''",
             (false, false) => "route = '' AND model = ''",
         }
-    }
-}
-
-impl BucketKey {
-    /// Every roll-up row a minute window of the series starting at `start` adds to: its
-    /// bucket of each level, in each of the four groupings.
-    pub fn all<'a>(
-        tenant: &'a Arc<str>,
-        route: &'a Arc<str>,
-        model: &'a Arc<str>,
-        start: DateTime<Utc>,
-    ) -> impl Iterator<Item = BucketKey> + 'a {
-        Level::ROLLUPS.into_iter().flat_map(move |level| {
-            Kept::GROUPINGS.into_iter().map(move |kept| {
-                BucketKey::of(
-                    level,
-                    tenant,
-                    &kept_name(kept.routes, route),
-                    &kept_name(kept.models, model),
-                    start,
-                )
-            })
-        })
     }
 }
 
@@ -181,20 +158,26 @@ pub fn buckets<'a>(
             out.entry(key).or_default().merge(w.aggregate);
         }
     }
-    grouped(out)
+    grouped(out, Aggregate::merge)
 }
 
-/// Series buckets and, beside them, the same buckets with routes, models or both merged.
-fn grouped(series: BTreeMap<BucketKey, Aggregate>) -> BTreeMap<BucketKey, Aggregate> {
-    let mut merged: BTreeMap<BucketKey, Aggregate> = BTreeMap::new();
-    for (key, aggregate) in &series {
+/// Series buckets and, beside them, the same buckets with routes, models or both merged
+/// (`add` adds a series' value into a merged one): every row a commit, a rebuild or a cost
+/// change touches.
+fn grouped<V: Default>(
+    series: BTreeMap<BucketKey, V>,
+    add: impl Fn(&mut V, &V),
+) -> BTreeMap<BucketKey, V> {
+    let mut merged: BTreeMap<BucketKey, V> = BTreeMap::new();
+    for (key, value) in &series {
+        // Every grouping but the first, the series itself.
         for kept in &Kept::GROUPINGS[1..] {
             let key = BucketKey {
                 route: kept_name(kept.routes, &key.route),
                 model: kept_name(kept.models, &key.model),
                 ..key.clone()
             };
-            merged.entry(key).or_default().merge(aggregate);
+            add(merged.entry(key).or_default(), value);
         }
     }
     let mut all = series;
@@ -266,17 +249,30 @@ pub struct CostChange {
     pub unpriced_tokens: i64,
 }
 
-/// Applies cost changes to existing roll-up rows, inside the caller's transaction. Each row
-/// changes by a difference, not to a value read earlier, so what a concurrent commit adds is
-/// kept; rows are locked in key order, as commits lock them. A bucket without a row is left
-/// alone: a rebuild writes it later from the minute rows.
+impl CostChange {
+    /// Adds another change to this one.
+    pub fn add(&mut self, other: &CostChange) {
+        for (sum, part) in self.parts.iter_mut().zip(other.parts) {
+            *sum += part;
+        }
+        self.total += other.total;
+        self.unpriced += other.unpriced;
+        self.unpriced_tokens += other.unpriced_tokens;
+    }
+}
+
+/// Applies cost changes of series' buckets to existing roll-up rows, in every grouping, inside
+/// the caller's transaction. Each row changes by a difference, not to a value read earlier, so
+/// what a concurrent commit adds is kept; rows are locked in key order, as commits lock them.
+/// A bucket without a row is left alone: a rebuild writes it later from the minute rows.
 pub async fn change_costs(
     conn: &mut PgConnection,
-    changes: &BTreeMap<BucketKey, CostChange>,
+    series: BTreeMap<BucketKey, CostChange>,
 ) -> Result<(), sqlx::Error> {
-    if changes.is_empty() {
+    if series.is_empty() {
         return Ok(());
     }
+    let changes = grouped(series, CostChange::add);
     let keys = Keys::of(changes.keys());
     let mut parts: [Vec<i64>; 5] = Default::default();
     let (mut totals, mut unpriced, mut unpriced_tokens) = (Vec::new(), Vec::new(), Vec::new());
@@ -378,7 +374,7 @@ pub async fn rebuild(
             }
         }
         drop(rows);
-        let totals = grouped(totals);
+        let totals = grouped(totals, Aggregate::merge);
         sqlx::query(
             "DELETE FROM llm_metrics_rollups WHERE bucket_start >= $1 AND bucket_start < $2",
         )

@@ -294,6 +294,58 @@ fn old_pairs_read_after_an_idle_spell_are_paired_not_timed_out() {
     assert_eq!((requests, completed, timeouts), (3, 3, 0));
 }
 
+/// The other side of that rule: once both partitions are read to their end and silent for the
+/// idle time, the clock stands in for how far reading has got, and a request stamped more than
+/// a TTL ago that still waits is a timeout, its response read afterwards an orphan. A clean run
+/// ends it so too: traffic stamped that old and produced live is counted exactly only when its
+/// two halves reach the broker within the idle time of each other.
+#[test]
+fn an_old_request_whose_response_comes_after_an_idle_spell_times_out() {
+    let mut engine = fresh_engine();
+    a_pair_then_silence(&mut engine);
+    engine.flush(t(1000));
+    engine.apply(
+        src(Input::Requests, 1),
+        request("b", 200, "gpt-4o"),
+        t(1001),
+    );
+    engine.reached_end(Input::Requests, 0);
+    engine.reached_end(Input::Responses, 0);
+    let (waiting, _) = engine.flush(t(1003));
+    assert!(
+        waiting.decisions.is_empty(),
+        "silent for less than the idle time: {:?}",
+        waiting.decisions
+    );
+    let (idle, _) = engine.flush(t(1005));
+    let timeouts: Vec<&str> = idle
+        .decisions
+        .iter()
+        .filter(|d| d.ended == Ended::TimedOut)
+        .map(|d| d.request_id.as_str())
+        .collect();
+    assert_eq!(timeouts, ["b"]);
+    assert_eq!(
+        idle.windows().iter().map(|(_, a)| a.timeouts).sum::<u64>(),
+        1
+    );
+    // The timed-out id is forgotten at once (two TTLs after it, by the clock): the response
+    // waits alone until the next idle spell gives it up.
+    engine.apply(
+        src(Input::Responses, 1),
+        response("b", 201, 500, false),
+        t(1006),
+    );
+    engine.reached_end(Input::Requests, 0);
+    engine.reached_end(Input::Responses, 0);
+    let (after, effects) = engine.flush(t(1010));
+    assert!(
+        matches!(effects.as_slice(), [Effect::DeadLetter { .. }]),
+        "{effects:?}"
+    );
+    assert!(after.windows().iter().all(|(_, a)| a.completed == 0));
+}
+
 /// A paired call is costed at the price in force at its request's time, each token type at
 /// its own rate: a price cut at the start of a minute applies to that minute's window on.
 #[test]

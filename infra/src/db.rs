@@ -224,5 +224,18 @@ mod tests {
         let listed: Vec<&str> = Aggregate::COLUMNS.split(',').map(str::trim).collect();
         assert_eq!(listed, AGGREGATE_COLUMNS);
         assert_eq!(&AGGREGATE_COLUMNS[18..23], &Aggregate::COST_COLUMNS);
+        // A range reads every column at the same position, the TTFT histogram as NULL.
+        let range: Vec<&str> = Aggregate::RANGE_COLUMNS.split(',').map(str::trim).collect();
+        let expected: Vec<&str> = AGGREGATE_COLUMNS
+            .iter()
+            .map(|&c| {
+                if c == "ttft_histogram" {
+                    "NULL::BYTEA AS ttft_histogram"
+                } else {
+                    c
+                }
+            })
+            .collect();
+        assert_eq!(range, expected);
     }
 }

@@ -269,6 +269,9 @@ struct HistogramArgs {
     /// Values to record
     #[arg(long, default_value_t = 50)]
     values: u64,
+    /// Each value divided by this: a fifth (5) for times to first token
+    #[arg(long, default_value_t = 1)]
+    divide: u64,
 }
 
 /// A latency histogram as the processor stores it, from `--values` spread like LLM latencies
@@ -276,7 +279,8 @@ struct HistogramArgs {
 fn histogram(args: &HistogramArgs) -> serde_json::Value {
     let mut h = metrics_core::histogram::new();
     for i in 0..args.values {
-        metrics_core::histogram::record(&mut h, 200 + (i * i * 37) % 4000);
+        let latency = 200 + (i * i * 37) % 4000;
+        metrics_core::histogram::record(&mut h, latency / args.divide.max(1));
     }
     let hex: String = metrics_core::histogram::encode(&h)
         .iter()

@@ -325,6 +325,17 @@ impl Aggregate {
         ttft_histogram, providers, error_types, cost_input_nanos, cost_cached_input_nanos, \
         cost_cache_write_nanos, cost_output_nanos, cost_reasoning_nanos, unpriced_tokens";
 
+    /// [`Aggregate::COLUMNS`] as ranges are read: the TTFT histogram left out (NULL in its
+    /// place, so every column keeps its position). Answers, alert rules and SLOs use TTFT's
+    /// sums only, and a range query would otherwise read and merge a second histogram per row
+    /// for nothing. What is read so is never stored.
+    pub const RANGE_COLUMNS: &'static str = "requests, errors, timeouts, completed, \
+        latency_sum_ms, ttft_sum_ms, ttft_count, prompt_tokens, completion_tokens, \
+        cached_prompt_tokens, cache_creation_tokens, reasoning_tokens, cost_nanos, unpriced, \
+        latency_histogram, NULL::BYTEA AS ttft_histogram, providers, error_types, \
+        cost_input_nanos, cost_cached_input_nanos, cost_cache_write_nanos, cost_output_nanos, \
+        cost_reasoning_nanos, unpriced_tokens";
+
     /// The columns of `cost_parts_nanos`, in its order.
     pub const COST_COLUMNS: [&'static str; 5] = [
         "cost_input_nanos",

@@ -102,7 +102,19 @@ pub trait StoredAggregate: Sized {
     fn from_row(row: &PgRow) -> Result<Self, RowError>;
 
     /// Adds the row, histograms added straight from their encoding.
-    fn merge_row(&mut self, row: &PgRow) -> Result<(), RowError>;
+    fn merge_row(&mut self, row: &PgRow) -> Result<(), RowError> {
+        if let Some(latency) = self.merge_row_but_latency(row)? {
+            self.add_latency_encoded(latency)?;
+        }
+        Ok(())
+    }
+
+    /// Adds all of the row but its latency histogram, which is handed back as stored (`None`
+    /// when the row has none), for a caller that may not need it built.
+    fn merge_row_but_latency<'r>(&mut self, row: &'r PgRow) -> Result<Option<&'r [u8]>, RowError>;
+
+    /// Adds an encoded latency histogram.
+    fn add_latency_encoded(&mut self, bytes: &[u8]) -> Result<(), RowError>;
 }
 
 /// A count or sum column as stored (BIGINT), read back; a negative one (never written) as 0.
@@ -118,7 +130,11 @@ impl StoredAggregate for Aggregate {
         Ok(a)
     }
 
-    fn merge_row(&mut self, row: &PgRow) -> Result<(), RowError> {
+    fn add_latency_encoded(&mut self, bytes: &[u8]) -> Result<(), RowError> {
+        Ok(histogram::add_encoded(&mut self.latency, bytes)?)
+    }
+
+    fn merge_row_but_latency<'r>(&mut self, row: &'r PgRow) -> Result<Option<&'r [u8]>, RowError> {
         // The columns of `Aggregate::COLUMNS` follow each other, in that order, in every query
         // that reads them: one name lookup finds where they start and the rest are read by
         // position (a roll-up reads thousands of rows an answer; looking up 23 names a row was
@@ -153,11 +169,10 @@ impl StoredAggregate for Aggregate {
         {
             *sum = sum.saturating_add(count(i)?);
         }
-        for (i, h) in [(14, &mut self.latency), (15, &mut self.ttft)] {
-            let bytes: Option<&[u8]> = row.try_get(at + i)?;
-            if let Some(bytes) = bytes {
-                histogram::add_encoded(h, bytes)?;
-            }
+        let latency: Option<&[u8]> = row.try_get(at + 14)?;
+        let ttft: Option<&[u8]> = row.try_get(at + 15)?;
+        if let Some(bytes) = ttft {
+            histogram::add_encoded(&mut self.ttft, bytes)?;
         }
         for (i, breakdown) in [(16, &mut self.providers), (17, &mut self.error_types)] {
             let stored: Json<BTreeMap<String, i64>> = row.try_get(at + i)?;
@@ -169,7 +184,7 @@ impl StoredAggregate for Aggregate {
             *sum = sum.saturating_add(count(18 + i)?);
         }
         self.unpriced_tokens = self.unpriced_tokens.saturating_add(count(23)?);
-        Ok(())
+        Ok(latency)
     }
 }
 

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use infra::db::{i64_of, RowError, StoredAggregate};
 use metrics_core::aggregate::{Aggregate, Breakdown, TOKEN_TYPES};
+use metrics_core::histogram;
 use metrics_core::pricing::{PricingTable, Tokens};
 use serde::Serialize;
 use sqlx::postgres::PgRow;
@@ -18,6 +19,12 @@ use crate::query::{Granularity, GroupBy};
 /// straight from their encoding (no histogram is built per row).
 pub trait Contribution {
     fn add_to(&self, a: &mut Aggregate) -> Result<(), RowError>;
+
+    /// Adds all but the latency histogram and hands that back encoded, if the contribution
+    /// holds it so (a stored row); `None` when it was added with the rest.
+    fn add_but_latency(&self, a: &mut Aggregate) -> Result<Option<Vec<u8>>, RowError> {
+        self.add_to(a).map(|()| None)
+    }
 }
 
 impl Contribution for Aggregate {
@@ -31,7 +38,14 @@ impl Contribution for PgRow {
     fn add_to(&self, a: &mut Aggregate) -> Result<(), RowError> {
         a.merge_row(self)
     }
+
+    fn add_but_latency(&self, a: &mut Aggregate) -> Result<Option<Vec<u8>>, RowError> {
+        Ok(a.merge_row_but_latency(self)?.map(<[u8]>::to_vec))
+    }
 }
+
+/// The latency figures of an answer, in this order: p50, p95, p99 and the highest.
+const LATENCY_QUANTILES: [f64; 4] = [0.5, 0.95, 0.99, 1.0];
 
 /// Today's prices, for an answer asked at them (`pricing=current`): each window's calls are
 /// costed from its token sums at the prices `table` has for its model at `at`.
@@ -41,16 +55,16 @@ pub struct AtPrices<'a> {
     pub at: DateTime<Utc>,
 }
 
-/// Adds a window of `model` to `a`, its cost as recorded or at `prices` (`model` matters
-/// only then).
-fn add<C: Contribution>(
-    window: &C,
+/// Adds a window of `model` to `a` by `adding` it, its cost as recorded or at `prices`
+/// (`model` matters only then).
+fn add<T>(
+    adding: impl FnOnce(&mut Aggregate) -> Result<T, RowError>,
     model: &str,
     a: &mut Aggregate,
     prices: Option<AtPrices>,
-) -> Result<(), RowError> {
+) -> Result<T, RowError> {
     let Some(AtPrices { table, at }) = prices else {
-        return window.add_to(a);
+        return adding(a);
     };
     let (before, completed, parts, unpriced, unpriced_tokens) = (
         a.tokens(),
@@ -59,17 +73,17 @@ fn add<C: Contribution>(
         a.unpriced,
         a.unpriced_tokens,
     );
-    window.add_to(a)?;
+    let added = adding(a)?;
     // What the window added, costed anew in place of its recorded cost.
     let after = a.tokens();
-    let added = Tokens {
+    let tokens = Tokens {
         prompt: after.prompt - before.prompt,
         cached: after.cached - before.cached,
         cache_write: after.cache_write - before.cache_write,
         completion: after.completion - before.completion,
         reasoning: after.reasoning - before.reasoning,
     };
-    let priced = table.window_cost(model, at, added, a.completed - completed);
+    let priced = table.window_cost(model, at, tokens, a.completed - completed);
     for ((sum, was), part) in a
         .cost_parts_nanos
         .iter_mut()
@@ -84,7 +98,7 @@ fn add<C: Contribution>(
         .fold(0, |t, p| t.saturating_add(*p));
     a.unpriced = unpriced + priced.unpriced;
     a.unpriced_tokens = unpriced_tokens + priced.unpriced_tokens;
-    Ok(())
+    Ok(added)
 }
 
 /// One stored window as a roll-up reads it.
@@ -105,31 +119,74 @@ pub struct Bucket {
     pub model: Option<String>,
 }
 
+/// A bucket of a roll-up.
+#[derive(Debug, Clone)]
+pub struct Rolled {
+    /// Its windows merged; the latency histogram is left empty in a bucket of one stored row
+    /// (see `latency`).
+    pub aggregate: Aggregate,
+    /// p50, p95, p99 and the highest latency. A bucket of one stored row (every bucket of a
+    /// query that reads the roll-up rows of its own grouping) has them read straight from the
+    /// row's encoded histogram, which is never built.
+    pub latency: [u64; 4],
+}
+
 /// Merges windows into buckets of `granularity`, grouped by `group_by`.
 pub fn roll_up<C: Contribution>(
     windows: impl IntoIterator<Item = Window<C>>,
     granularity: Granularity,
     group_by: GroupBy,
     prices: Option<AtPrices>,
-) -> Result<BTreeMap<Bucket, Aggregate>, RowError> {
-    let mut out: BTreeMap<Bucket, Aggregate> = BTreeMap::new();
+) -> Result<BTreeMap<Bucket, Rolled>, RowError> {
+    struct Rolling {
+        aggregate: Aggregate,
+        /// The encoded latency histogram of the bucket's only row so far, not yet added.
+        only: Option<Vec<u8>>,
+        rows: usize,
+    }
+    let mut out: BTreeMap<Bucket, Rolling> = BTreeMap::new();
     for w in windows {
         // The model's name is needed apart only to cost the window anew.
         let priced = prices.is_some().then(|| w.model.clone());
+        let model = priced.as_deref().unwrap_or_default();
         let bucket = Bucket {
             start: granularity.bucket(w.start),
             route: group_by.route.then_some(w.route),
             model: group_by.model.then_some(w.model),
         };
-        let a = out.entry(bucket).or_insert_with(Aggregate::lean);
-        add(
-            &w.aggregate,
-            priced.as_deref().unwrap_or_default(),
-            a,
-            prices,
-        )?;
+        let r = out.entry(bucket).or_insert_with(|| Rolling {
+            aggregate: Aggregate::lean(),
+            only: None,
+            rows: 0,
+        });
+        if r.rows == 0 {
+            r.only = add(
+                |a| w.aggregate.add_but_latency(a),
+                model,
+                &mut r.aggregate,
+                prices,
+            )?;
+        } else {
+            if let Some(first) = r.only.take() {
+                histogram::add_encoded(&mut r.aggregate.latency, &first)?;
+            }
+            add(|a| w.aggregate.add_to(a), model, &mut r.aggregate, prices)?;
+        }
+        r.rows += 1;
     }
-    Ok(out)
+    out.into_iter()
+        .map(|(bucket, r)| {
+            let latency = match &r.only {
+                Some(encoded) => histogram::quantiles_encoded(encoded, LATENCY_QUANTILES)?,
+                None => r.aggregate.latency_quantiles_ms(LATENCY_QUANTILES),
+            };
+            let rolled = Rolled {
+                aggregate: r.aggregate,
+                latency,
+            };
+            Ok((bucket, rolled))
+        })
+        .collect()
 }
 
 /// One row of an answer: a stored window, or a bucket of a roll-up.
@@ -160,13 +217,10 @@ pub fn rate(part: u64, whole: u64) -> f64 {
 }
 
 impl MetricsItem {
-    pub fn from_aggregate(
-        tenant: &str,
-        bucket: &Bucket,
-        width: chrono::TimeDelta,
-        a: &Aggregate,
-    ) -> Self {
-        let (figures, max) = Figures::with_max(a);
+    pub fn of_bucket(tenant: &str, bucket: &Bucket, width: chrono::TimeDelta, r: &Rolled) -> Self {
+        let a = &r.aggregate;
+        let [p50, p95, p99, max] = r.latency;
+        let figures = Figures::with_latency(a, [p50, p95, p99]);
         Self {
             tenant_id: tenant.to_owned(),
             route: bucket.route.clone(),
@@ -185,7 +239,7 @@ impl MetricsItem {
 /// A roll-up as an answer: newest bucket first, at most `limit` rows.
 pub fn items(
     tenant: &str,
-    rolled: BTreeMap<Bucket, Aggregate>,
+    rolled: BTreeMap<Bucket, Rolled>,
     granularity: Granularity,
     limit: usize,
 ) -> Vec<MetricsItem> {
@@ -193,7 +247,7 @@ pub fn items(
         .iter()
         .rev()
         .take(limit)
-        .map(|(b, a)| MetricsItem::from_aggregate(tenant, b, granularity.width(), a))
+        .map(|(b, r)| MetricsItem::of_bucket(tenant, b, granularity.width(), r))
         .collect()
 }
 
@@ -264,13 +318,13 @@ pub fn counts(b: &Breakdown) -> BTreeMap<String, i64> {
 
 impl Figures {
     pub fn of(a: &Aggregate) -> Self {
-        Self::with_max(a).0
+        let [p50, p95, p99] = a.latency_quantiles_ms([0.5, 0.95, 0.99]);
+        Self::with_latency(a, [p50, p95, p99])
     }
 
-    /// The figures and the highest latency, all percentiles read in one pass.
-    pub fn with_max(a: &Aggregate) -> (Self, u64) {
-        let [p50, p95, p99, max] = a.latency_quantiles_ms([0.5, 0.95, 0.99, 1.0]);
-        let figures = Self {
+    /// The figures of `a` with its p50, p95 and p99 latency as given.
+    fn with_latency(a: &Aggregate, [p50, p95, p99]: [u64; 3]) -> Self {
+        Self {
             requests: i64_of(a.requests),
             errors: i64_of(a.errors),
             timeouts: i64_of(a.timeouts),
@@ -292,8 +346,7 @@ impl Figures {
             unpriced_tokens: i64_of(a.unpriced_tokens),
             providers: counts(&a.providers),
             error_types: counts(&a.error_types),
-        };
-        (figures, max)
+        }
     }
 }
 
@@ -340,7 +393,7 @@ pub fn summarize<C: Contribution>(
             .entry((w.route, w.model))
             .or_insert_with(Aggregate::lean);
         add(
-            &w.aggregate,
+            |a| w.aggregate.add_to(a),
             priced.as_deref().unwrap_or_default(),
             pair,
             prices,
@@ -496,7 +549,7 @@ mod tests {
             model: false,
         };
         let rolled = roll_up(windows.clone(), Granularity::Hour, all, prices).unwrap();
-        let (_, a) = rolled.into_iter().next().unwrap();
+        let a = rolled.into_values().next().unwrap().aggregate;
         assert_eq!(a.cost_parts_nanos, expected);
         assert_eq!(a.cost_nanos, expected.iter().sum::<u64>());
         assert_eq!(
@@ -505,7 +558,7 @@ mod tests {
             "the model without a price"
         );
         let recorded = roll_up(windows.clone(), Granularity::Hour, all, None).unwrap();
-        let (_, r) = recorded.into_iter().next().unwrap();
+        let r = recorded.into_values().next().unwrap().aggregate;
         assert_eq!((r.cost_nanos, r.unpriced), (4_000, 0), "as recorded");
 
         let s = summarize("t", at, at + TimeDelta::hours(1), windows, 5, prices).unwrap();
@@ -606,13 +659,74 @@ mod tests {
                 histogram::record(&mut whole, latency);
             }
             let windows: Vec<_> = per_minute.iter().map(|(m, ls)| window("/a", "m", *m, ls)).collect();
-            let rolled = roll_up(windows, granularity, GroupBy { route: false, model: false }, None).unwrap();
-            prop_assert_eq!(rolled.len(), 1);
-            let merged = rolled.values().next().unwrap();
-            for q in [0.5, 0.95, 0.99, 1.0] {
-                prop_assert_eq!(merged.latency_quantile_ms(q), whole.value_at_quantile(q));
+            let expected = LATENCY_QUANTILES.map(|q| whole.value_at_quantile(q));
+            let stored: Vec<_> = windows.iter().map(Stored::of).collect();
+            let merged = roll_up(windows, granularity, GroupBy::ALL, None).unwrap();
+            let read = roll_up(stored, granularity, GroupBy::ALL, None).unwrap();
+            for rolled in [merged, read] {
+                prop_assert_eq!(rolled.len(), 1);
+                let bucket = rolled.values().next().unwrap();
+                prop_assert_eq!(bucket.latency, expected);
+                prop_assert_eq!(bucket.aggregate.requests as usize, values.len());
             }
-            prop_assert_eq!(merged.requests as usize, values.len());
+        }
+
+        /// Buckets of one stored row, whose percentiles are read from its encoding, and
+        /// buckets of several, in one roll-up: each has the percentiles of its own calls.
+        #[test]
+        fn each_bucket_has_the_percentiles_of_its_own_calls(
+            windows in prop::collection::vec((0i64..600, prop::collection::vec(1u64..120_000, 0..40)), 1..30),
+        ) {
+            let mut per_bucket: BTreeMap<i64, histogram::Latencies> = BTreeMap::new();
+            let mut rows = Vec::new();
+            for (minute, latencies) in &windows {
+                let h = per_bucket.entry(minute / 60).or_insert_with(histogram::new);
+                for &l in latencies {
+                    histogram::record(h, l);
+                }
+                rows.push(Stored::of(&window("/a", "m", *minute, latencies)));
+            }
+            let rolled = roll_up(rows, Granularity::Hour, GroupBy::ALL, None).unwrap();
+            prop_assert_eq!(rolled.len(), per_bucket.len());
+            for (bucket, h) in rolled.values().zip(per_bucket.values()) {
+                let expected = if h.is_empty() {
+                    [0; 4]
+                } else {
+                    LATENCY_QUANTILES.map(|q| h.value_at_quantile(q))
+                };
+                prop_assert_eq!(bucket.latency, expected);
+                prop_assert_eq!(bucket.aggregate.completed, h.len());
+            }
+        }
+    }
+
+    /// A window as a stored row contributes it: everything added but the latency histogram,
+    /// which is handed over encoded.
+    #[derive(Debug, Clone)]
+    struct Stored(Aggregate);
+
+    impl Stored {
+        fn of(w: &Window) -> Window<Stored> {
+            Window {
+                route: w.route.clone(),
+                model: w.model.clone(),
+                start: w.start,
+                aggregate: Stored(w.aggregate.clone()),
+            }
+        }
+    }
+
+    impl Contribution for Stored {
+        fn add_to(&self, a: &mut Aggregate) -> Result<(), RowError> {
+            a.merge(&self.0);
+            Ok(())
+        }
+
+        fn add_but_latency(&self, a: &mut Aggregate) -> Result<Option<Vec<u8>>, RowError> {
+            let mut rest = self.0.clone();
+            rest.latency = histogram::growing();
+            a.merge(&rest);
+            Ok((!self.0.latency.is_empty()).then(|| histogram::encode(&self.0.latency)))
         }
     }
 }

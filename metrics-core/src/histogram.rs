@@ -70,27 +70,11 @@ const HALF_MAGNITUDE: u32 = 7;
 /// the inner loop of roll-ups, which merge thousands of stored windows per answer. Encodings
 /// in another configuration take the general path through [`decode`].
 pub fn add_encoded(target: &mut Latencies, bytes: &[u8]) -> Result<(), HistogramError> {
-    let field = |at: usize, n: usize| -> Result<&[u8], HistogramError> {
-        bytes
-            .get(at..at + n)
-            .ok_or_else(|| HistogramError("truncated header".into()))
-    };
-    let u32_at = |at| field(at, 4).map(|b| u32::from_be_bytes(b.try_into().unwrap_or_default()));
-    let u64_at = |at| field(at, 8).map(|b| u64::from_be_bytes(b.try_into().unwrap_or_default()));
-    let standard = u32_at(0)? == V2_COOKIE
-        && u32_at(8)? == 0
-        && u32_at(12)? == u32::from(SIGNIFICANT_DIGITS)
-        && u64_at(16)? == LOWEST_MS
-        && u64_at(24)? == HIGHEST_MS;
-    if !standard {
+    let Some(payload) = standard_payload(bytes)? else {
         return target
             .add(decode(bytes)?)
             .map_err(|e| HistogramError(format!("{e:?}")));
-    }
-    let len = u32_at(4)? as usize;
-    let payload = bytes
-        .get(HEADER..HEADER + len)
-        .ok_or_else(|| HistogramError("truncated payload".into()))?;
+    };
     // A growing target is grown once, to the highest value the encoding holds, rather than
     // once for each higher value recorded (a roll-up's first row in each bucket did that
     // for every value it held).
@@ -108,6 +92,77 @@ pub fn add_encoded(target: &mut Latencies, bytes: &[u8]) -> Result<(), Histogram
             .map_err(|e| HistogramError(format!("{e:?}")))?;
     }
     Ok(())
+}
+
+/// The values at quantiles `qs` (ascending) of an encoded histogram, read from its non-zero
+/// counts without building it: each what `value_at_quantiles` gives for the decoded histogram,
+/// zeros for an empty one. A roll-up bucket of a single stored row (every bucket of a query
+/// that reads the roll-up rows of its own grouping) is answered so; building its histogram
+/// and scanning every one of its counts was a quarter of such an answer's time.
+pub fn quantiles_encoded<const N: usize>(
+    bytes: &[u8],
+    qs: [f64; N],
+) -> Result<[u64; N], HistogramError> {
+    let mut out = [0; N];
+    let Some(payload) = standard_payload(bytes)? else {
+        let decoded = decode(bytes)?;
+        if !decoded.is_empty() {
+            for (slot, value) in out.iter_mut().zip(decoded.value_at_quantiles(qs)) {
+                *slot = value;
+            }
+        }
+        return Ok(out);
+    };
+    let mut total = 0u64;
+    for count in Counts::of(payload) {
+        total = total.saturating_add(count?.1);
+    }
+    if total == 0 {
+        return Ok(out);
+    }
+    // As HdrHistogram counts: the first index whose running count reaches the quantile's share
+    // of the total (at least one), reported as the highest value it holds (the lowest for 0).
+    let (mut counts, mut seen, mut at) = (Counts::of(payload), 0u64, 0u64);
+    for (slot, q) in out.iter_mut().zip(qs) {
+        let target = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+        while seen < target {
+            let Some(count) = counts.next() else { break };
+            let (index, n) = count?;
+            (at, seen) = (index, seen.saturating_add(n));
+        }
+        let lowest = value_at_index(at);
+        *slot = if q == 0.0 {
+            lowest
+        } else {
+            lowest + (1u64 << bucket_of(at)) - 1
+        };
+    }
+    Ok(out)
+}
+
+/// The counts of an encoding in the standard configuration (uncompressed V2, the bounds and
+/// digits above); `None` for any other, which only the general decoder reads.
+fn standard_payload(bytes: &[u8]) -> Result<Option<&[u8]>, HistogramError> {
+    let field = |at: usize, n: usize| -> Result<&[u8], HistogramError> {
+        bytes
+            .get(at..at + n)
+            .ok_or_else(|| HistogramError("truncated header".into()))
+    };
+    let u32_at = |at| field(at, 4).map(|b| u32::from_be_bytes(b.try_into().unwrap_or_default()));
+    let u64_at = |at| field(at, 8).map(|b| u64::from_be_bytes(b.try_into().unwrap_or_default()));
+    let standard = u32_at(0)? == V2_COOKIE
+        && u32_at(8)? == 0
+        && u32_at(12)? == u32::from(SIGNIFICANT_DIGITS)
+        && u64_at(16)? == LOWEST_MS
+        && u64_at(24)? == HIGHEST_MS;
+    if !standard {
+        return Ok(None);
+    }
+    let len = u32_at(4)? as usize;
+    bytes
+        .get(HEADER..HEADER + len)
+        .map(Some)
+        .ok_or_else(|| HistogramError("truncated payload".into()))
 }
 
 /// Makes a growing `target` able to count `value` without resizing: it is replaced by one of
@@ -192,6 +247,12 @@ fn value_at_index(index: u64) -> u64 {
     } else {
         sub << bucket
     }
+}
+
+/// The bucket of `index` in the standard configuration: the values it holds are
+/// `value_at_index(index)` and the `2^bucket - 1` above it.
+fn bucket_of(index: u64) -> u32 {
+    ((index >> HALF_MAGNITUDE) as u32).saturating_sub(1)
 }
 
 #[cfg(test)]
@@ -280,5 +341,53 @@ mod tests {
             }
             prop_assert_eq!(encode(&merged), encode(&whole));
         }
+
+        /// Quantiles read from an encoding equal those of the histogram it encodes, in the
+        /// standard configuration and in another.
+        #[test]
+        fn quantiles_read_from_an_encoding_equal_the_histograms(
+            values in prop::collection::vec(0u64..5_000_000, 0..300),
+            qs in prop::collection::vec(0.0f64..=1.0, 0..6),
+            edges in prop::sample::subsequence(vec![0.0, 0.5, 1.0], 0..=3),
+        ) {
+            let mut qs: Vec<f64> = qs.into_iter().chain(edges).collect();
+            qs.sort_by(f64::total_cmp);
+            let mut h = new();
+            let mut other: Latencies = Histogram::new_with_bounds(1, HIGHEST_MS, 3).unwrap();
+            for &v in &values {
+                record(&mut h, v);
+                other.saturating_record(v.clamp(1, HIGHEST_MS));
+            }
+            for (histogram, standard) in [(&h, true), (&other, false)] {
+                // Each quantile on its own, as the running count of one pass must not drift.
+                let expected: Vec<u64> = qs
+                    .iter()
+                    .map(|&q| if histogram.is_empty() { 0 } else { decode(&encode(histogram)).unwrap().value_at_quantile(q) })
+                    .collect();
+                let mut got = Vec::new();
+                for &q in &qs {
+                    got.push(quantiles_encoded(&encode(histogram), [q]).unwrap()[0]);
+                }
+                prop_assert_eq!(&got, &expected, "one at a time, standard: {}", standard);
+                if qs.len() >= 3 {
+                    let three = quantiles_encoded(&encode(histogram), [qs[0], qs[1], qs[2]]).unwrap();
+                    prop_assert_eq!(three.to_vec(), expected[..3].to_vec(), "in one pass, standard: {}", standard);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn quantiles_of_a_broken_encoding_are_an_error() {
+        let mut h = new();
+        record(&mut h, 250);
+        let mut bytes = encode(&h);
+        assert_eq!(
+            quantiles_encoded(&bytes, [0.5]).unwrap(),
+            [h.value_at_quantile(0.5)]
+        );
+        bytes.truncate(bytes.len() - 1);
+        assert!(quantiles_encoded(&bytes, [0.5]).is_err());
+        assert!(quantiles_encoded(b"not a histogram", [0.5]).is_err());
     }
 }

@@ -129,6 +129,10 @@ pub struct Rolled {
     /// query that reads the roll-up rows of its own grouping) has them read straight from the
     /// row's encoded histogram, which is never built.
     pub latency: [u64; 4],
+    /// While rolling up: the encoded latency histogram of the bucket's only row so far, not
+    /// yet added to `aggregate`.
+    only: Option<Vec<u8>>,
+    rows: usize,
 }
 
 /// Merges windows into buckets of `granularity`, grouped by `group_by`.
@@ -138,13 +142,7 @@ pub fn roll_up<C: Contribution>(
     group_by: GroupBy,
     prices: Option<AtPrices>,
 ) -> Result<BTreeMap<Bucket, Rolled>, RowError> {
-    struct Rolling {
-        aggregate: Aggregate,
-        /// The encoded latency histogram of the bucket's only row so far, not yet added.
-        only: Option<Vec<u8>>,
-        rows: usize,
-    }
-    let mut out: BTreeMap<Bucket, Rolling> = BTreeMap::new();
+    let mut out: BTreeMap<Bucket, Rolled> = BTreeMap::new();
     for w in windows {
         // The model's name is needed apart only to cost the window anew.
         let priced = prices.is_some().then(|| w.model.clone());
@@ -154,8 +152,9 @@ pub fn roll_up<C: Contribution>(
             route: group_by.route.then_some(w.route),
             model: group_by.model.then_some(w.model),
         };
-        let r = out.entry(bucket).or_insert_with(|| Rolling {
+        let r = out.entry(bucket).or_insert_with(|| Rolled {
             aggregate: Aggregate::lean(),
+            latency: [0; 4],
             only: None,
             rows: 0,
         });
@@ -174,19 +173,13 @@ pub fn roll_up<C: Contribution>(
         }
         r.rows += 1;
     }
-    out.into_iter()
-        .map(|(bucket, r)| {
-            let latency = match &r.only {
-                Some(encoded) => histogram::quantiles_encoded(encoded, LATENCY_QUANTILES)?,
-                None => r.aggregate.latency_quantiles_ms(LATENCY_QUANTILES),
-            };
-            let rolled = Rolled {
-                aggregate: r.aggregate,
-                latency,
-            };
-            Ok((bucket, rolled))
-        })
-        .collect()
+    for r in out.values_mut() {
+        r.latency = match r.only.take() {
+            Some(encoded) => histogram::quantiles_encoded(&encoded, LATENCY_QUANTILES)?,
+            None => r.aggregate.latency_quantiles_ms(LATENCY_QUANTILES),
+        };
+    }
+    Ok(out)
 }
 
 /// One row of an answer: a stored window, or a bucket of a roll-up.

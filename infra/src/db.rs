@@ -240,7 +240,10 @@ mod tests {
         assert_eq!(listed, AGGREGATE_COLUMNS);
         assert_eq!(&AGGREGATE_COLUMNS[18..23], &Aggregate::COST_COLUMNS);
         // A range reads every column at the same position, the TTFT histogram as NULL.
-        let range: Vec<&str> = Aggregate::RANGE_COLUMNS.split(',').map(str::trim).collect();
+        let range: Vec<&str> = Aggregate::range_columns()
+            .split(',')
+            .map(str::trim)
+            .collect();
         let expected: Vec<&str> = AGGREGATE_COLUMNS
             .iter()
             .map(|&c| {

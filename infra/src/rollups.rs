@@ -408,7 +408,7 @@ pub async fn rebuild(
 /// The stored rows of a tenant's windows of `[from, to)` (optionally one route's, one
 /// model's): roll-up rows (five minutes, hours, days; no coarser than `coarsest`) wherever
 /// whole buckets fit and minute rows at the edges, each with `route`, `model`, `window_start`
-/// (a bucket's start) and [`Aggregate::RANGE_COLUMNS`] (no TTFT histogram). Added up, they
+/// (a bucket's start) and [`Aggregate::range_columns`] (no TTFT histogram). Added up, they
 /// are the range's windows.
 /// Roll-up rows keep apart what `kept` asks for (and a filtered route or model) and merge
 /// the rest (their `route` or `model` then [`ALL`]); minute rows are the series'.
@@ -440,13 +440,13 @@ pub async fn range_rows<'c>(
                 Level::Minute => format!(
                     "SELECT route, model, window_start, {} FROM llm_metrics
                      WHERE {series} AND window_start >= ${a} AND window_start < ${b}",
-                    Aggregate::RANGE_COLUMNS
+                    Aggregate::range_columns()
                 ),
                 level => format!(
                     "SELECT route, model, bucket_start AS window_start, {} FROM llm_metrics_rollups
                      WHERE {series} AND {grouping} AND bucket_seconds = {}
                        AND bucket_start >= ${a} AND bucket_start < ${b}",
-                    Aggregate::RANGE_COLUMNS,
+                    Aggregate::range_columns(),
                     level.seconds()
                 ),
             }

@@ -3,6 +3,7 @@
 //! restarts, partitions, processor instances and roll-ups over many windows combine exactly.
 
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 
@@ -302,13 +303,7 @@ impl Aggregate {
     /// Several latency percentiles in one pass over the histogram, `qs` in ascending order:
     /// each equal to [`Aggregate::latency_quantile_ms`] of it.
     pub fn latency_quantiles_ms<const N: usize>(&self, qs: [f64; N]) -> [u64; N] {
-        let mut out = [0; N];
-        if !self.latency.is_empty() {
-            for (slot, value) in out.iter_mut().zip(self.latency.value_at_quantiles(qs)) {
-                *slot = value;
-            }
-        }
-        out
+        histogram::quantiles(&self.latency, qs)
     }
 }
 
@@ -329,12 +324,12 @@ impl Aggregate {
     /// place, so every column keeps its position). Answers, alert rules and SLOs use TTFT's
     /// sums only, and a range query would otherwise read and merge a second histogram per row
     /// for nothing. What is read so is never stored.
-    pub const RANGE_COLUMNS: &'static str = "requests, errors, timeouts, completed, \
-        latency_sum_ms, ttft_sum_ms, ttft_count, prompt_tokens, completion_tokens, \
-        cached_prompt_tokens, cache_creation_tokens, reasoning_tokens, cost_nanos, unpriced, \
-        latency_histogram, NULL::BYTEA AS ttft_histogram, providers, error_types, \
-        cost_input_nanos, cost_cached_input_nanos, cost_cache_write_nanos, cost_output_nanos, \
-        cost_reasoning_nanos, unpriced_tokens";
+    pub fn range_columns() -> &'static str {
+        static RANGE: LazyLock<String> = LazyLock::new(|| {
+            Aggregate::COLUMNS.replacen("ttft_histogram", "NULL::BYTEA AS ttft_histogram", 1)
+        });
+        &RANGE
+    }
 
     /// The columns of `cost_parts_nanos`, in its order.
     pub const COST_COLUMNS: [&'static str; 5] = [

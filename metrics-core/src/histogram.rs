@@ -103,16 +103,10 @@ pub fn quantiles_encoded<const N: usize>(
     bytes: &[u8],
     qs: [f64; N],
 ) -> Result<[u64; N], HistogramError> {
-    let mut out = [0; N];
     let Some(payload) = standard_payload(bytes)? else {
-        let decoded = decode(bytes)?;
-        if !decoded.is_empty() {
-            for (slot, value) in out.iter_mut().zip(decoded.value_at_quantiles(qs)) {
-                *slot = value;
-            }
-        }
-        return Ok(out);
+        return Ok(quantiles(&decode(bytes)?, qs));
     };
+    let mut out = [0; N];
     let mut total = 0u64;
     for count in Counts::of(payload) {
         total = total.saturating_add(count?.1);
@@ -138,6 +132,18 @@ pub fn quantiles_encoded<const N: usize>(
         };
     }
     Ok(out)
+}
+
+/// The values at quantiles `qs` (ascending) of `histogram`, in one pass; zeros for an empty
+/// one.
+pub fn quantiles<const N: usize>(histogram: &Latencies, qs: [f64; N]) -> [u64; N] {
+    let mut out = [0; N];
+    if !histogram.is_empty() {
+        for (slot, value) in out.iter_mut().zip(histogram.value_at_quantiles(qs)) {
+            *slot = value;
+        }
+    }
+    out
 }
 
 /// The counts of an encoding in the standard configuration (uncompressed V2, the bounds and

@@ -244,7 +244,13 @@ fn a_late_pair_is_handed_out_as_a_partial_for_its_closed_window() {
     );
 }
 
-/// Pair "a" at 10 s, then both partitions read to their end: an idle spell may follow.
+/// Both input partitions read to their end: an idle spell may follow.
+fn both_at_end(engine: &mut Engine) {
+    engine.reached_end(Input::Requests, 0);
+    engine.reached_end(Input::Responses, 0);
+}
+
+/// Pair "a" at 10 s, then both partitions read to their end.
 fn a_pair_then_silence(engine: &mut Engine) {
     engine.apply(src(Input::Requests, 0), request("a", 10, "gpt-4o"), t(11));
     engine.apply(
@@ -252,8 +258,7 @@ fn a_pair_then_silence(engine: &mut Engine) {
         response("a", 11, 100, false),
         t(12),
     );
-    engine.reached_end(Input::Requests, 0);
-    engine.reached_end(Input::Responses, 0);
+    both_at_end(engine);
 }
 
 #[test]
@@ -309,8 +314,7 @@ fn an_old_request_whose_response_comes_after_an_idle_spell_times_out() {
         request("b", 200, "gpt-4o"),
         t(1001),
     );
-    engine.reached_end(Input::Requests, 0);
-    engine.reached_end(Input::Responses, 0);
+    both_at_end(&mut engine);
     let (waiting, _) = engine.flush(t(1003));
     assert!(
         waiting.decisions.is_empty(),
@@ -336,8 +340,7 @@ fn an_old_request_whose_response_comes_after_an_idle_spell_times_out() {
         response("b", 201, 500, false),
         t(1006),
     );
-    engine.reached_end(Input::Requests, 0);
-    engine.reached_end(Input::Responses, 0);
+    both_at_end(&mut engine);
     let (after, effects) = engine.flush(t(1010));
     assert!(
         matches!(effects.as_slice(), [Effect::DeadLetter { .. }]),

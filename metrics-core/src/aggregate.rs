@@ -8,7 +8,7 @@ use std::sync::LazyLock;
 use chrono::{DateTime, Utc};
 
 use crate::events::ResponseEvent;
-use crate::histogram::{self, Latencies};
+use crate::histogram::{self, Lazy};
 use crate::pricing::{PricingTable, Tokens};
 
 /// The name under which a breakdown counts what it has no name for: a failure without a type,
@@ -117,8 +117,9 @@ pub struct Aggregate {
     pub unpriced: u64,
     /// Their prompt and completion tokens: what the cost leaves out.
     pub unpriced_tokens: u64,
-    pub latency: Latencies,
-    pub ttft: Latencies,
+    /// Allocated when the first value lands (see [`Lazy`]).
+    pub latency: Lazy,
+    pub ttft: Lazy,
     /// Requests per provider, for the requests that name one.
     pub providers: Breakdown,
     /// Errors per type; adds up to `errors`.
@@ -127,7 +128,7 @@ pub struct Aggregate {
 
 impl Default for Aggregate {
     fn default() -> Self {
-        Self::with_histograms(histogram::new(), histogram::new())
+        Self::with_histograms(Lazy::standard(), Lazy::standard())
     }
 }
 
@@ -136,10 +137,10 @@ impl Aggregate {
     /// ([`histogram::growing`]): for an answer's buckets, whose figures are read and never
     /// stored. Its percentiles are those of [`Aggregate::default`] given the same merges.
     pub fn lean() -> Self {
-        Self::with_histograms(histogram::growing(), histogram::growing())
+        Self::with_histograms(Lazy::growing(), Lazy::growing())
     }
 
-    fn with_histograms(latency: Latencies, ttft: Latencies) -> Self {
+    fn with_histograms(latency: Lazy, ttft: Lazy) -> Self {
         Self {
             requests: 0,
             errors: 0,
@@ -260,9 +261,16 @@ impl Aggregate {
         }
         add(&mut self.unpriced, other.unpriced);
         add(&mut self.unpriced_tokens, other.unpriced_tokens);
-        // Same configuration everywhere, so adding cannot fail.
-        let _ = self.latency.add(&other.latency);
-        let _ = self.ttft.add(&other.ttft);
+        // Same configuration everywhere, so adding cannot fail. An empty histogram adds
+        // nothing (and leaves this one unallocated if it is).
+        for (mine, theirs) in [
+            (&mut self.latency, &other.latency),
+            (&mut self.ttft, &other.ttft),
+        ] {
+            if !theirs.is_empty() {
+                let _ = mine.add(&**theirs);
+            }
+        }
         self.providers.merge(&other.providers);
         self.error_types.merge(&other.error_types);
     }
@@ -453,6 +461,26 @@ mod tests {
         );
         a.reprice(&priced, "m", at);
         assert_eq!((a.cost_nanos, a.unpriced), (3_000_000_000, 0));
+    }
+
+    /// Windows without time-to-first-token values never allocate that histogram, merged or
+    /// not, and a merge of an empty histogram leaves the target's unallocated.
+    #[test]
+    fn histograms_are_allocated_only_for_values() {
+        let r = response(50, 70, 0, 0);
+        assert_eq!(r.time_to_first_token_ms, None);
+        let mut a = Aggregate::default();
+        a.record_paired(100, None, &r, PRICED);
+        assert!(a.latency.is_allocated() && !a.ttft.is_allocated());
+        let mut sum = Aggregate::lean();
+        sum.merge(&Aggregate::default());
+        assert!(!sum.latency.is_allocated() && !sum.ttft.is_allocated());
+        sum.merge(&a);
+        assert!(sum.latency.is_allocated() && !sum.ttft.is_allocated());
+        assert_eq!(
+            sum.latency_quantiles_ms([0.5]),
+            a.latency_quantiles_ms([0.5])
+        );
     }
 
     #[test]

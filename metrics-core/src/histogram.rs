@@ -1,6 +1,9 @@
 //! Latency histograms: one fixed configuration everywhere, so that histograms from different
 //! windows, partitions and processor instances merge exactly.
 
+use std::ops::{Deref, DerefMut};
+use std::sync::LazyLock;
+
 use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
 use hdrhistogram::Histogram;
 
@@ -30,9 +33,87 @@ pub fn growing() -> Latencies {
     h
 }
 
+/// A histogram whose counts are allocated when the first value lands in it: a window's
+/// (a window without time-to-first-token values never holds that histogram's 16 KiB) or a
+/// roll-up bucket's (a bucket of one stored row reads its percentiles from the row's encoding
+/// and never builds one). Empty, it reads as an empty histogram of the standard
+/// configuration: its encoding, percentiles and merges are those of [`new`]'s.
+#[derive(Debug, Clone)]
+pub struct Lazy {
+    counts: Option<Latencies>,
+    /// Allocated as [`growing`] (for answers) rather than [`new`].
+    growing: bool,
+}
+
+static EMPTY: LazyLock<Latencies> = LazyLock::new(new);
+
+impl Lazy {
+    /// Becomes [`new`] when written to.
+    pub fn standard() -> Self {
+        Self {
+            counts: None,
+            growing: false,
+        }
+    }
+
+    /// Becomes [`growing`] when written to.
+    pub fn growing() -> Self {
+        Self {
+            counts: None,
+            growing: true,
+        }
+    }
+
+    /// Whether its counts were ever allocated.
+    pub fn is_allocated(&self) -> bool {
+        self.counts.is_some()
+    }
+}
+
+impl From<Latencies> for Lazy {
+    fn from(histogram: Latencies) -> Self {
+        Self {
+            counts: Some(histogram),
+            growing: false,
+        }
+    }
+}
+
+impl Deref for Lazy {
+    type Target = Latencies;
+
+    fn deref(&self) -> &Latencies {
+        self.counts.as_ref().unwrap_or(&EMPTY)
+    }
+}
+
+impl DerefMut for Lazy {
+    fn deref_mut(&mut self) -> &mut Latencies {
+        let grows = self.growing;
+        self.counts
+            .get_or_insert_with(|| if grows { growing() } else { new() })
+    }
+}
+
+impl PartialEq for Lazy {
+    /// Equal counts. (HdrHistogram's own equality also tells empty histograms of different
+    /// sizes apart.)
+    fn eq(&self, other: &Self) -> bool {
+        match (self.is_empty(), other.is_empty()) {
+            (true, true) => true,
+            (false, false) => **self == **other,
+            _ => false,
+        }
+    }
+}
+
 /// Records one value, clamped into the tracked range.
 pub fn record(histogram: &mut Latencies, value_ms: u64) {
-    histogram.saturating_record(value_ms.min(HIGHEST_MS));
+    // A growing histogram grows to take it (saturating would clamp it to its current size).
+    let value = value_ms.min(HIGHEST_MS);
+    if histogram.record(value).is_err() {
+        histogram.saturating_record(value);
+    }
 }
 
 /// HdrHistogram's V2 encoding, without compression (it runs once per window write).
@@ -106,22 +187,27 @@ pub fn quantiles_encoded<const N: usize>(
     let Some(payload) = standard_payload(bytes)? else {
         return Ok(quantiles(&decode(bytes)?, qs));
     };
-    let mut out = [0; N];
+    // Decoded once into the non-zero counts (a stored window has tens of them), then walked.
+    let mut nonzero = Vec::with_capacity(64);
     let mut total = 0u64;
     for count in Counts::of(payload) {
-        total = total.saturating_add(count?.1);
+        let (index, n) = count?;
+        total = total.saturating_add(n);
+        nonzero.push((index, n));
     }
+    let mut out = [0; N];
     if total == 0 {
         return Ok(out);
     }
     // As HdrHistogram counts: the first index whose running count reaches the quantile's share
     // of the total (at least one), reported as the highest value it holds (the lowest for 0).
-    let (mut counts, mut seen, mut at) = (Counts::of(payload), 0u64, 0u64);
+    let (mut counts, mut seen, mut at) = (nonzero.into_iter(), 0u64, 0u64);
     for (slot, q) in out.iter_mut().zip(qs) {
         let target = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
         while seen < target {
-            let Some(count) = counts.next() else { break };
-            let (index, n) = count?;
+            let Some((index, n)) = counts.next() else {
+                break;
+            };
             (at, seen) = (index, seen.saturating_add(n));
         }
         let lowest = value_at_index(at);
@@ -266,6 +352,31 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    /// An unwritten lazy histogram is an empty standard one to every reader (its encoding
+    /// too) and allocates nothing; written, it holds what the eager one holds.
+    #[test]
+    fn a_lazy_histogram_reads_as_the_eager_one() {
+        for mut lazy in [Lazy::standard(), Lazy::growing()] {
+            assert!(!lazy.is_allocated());
+            assert_eq!(encode(&lazy), encode(&new()));
+            assert_eq!(quantiles(&lazy, [0.5, 1.0]), [0, 0]);
+            assert_eq!(lazy, Lazy::from(new()));
+            assert!(!lazy.is_allocated());
+            let mut eager = new();
+            for v in [3, 700, 700, 42_000] {
+                record(&mut lazy, v);
+                record(&mut eager, v);
+            }
+            assert!(lazy.is_allocated());
+            assert_eq!(
+                quantiles(&lazy, [0.5, 0.99, 1.0]),
+                quantiles(&eager, [0.5, 0.99, 1.0])
+            );
+            assert_eq!(lazy, Lazy::from(eager));
+            assert_ne!(lazy, Lazy::standard());
+        }
+    }
 
     #[test]
     fn values_outside_the_range_are_clamped_not_lost() {

@@ -3,6 +3,7 @@
 //! merged whole; nothing is averaged from averages.
 
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use infra::db::{i64_of, RowError, StoredAggregate};
@@ -190,7 +191,9 @@ pub struct MetricsItem {
     pub route: Option<String>,
     /// `null` when the roll-up merged models.
     pub model: Option<String>,
+    #[serde(serialize_with = "utc_timestamp")]
     pub window_start: DateTime<Utc>,
+    #[serde(serialize_with = "utc_timestamp")]
     pub window_end: DateTime<Utc>,
     #[serde(flatten)]
     pub figures: Figures,
@@ -226,6 +229,102 @@ impl MetricsItem {
             avg_prompt_tokens: a.avg_prompt_tokens(),
             avg_completion_tokens: a.avg_completion_tokens(),
         }
+    }
+}
+
+/// Writes `value` as serde_json writes it; writing into memory cannot fail.
+fn json<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    let _ = serde_json::to_writer(&mut *out, value);
+}
+
+impl MetricsItem {
+    /// Appends the item's JSON: the bytes serde_json writes for it (a property test holds the
+    /// two equal), with each key copied rather than run through the escaping every key of a
+    /// derived serializer goes through, which was a tenth of a range answer's time.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        let f = &self.figures;
+        macro_rules! fields {
+            ($($key:literal => $value:expr),+ $(,)?) => {$(
+                out.extend_from_slice(concat!("\"", $key, "\":").as_bytes());
+                json(out, $value);
+                out.push(b',');
+            )+};
+        }
+        out.push(b'{');
+        fields! {
+            "tenant_id" => &self.tenant_id,
+            "route" => &self.route,
+            "model" => &self.model,
+        }
+        for (key, t) in [
+            ("\"window_start\":", &self.window_start),
+            ("\"window_end\":", &self.window_end),
+        ] {
+            out.extend_from_slice(key.as_bytes());
+            let _ = utc_timestamp(t, &mut serde_json::Serializer::new(&mut *out));
+            out.push(b',');
+        }
+        fields! {
+            "requests" => &f.requests,
+            "errors" => &f.errors,
+            "timeouts" => &f.timeouts,
+            "error_rate" => &f.error_rate,
+            "timeout_rate" => &f.timeout_rate,
+            "avg_latency_ms" => &f.avg_latency_ms,
+            "p50_latency_ms" => &f.p50_latency_ms,
+            "p95_latency_ms" => &f.p95_latency_ms,
+            "p99_latency_ms" => &f.p99_latency_ms,
+            "prompt_tokens" => &f.prompt_tokens,
+            "completion_tokens" => &f.completion_tokens,
+            "total_tokens" => &f.total_tokens,
+            "cached_prompt_tokens" => &f.cached_prompt_tokens,
+            "cache_creation_tokens" => &f.cache_creation_tokens,
+            "reasoning_tokens" => &f.reasoning_tokens,
+            "estimated_cost_usd" => &f.estimated_cost_usd,
+            "cost_by_type_usd" => &f.cost_by_type_usd,
+            "unpriced" => &f.unpriced,
+            "unpriced_tokens" => &f.unpriced_tokens,
+            "providers" => &f.providers,
+            "error_types" => &f.error_types,
+            "max_latency_ms" => &self.max_latency_ms,
+            "avg_ttft_ms" => &self.avg_ttft_ms,
+            "avg_prompt_tokens" => &self.avg_prompt_tokens,
+            "avg_completion_tokens" => &self.avg_completion_tokens,
+        }
+        // The last field's comma closes the object instead.
+        if let Some(last) = out.last_mut() {
+            *last = b'}';
+        }
+    }
+}
+
+/// Windows or roll-up buckets, newest first, in the original shape plus the granularity.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MetricsAnswer {
+    pub metrics: Vec<MetricsItem>,
+    pub count: usize,
+    pub granularity: &'static str,
+}
+
+impl MetricsAnswer {
+    /// The answer's JSON, the bytes serde_json writes for it, items by
+    /// [`MetricsItem::write_json`].
+    pub fn to_json(&self) -> Vec<u8> {
+        // An item is about 750 bytes.
+        let mut out = Vec::with_capacity(64 + self.metrics.len() * 800);
+        out.extend_from_slice(b"{\"metrics\":[");
+        for (i, item) in self.metrics.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            item.write_json(&mut out);
+        }
+        out.extend_from_slice(b"],\"count\":");
+        json(&mut out, &self.count);
+        out.extend_from_slice(b",\"granularity\":");
+        json(&mut out, self.granularity);
+        out.push(b'}');
+        out
     }
 }
 
@@ -284,7 +383,8 @@ pub struct Figures {
     pub estimated_cost_usd: f64,
     /// `estimated_cost_usd` by token type: `input`, `cached_input`, `cache_write`, `output`,
     /// `reasoning` (zeros for windows written before costs were split).
-    pub cost_by_type_usd: BTreeMap<String, f64>,
+    #[schema(value_type = BTreeMap<String, f64>)]
+    pub cost_by_type_usd: CostByType,
     /// Calls of models without a price: not in `estimated_cost_usd`.
     pub unpriced: i64,
     /// Their prompt and completion tokens.
@@ -295,13 +395,54 @@ pub struct Figures {
     pub error_types: BTreeMap<String, i64>,
 }
 
-/// Nano-dollars by token type, in USD under their names.
-pub fn cost_by_type(parts: [u64; 5]) -> BTreeMap<String, f64> {
-    TOKEN_TYPES
-        .iter()
-        .zip(parts)
-        .map(|(name, nanos)| ((*name).to_owned(), nanos as f64 / 1e9))
-        .collect()
+/// Nano-dollars by token type ([`TOKEN_TYPES`]' order), shown as an object from each type's
+/// name to its USD, the names in alphabetical order (as a map of them would have them). Written
+/// straight from the sums: an answer's items are the bulk of its time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CostByType(pub [u64; 5]);
+
+impl Serialize for CostByType {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        static ALPHABETICAL: LazyLock<[usize; 5]> = LazyLock::new(|| {
+            let mut order = [0, 1, 2, 3, 4];
+            order.sort_by_key(|&i| TOKEN_TYPES[i]);
+            order
+        });
+        let mut map = serializer.serialize_map(Some(TOKEN_TYPES.len()))?;
+        for &i in ALPHABETICAL.iter() {
+            map.serialize_entry(TOKEN_TYPES[i], &(self.0[i] as f64 / 1e9))?;
+        }
+        map.end()
+    }
+}
+
+/// A whole second in UTC, as chrono shows it (`2026-12-07T08:05:00Z`), written without
+/// chrono's formatting machinery, which cost more than the rest of an item's figures; any
+/// other instant (a fraction of a second, a year past 9999) as chrono writes it.
+fn utc_timestamp<S: serde::Serializer>(
+    t: &DateTime<Utc>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    use chrono::{Datelike, Timelike};
+    let year = t.year();
+    if t.nanosecond() != 0 || !(0..=9999).contains(&year) {
+        return t.serialize(serializer);
+    }
+    let mut out = *b"0000-00-00T00:00:00Z";
+    let mut put = |at: usize, digits: usize, mut value: u32| {
+        for slot in out[at..at + digits].iter_mut().rev() {
+            *slot = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    };
+    put(0, 4, year.unsigned_abs());
+    put(5, 2, t.month());
+    put(8, 2, t.day());
+    put(11, 2, t.hour());
+    put(14, 2, t.minute());
+    put(17, 2, t.second());
+    serializer.serialize_str(std::str::from_utf8(&out).map_err(serde::ser::Error::custom)?)
 }
 
 /// A breakdown as the API shows it.
@@ -334,7 +475,7 @@ impl Figures {
             cache_creation_tokens: i64_of(a.cache_creation_tokens),
             reasoning_tokens: i64_of(a.reasoning_tokens),
             estimated_cost_usd: a.cost_nanos as f64 / 1e9,
-            cost_by_type_usd: cost_by_type(a.cost_parts_nanos),
+            cost_by_type_usd: CostByType(a.cost_parts_nanos),
             unpriced: i64_of(a.unpriced),
             unpriced_tokens: i64_of(a.unpriced_tokens),
             providers: counts(&a.providers),
@@ -432,6 +573,120 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    proptest! {
+        /// Timestamps read exactly as chrono writes them, whole seconds (the fast path) or not.
+        #[test]
+        fn timestamps_are_written_as_chrono_writes_them(
+            seconds in -62_135_596_800i64..300_000_000_000,
+            nanos in prop_oneof![Just(0u32), 0u32..1_000_000_000],
+        ) {
+            let t = DateTime::from_timestamp(seconds, nanos).unwrap();
+            let mut ours = Vec::new();
+            utc_timestamp(&t, &mut serde_json::Serializer::new(&mut ours)).unwrap();
+            prop_assert_eq!(String::from_utf8(ours).unwrap(), serde_json::to_string(&t).unwrap());
+        }
+
+        /// An answer written by `to_json` is byte for byte what serde_json writes for it:
+        /// names that need escaping, missing routes and models, fractions of seconds,
+        /// non-finite and integral figures, breakdowns.
+        #[test]
+        fn answers_are_written_as_serde_writes_them(
+            items in prop::collection::vec(any_item(), 0..4),
+            granularity in prop_oneof![Just("1m"), Just("5m"), Just("1h")],
+        ) {
+            let answer = MetricsAnswer { count: items.len(), metrics: items, granularity };
+            prop_assert_eq!(
+                String::from_utf8(answer.to_json()).unwrap(),
+                serde_json::to_string(&answer).unwrap()
+            );
+        }
+
+        /// Costs by type read as a map of the type names to USD.
+        #[test]
+        fn costs_by_type_read_as_a_map_of_their_names(parts in prop::array::uniform5(0u64..u64::MAX)) {
+            let map: BTreeMap<&str, f64> =
+                TOKEN_TYPES.iter().zip(parts).map(|(t, n)| (*t, n as f64 / 1e9)).collect();
+            prop_assert_eq!(
+                serde_json::to_string(&CostByType(parts)).unwrap(),
+                serde_json::to_string(&map).unwrap()
+            );
+        }
+    }
+
+    fn any_f64() -> impl Strategy<Value = f64> {
+        prop_oneof![
+            any::<f64>(),
+            (0i64..10_000).prop_map(|n| n as f64),
+            Just(f64::NAN),
+            Just(f64::INFINITY)
+        ]
+    }
+
+    fn any_item() -> impl Strategy<Value = MetricsItem> {
+        let name = "[a-z/\"\\\\\u{1}-\u{1f}é☃-]{0,12}";
+        let counts = prop::collection::btree_map(name, any::<i64>(), 0..3);
+        (
+            (name, prop::option::of(name), prop::option::of(name)),
+            (
+                -62_135_596_800i64..300_000_000_000,
+                prop_oneof![Just(0u32), 0u32..1_000_000_000],
+            ),
+            prop::array::uniform5(any::<i64>()),
+            prop::array::uniform8(any_f64()),
+            (
+                prop::array::uniform5(any::<u64>()),
+                prop::array::uniform6(any::<i64>()),
+            ),
+            (counts.clone(), counts, prop::option::of(any_f64())),
+        )
+            .prop_map(
+                |(
+                    (tenant, route, model),
+                    (secs, nanos),
+                    n,
+                    x,
+                    (parts, m),
+                    (providers, error_types, ttft),
+                )| {
+                    let start = DateTime::from_timestamp(secs, nanos).unwrap();
+                    MetricsItem {
+                        tenant_id: tenant,
+                        route,
+                        model,
+                        window_start: start,
+                        window_end: start + TimeDelta::minutes(5),
+                        figures: Figures {
+                            requests: n[0],
+                            errors: n[1],
+                            timeouts: n[2],
+                            error_rate: x[0],
+                            timeout_rate: x[1],
+                            avg_latency_ms: x[2],
+                            p50_latency_ms: x[3],
+                            p95_latency_ms: x[4],
+                            p99_latency_ms: x[5],
+                            prompt_tokens: n[3],
+                            completion_tokens: n[4],
+                            total_tokens: m[0],
+                            cached_prompt_tokens: m[1],
+                            cache_creation_tokens: m[2],
+                            reasoning_tokens: m[3],
+                            estimated_cost_usd: x[6],
+                            cost_by_type_usd: CostByType(parts),
+                            unpriced: m[4],
+                            unpriced_tokens: m[5],
+                            providers,
+                            error_types,
+                        },
+                        max_latency_ms: x[7],
+                        avg_ttft_ms: ttft,
+                        avg_prompt_tokens: x[0] * 3.0,
+                        avg_completion_tokens: x[1] / 7.0,
+                    }
+                },
+            )
+    }
 
     /// A call of `latency_ms`; every seventh fails, every fourteenth with a type; a tenth of
     /// the completion spent reasoning.
@@ -717,7 +972,7 @@ mod tests {
 
         fn add_but_latency(&self, a: &mut Aggregate) -> Result<Option<Vec<u8>>, RowError> {
             let mut rest = self.0.clone();
-            rest.latency = histogram::growing();
+            rest.latency = histogram::Lazy::growing();
             a.merge(&rest);
             Ok((!self.0.latency.is_empty()).then(|| histogram::encode(&self.0.latency)))
         }

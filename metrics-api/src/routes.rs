@@ -28,7 +28,7 @@ use crate::dashboard;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::query::{self, Pricing, QueryLimits};
-use crate::rollup;
+use crate::rollup::{self, MetricsAnswer};
 use crate::slos;
 use crate::store;
 
@@ -161,14 +161,6 @@ pub(crate) async fn tenant(
     }
 }
 
-/// Windows or roll-up buckets, newest first, in the original shape plus the granularity.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-struct MetricsAnswer {
-    metrics: Vec<rollup::MetricsItem>,
-    count: usize,
-    granularity: &'static str,
-}
-
 fn keyed(state: &AppState) -> bool {
     matches!(state.auth, Auth::Keys(_))
 }
@@ -256,12 +248,19 @@ async fn metrics(
             usize::try_from(q.limit).unwrap_or(usize::MAX),
         )
     };
-    Ok(Json(MetricsAnswer {
+    let answer = MetricsAnswer {
         count: items.len(),
         metrics: items,
         granularity: q.granularity.name(),
-    })
-    .into_response())
+    };
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        answer.to_json(),
+    )
+        .into_response())
 }
 
 /// Totals and the top models and routes of a tenant over a range (default: the last 24 hours).

@@ -9,7 +9,7 @@ use sqlx::types::Json;
 use sqlx::{PgPool, Row};
 
 use crate::query::MetricsQuery;
-use crate::rollup::{cost_by_type, rate, AtPrices, Figures, MetricsItem, Window};
+use crate::rollup::{rate, AtPrices, CostByType, Figures, MetricsItem, Window};
 
 /// The stored windows themselves, newest first (the original API's answer). Every figure is
 /// read as the processor wrote it; no histogram is decoded.
@@ -115,7 +115,7 @@ pub async fn latest(
                     cache_creation_tokens: r.try_get("cache_creation_tokens")?,
                     reasoning_tokens: r.try_get("reasoning_tokens")?,
                     estimated_cost_usd: cost_usd,
-                    cost_by_type_usd: cost_by_type(parts),
+                    cost_by_type_usd: CostByType(parts),
                     unpriced,
                     unpriced_tokens,
                     providers: r.try_get::<Json<_>, _>("providers")?.0,

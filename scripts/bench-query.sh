@@ -10,6 +10,8 @@
 #   BENCH_ROWS (10000000)  BENCH_DB (streamlens_bench)  BENCH_REQUESTS (5000)  BENCH_CONCURRENCY (8)
 #   BENCH_WRITE_RATE (2000): demo events/s posted through the ingestion API and written by the
 #   processor into the same database while the warm queries run (0: none)
+#   BENCH_SECONDS (65 with writes, 0 without): how long each warm measurement runs; 0: a
+#   number of requests (BENCH_REQUESTS, a tenth of it for the range queries)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
@@ -18,6 +20,7 @@ DB=${BENCH_DB:-streamlens_bench}
 REQUESTS=${BENCH_REQUESTS:-5000}
 CONCURRENCY=${BENCH_CONCURRENCY:-8}
 WRITE_RATE=${BENCH_WRITE_RATE:-2000}
+if [ "$WRITE_RATE" -gt 0 ]; then MEASURE_SECONDS=${BENCH_SECONDS:-65}; else MEASURE_SECONDS=${BENCH_SECONDS:-0}; fi
 PORT=${BENCH_PORT:-18081}
 : "${POSTGRES_DSN:?run through make bench-query}"
 DSN=${POSTGRES_DSN%/*}/$DB
@@ -75,9 +78,9 @@ fi
 rows=$(psql "$DSN" -tAc "SELECT count(*) FROM llm_metrics")
 rollup_rows=$(psql "$DSN" -tAc "SELECT count(*) FROM llm_metrics_rollups")
 key=$(POSTGRES_DSN=$DSN "$BIN/streamlens-admin" keys create --tenant tenant-7 --name bench 2>/dev/null)
-# Ranges end at the newest generated minute, so a table kept from an earlier run still has
-# data in them.
-newest=$(psql "$DSN" -tAc "SELECT to_char((max(window_start) + interval '1 minute') AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:00\"Z\"') FROM llm_metrics")
+# Ranges end at the queried tenant's newest generated minute (the demo tenants' live rows are
+# newer), so a table kept from an earlier run still has data in them.
+newest=$(psql "$DSN" -tAc "SELECT to_char((max(window_start) + interval '1 minute') AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:00\"Z\"') FROM llm_metrics WHERE tenant_id = 'tenant-7'")
 ago() { date -u -d "${newest%Z} UTC - $1" +%Y-%m-%dT%H:%M:00Z; }
 
 # Cold: Postgres restarted and, where this machine allows, the kernel's page cache dropped.
@@ -119,19 +122,38 @@ if [ "$WRITE_RATE" -gt 0 ]; then
   "$BIN/streamlens-loadgen" demo --url http://127.0.0.1:18082 --rate "$WRITE_RATE" >/dev/null 2>&1 &
   pids+=($!)
   writes_from=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-  sleep 15
+  # The processor writes a minute once it has closed: the measurements start after its first
+  # write, so that they run while it writes and not only while it reads.
+  for _ in $(seq 1 90); do
+    stored=$(psql "$DSN" -tAc "SELECT count(*) FROM llm_metrics WHERE tenant_id IN ('acme', 'globex', 'initech') AND updated_at >= '$writes_from'")
+    [ "$stored" -gt 0 ] && break
+    sleep 2
+  done
+  measured_from=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 fi
+# Each warm measurement runs for MEASURE_SECONDS: with live writes, a minute or more, so that
+# every one of them spans a minute the processor closes and writes (once a minute, with its
+# roll-ups), not only the reading between such writes. Without a duration, REQUESTS requests
+# (a tenth of them for the range queries).
 for i in "${!paths[@]}"; do
-  n=$REQUESTS; [ "$i" -gt 0 ] && n=$((REQUESTS / 10))
-  results+=("$(run --path "${paths[$i]}" --requests "$n" --concurrency 1)")
-  results+=("$(run --path "${paths[$i]}" --requests "$n" --concurrency "$CONCURRENCY")")
+  if [ "$MEASURE_SECONDS" -gt 0 ]; then
+    amount=(--seconds "$MEASURE_SECONDS")
+  else
+    n=$REQUESTS; [ "$i" -gt 0 ] && n=$((REQUESTS / 10))
+    amount=(--requests "$n")
+  fi
+  results+=("$(run --path "${paths[$i]}" "${amount[@]}" --concurrency 1)")
+  results+=("$(run --path "${paths[$i]}" "${amount[@]}" --concurrency "$CONCURRENCY")")
 done
 if [ "$WRITE_RATE" -gt 0 ]; then
   seconds=$(( $(date +%s) - $(date -d "$writes_from" +%s) ))
+  measuring=$(( $(date +%s) - $(date -d "$measured_from" +%s) ))
   # The demo's tenants; rows this run wrote (minutes still open at the end are not counted).
-  written=$(psql "$DSN" -tAc "SELECT COALESCE(sum(requests), 0) FROM llm_metrics WHERE tenant_id IN ('acme', 'globex', 'initech') AND updated_at >= '$writes_from'")
+  demo="tenant_id IN ('acme', 'globex', 'initech')"
+  written=$(psql "$DSN" -tAc "SELECT COALESCE(sum(requests), 0) FROM llm_metrics WHERE $demo AND updated_at >= '$writes_from'")
+  while_measuring=$(psql "$DSN" -tAc "SELECT count(*) FROM llm_metrics WHERE $demo AND updated_at >= '$measured_from'")
   lag=$(curl -fsS http://127.0.0.1:19095/metrics | awk '/^streamlens_processor_consumer_lag/ {s += $NF} END {print s + 0}')
-  echo "meanwhile: $WRITE_RATE demo events/s offered for ${seconds} s; the processor stored $written calls in the minutes closed by then and ended $lag records behind" >&2
+  echo "meanwhile: $WRITE_RATE demo events/s offered for ${seconds} s, the last ${measuring} s of it while measuring; the processor stored $written calls in the minutes closed by then ($while_measuring windows written while measuring) and ended $lag records behind" >&2
 fi
 python3 - "$rows" "$rollup_rows" "$cold" "$CONCURRENCY" "${results[@]}" <<'PY'
 import json, sys

@@ -161,8 +161,8 @@ struct Answer {
     count: u64,
 }
 
-/// GETs `--path` (with `--key` as bearer token, if given) `--requests` times from
-/// `--concurrency` workers; every answer must be 200.
+/// GETs `--path` (with `--key` as bearer token, if given) `--requests` times, or for
+/// `--seconds`, from `--concurrency` workers; every answer must be 200.
 pub async fn query(args: &QueryArgs) -> anyhow::Result<Value> {
     let url = format!("{}{}", args.url, args.path);
     let key = args.key.clone();
@@ -171,14 +171,21 @@ pub async fn query(args: &QueryArgs) -> anyhow::Result<Value> {
     let next = Arc::new(AtomicUsize::new(0));
     let client = reqwest::Client::new();
     let started = Instant::now();
+    let until = args
+        .seconds
+        .map(|s| started + std::time::Duration::from_secs_f64(s.max(0.0)));
     let mut workers = Vec::new();
     for _ in 0..concurrency {
         let (next, client, url, key) = (next.clone(), client.clone(), url.clone(), key.clone());
         workers.push(tokio::spawn(async move {
             let mut latencies =
                 Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
-            let (mut ok, mut rows) = (0usize, 0u64);
-            while next.fetch_add(1, Ordering::Relaxed) < total {
+            let (mut made, mut ok, mut rows) = (0usize, 0usize, 0u64);
+            while match until {
+                Some(until) => Instant::now() < until,
+                None => next.fetch_add(1, Ordering::Relaxed) < total,
+            } {
+                made += 1;
                 let mut request = client.get(&url);
                 if !key.is_empty() {
                     request = request.bearer_auth(&key);
@@ -199,14 +206,15 @@ pub async fn query(args: &QueryArgs) -> anyhow::Result<Value> {
                     rows += serde_json::from_slice::<Answer>(&body).map_or(0, |a| a.count);
                 }
             }
-            (latencies, ok, rows)
+            (latencies, made, ok, rows)
         }));
     }
     let mut latencies = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let (mut ok, mut rows) = (0, 0);
+    let (mut made, mut ok, mut rows) = (0, 0, 0);
     for w in workers {
-        let (h, n, r) = w.await?;
+        let (h, m, n, r) = w.await?;
         latencies.add(h)?;
+        made += m;
         ok += n;
         rows += r;
     }
@@ -215,7 +223,7 @@ pub async fn query(args: &QueryArgs) -> anyhow::Result<Value> {
     Ok(json!({
         "mode": "query",
         "url": url,
-        "requests": total,
+        "requests": made,
         "ok": ok,
         "rows_per_answer": rows as f64 / ok.max(1) as f64,
         "concurrency": concurrency,

@@ -184,6 +184,9 @@ pub struct QueryArgs {
     /// GETs to make
     #[arg(long, default_value_t = 5_000)]
     pub requests: usize,
+    /// Instead of a number of GETs: GETs until this many seconds have passed
+    #[arg(long)]
+    pub seconds: Option<f64>,
     /// GETs in flight
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
     pub concurrency: u64,

@@ -126,12 +126,15 @@ impl Kept {
         }
     }
 
-    /// The condition on a roll-up row's route and model that selects this grouping.
+    /// The condition on a roll-up row's route and model that selects this grouping. A kept
+    /// name is asked for as greater than [`ALL`] (names are never blank, and '' sorts before
+    /// every other text), which the index checks itself; `<>` made Postgres fetch every other
+    /// grouping's row in range from the heap to throw it away.
     fn condition(self) -> &'static str {
         match (self.routes, self.models) {
-            (true, true) => "route <> '' AND model <> ''",
-            (false, true) => "route = '' AND model <> ''",
-            (true, false) => "route <> '' AND model = ''",
+            (true, true) => "route > '' AND model > ''",
+            (false, true) => "route = '' AND model > ''",
+            (true, false) => "route > '' AND model = ''",
             (false, false) => "route = '' AND model = ''",
         }
     }

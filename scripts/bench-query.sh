@@ -122,10 +122,11 @@ if [ "$WRITE_RATE" -gt 0 ]; then
   "$BIN/streamlens-loadgen" demo --url http://127.0.0.1:18082 --rate "$WRITE_RATE" >/dev/null 2>&1 &
   pids+=($!)
   writes_from=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+  demo="tenant_id IN ('acme', 'globex', 'initech')"
   # The processor writes a minute once it has closed: the measurements start after its first
   # write, so that they run while it writes and not only while it reads.
   for _ in $(seq 1 90); do
-    stored=$(psql "$DSN" -tAc "SELECT count(*) FROM llm_metrics WHERE tenant_id IN ('acme', 'globex', 'initech') AND updated_at >= '$writes_from'")
+    stored=$(psql "$DSN" -tAc "SELECT count(*) FROM llm_metrics WHERE $demo AND updated_at >= '$writes_from'")
     [ "$stored" -gt 0 ] && break
     sleep 2
   done
@@ -148,8 +149,7 @@ done
 if [ "$WRITE_RATE" -gt 0 ]; then
   seconds=$(( $(date +%s) - $(date -d "$writes_from" +%s) ))
   measuring=$(( $(date +%s) - $(date -d "$measured_from" +%s) ))
-  # The demo's tenants; rows this run wrote (minutes still open at the end are not counted).
-  demo="tenant_id IN ('acme', 'globex', 'initech')"
+  # Rows this run wrote for the demo's tenants (minutes still open at the end are not counted).
   written=$(psql "$DSN" -tAc "SELECT COALESCE(sum(requests), 0) FROM llm_metrics WHERE $demo AND updated_at >= '$writes_from'")
   while_measuring=$(psql "$DSN" -tAc "SELECT count(*) FROM llm_metrics WHERE $demo AND updated_at >= '$measured_from'")
   lag=$(curl -fsS http://127.0.0.1:19095/metrics | awk '/^streamlens_processor_consumer_lag/ {s += $NF} END {print s + 0}')

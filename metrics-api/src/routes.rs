@@ -254,10 +254,7 @@ async fn metrics(
         granularity: q.granularity.name(),
     };
     Ok((
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
+        [(header::CONTENT_TYPE, "application/json")],
         answer.to_json(),
     )
         .into_response())

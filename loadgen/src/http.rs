@@ -161,6 +161,24 @@ struct Answer {
     count: u64,
 }
 
+/// The row count of an answer. A range answer ends with its count (`],"count":N,` and the
+/// granularity), read from there: skipping a few hundred KiB of items with a JSON parser
+/// would cost this client more CPU than the service spends writing them, on the machine the
+/// service shares. Any other answer is parsed.
+fn answer_rows(body: &[u8]) -> u64 {
+    const MARK: &[u8] = b"],\"count\":";
+    let tail = &body[body.len().saturating_sub(96)..];
+    let counted = tail
+        .windows(MARK.len())
+        .rposition(|w| w == MARK)
+        .and_then(|at| {
+            let digits = &tail[at + MARK.len()..];
+            let end = digits.iter().position(|b| !b.is_ascii_digit())?;
+            std::str::from_utf8(&digits[..end]).ok()?.parse().ok()
+        });
+    counted.unwrap_or_else(|| serde_json::from_slice::<Answer>(body).map_or(0, |a| a.count))
+}
+
 /// GETs `--path` (with `--key` as bearer token, if given) `--requests` times, or for
 /// `--seconds`, from `--concurrency` workers; every answer must be 200.
 pub async fn query(args: &QueryArgs) -> anyhow::Result<Value> {
@@ -203,7 +221,7 @@ pub async fn query(args: &QueryArgs) -> anyhow::Result<Value> {
                 latencies.saturating_record((sent.elapsed().as_micros() as u64).max(1));
                 if let Some(body) = body {
                     ok += 1;
-                    rows += serde_json::from_slice::<Answer>(&body).map_or(0, |a| a.count);
+                    rows += answer_rows(&body);
                 }
             }
             (latencies, made, ok, rows)
@@ -232,4 +250,25 @@ pub async fn query(args: &QueryArgs) -> anyhow::Result<Value> {
         "p50_ms": ms(0.5),
         "p99_ms": ms(0.99),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::answer_rows;
+
+    #[test]
+    fn rows_are_read_from_a_range_answers_tail_and_any_other_answer_is_parsed() {
+        let item = r#"{"window_start":"2026-12-07T10:00:00Z","count":7,"route":"],\"count\":9,"}"#;
+        let range = format!(r#"{{"metrics":[{item},{item}],"count":2,"granularity":"5m"}}"#);
+        assert_eq!(answer_rows(range.as_bytes()), 2);
+        let long = format!(
+            r#"{{"metrics":[{}],"count":578,"granularity":"1h"}}"#,
+            vec![item; 578].join(",")
+        );
+        assert_eq!(answer_rows(long.as_bytes()), 578);
+        // No tail to read: parsed, and a nested count is not the answer's.
+        assert_eq!(answer_rows(br#"{"count":3,"totals":{"count":5}}"#), 3);
+        assert_eq!(answer_rows(br#"{"totals":{"count":5}}"#), 0);
+        assert_eq!(answer_rows(b"not json"), 0);
+    }
 }

@@ -149,6 +149,14 @@ impl Event {
         }
     }
 
+    /// The event's `request_id`, taken out of it.
+    pub fn into_request_id(self) -> RequestId {
+        match self {
+            Event::Request(r) => r.request_id,
+            Event::Response(r) => r.request_id,
+        }
+    }
+
     /// The tenant the event names: always for a request, when stamped for a response.
     pub fn tenant(&self) -> Option<&TenantId> {
         match self {

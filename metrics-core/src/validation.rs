@@ -19,7 +19,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 use validator::{Validate, ValidationError, ValidationErrors};
 
-use crate::events::{Event, RequestEvent, ResponseEvent};
+use crate::events::{Event, EventKind, RequestEvent, ResponseEvent};
 use crate::ids::{ErrorType, Invalid, Model, Provider, RequestId, Route, TenantId};
 
 /// Largest `metadata` object accepted, measured as compact JSON.
@@ -215,14 +215,32 @@ pub fn parse_event_bytes(
 ) -> Result<Event, Vec<FieldError>> {
     let typed = serde_json::from_slice::<AnyEvent>(bytes).ok();
     match typed.and_then(AnyEvent::into_event) {
-        Some(Event::Request(event)) => {
-            check_request(Fields::empty(), event, now, limits).map(Event::Request)
-        }
-        Some(Event::Response(event)) => {
-            check_response(Fields::empty(), event, now, limits).map(Event::Response)
-        }
+        Some(event) => check_event(event, now, limits),
         None => parse_event(&to_value(bytes)?, now, limits),
     }
+}
+
+/// A JSON array of events read in one pass, each item with its kind and its verdict; `None`
+/// when the body is no array or some item is not an event of a known kind with every required
+/// field well typed: then each item is read on its own by [`parse_event_bytes`], which names
+/// every offending field. Where it answers, it answers as [`parse_event_bytes`] does item by
+/// item, without first splitting the array into raw items.
+pub fn parse_event_array(
+    bytes: &[u8],
+    now: DateTime<Utc>,
+    limits: &Limits,
+) -> Option<Vec<(EventKind, Result<Event, Vec<FieldError>>)>> {
+    let items: Vec<AnyEvent> = serde_json::from_slice(bytes).ok()?;
+    let events = items
+        .into_iter()
+        .map(AnyEvent::into_event)
+        .collect::<Option<Vec<_>>>()?;
+    Some(
+        events
+            .into_iter()
+            .map(|event| (event.kind(), check_event(event, now, limits)))
+            .collect(),
+    )
 }
 
 /// Every field of either event kind, read in one pass. A field of the other kind that is
@@ -231,7 +249,7 @@ pub fn parse_event_bytes(
 #[derive(Deserialize)]
 struct AnyEvent {
     #[serde(rename = "type")]
-    kind: Option<String>,
+    kind: Option<DeclaredKind>,
     request_id: Option<RequestId>,
     tenant_id: Option<TenantId>,
     route: Option<Route>,
@@ -254,11 +272,21 @@ struct AnyEvent {
     response_model: Option<Model>,
 }
 
+/// An item's `type`, read without allocating; an unknown one is not an event.
+#[derive(Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum DeclaredKind {
+    Request,
+    Response,
+    #[serde(other)]
+    Unknown,
+}
+
 impl AnyEvent {
     /// The event, if its kind is known and every required field is present.
     fn into_event(self) -> Option<Event> {
-        match self.kind.as_deref()? {
-            "request" => Some(Event::Request(RequestEvent {
+        match self.kind? {
+            DeclaredKind::Request => Some(Event::Request(RequestEvent {
                 request_id: self.request_id?,
                 tenant_id: self.tenant_id?,
                 route: self.route?,
@@ -269,7 +297,7 @@ impl AnyEvent {
                 user_id_hash: self.user_id_hash,
                 metadata: self.metadata,
             })),
-            "response" => Some(Event::Response(ResponseEvent {
+            DeclaredKind::Response => Some(Event::Response(ResponseEvent {
                 request_id: self.request_id?,
                 timestamp: self.timestamp?,
                 latency_ms: self.latency_ms?,
@@ -284,7 +312,7 @@ impl AnyEvent {
                 response_model: self.response_model,
                 tenant_id: self.tenant_id,
             })),
-            _ => None,
+            DeclaredKind::Unknown => None,
         }
     }
 }

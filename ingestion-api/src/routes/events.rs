@@ -191,14 +191,13 @@ async fn single(
             event.tenant().map(ToString::to_string).unwrap_or_default(),
         ));
     }
-    let request_id = event.request_id().to_string();
-    let record = state.record(&event, trace_id(&headers).map(Into::into));
+    let record = state.record(event, trace_id(&headers).map(Into::into));
     match state.publish(std::slice::from_ref(&record)).await.pop() {
         Some(Ok(())) => Ok((
             StatusCode::ACCEPTED,
             Json(Accepted {
                 status: "accepted".into(),
-                request_id,
+                request_id: record.key,
             }),
         )),
         Some(Err(e)) => Err(ApiError::Unavailable(e)),
@@ -245,52 +244,67 @@ pub async fn post_batch(
     };
     let bytes = body.map_err(|r| ApiError::from_body(r, state.config.max_batch_bytes))?;
     let tenant = state.caller(&headers).await?;
-    let items: Vec<&[u8]> = if ndjson {
+    let (now, limits) = (Utc::now(), &state.config.limits);
+    // An array of well-typed events, which is what a batch mostly is, is read in one pass;
+    // any other body item by item, each a raw slice of it, so that every offending field of
+    // every item is named.
+    let at_once = (!ndjson)
+        .then(|| validation::parse_event_array(&bytes, now, limits))
+        .flatten();
+    let items: Vec<&[u8]> = if at_once.is_some() {
+        Vec::new()
+    } else if ndjson {
         bytes
             .split(|b| *b == b'\n')
             .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
             .collect()
     } else {
-        // Items stay raw slices of the body; each is parsed on its own below.
         let array: Vec<&RawValue> = serde_json::from_slice(&bytes).map_err(|e| {
             ApiError::MalformedJson(format!("{e} (a batch is a JSON array of events)"))
         })?;
         array.into_iter().map(|raw| raw.get().as_bytes()).collect()
     };
-    if items.is_empty() {
+    let count = at_once.as_ref().map_or(items.len(), Vec::len);
+    if count == 0 {
         let empty = FieldError::new("body", "a batch needs at least one event");
         return Err(ApiError::Invalid(vec![empty]));
     }
     let max = state.config.max_batch_items;
-    if items.len() > max {
-        return Err(ApiError::TooManyItems {
-            max,
-            got: items.len(),
-        });
+    if count > max {
+        return Err(ApiError::TooManyItems { max, got: count });
     }
 
-    state.limit(&headers, items.len())?;
+    state.limit(&headers, count)?;
 
+    // Each item's verdict, and its kind where the reading knew it.
+    let verdicts: Vec<(Option<EventKind>, Result<Event, Vec<FieldError>>)> = match at_once {
+        Some(all) => all
+            .into_iter()
+            .map(|(kind, verdict)| (Some(kind), verdict))
+            .collect(),
+        None => items
+            .iter()
+            .map(|item| (None, validation::parse_event_bytes(item, now, limits)))
+            .collect(),
+    };
     let mut report = BatchReport::default();
-    let mut records = Vec::with_capacity(items.len());
-    let mut positions = Vec::with_capacity(items.len());
+    let mut records = Vec::with_capacity(count);
+    let mut positions = Vec::with_capacity(count);
     let trace: Option<Arc<str>> = trace_id(&headers).map(Into::into);
-    let now = Utc::now();
-    for (index, item) in items.into_iter().enumerate() {
-        let parsed =
-            validation::parse_event_bytes(item, now, &state.config.limits).and_then(|mut event| {
-                bind_tenant(&mut event, tenant.as_ref())
-                    .map(|()| event)
-                    .map_err(|e| vec![e])
-            });
+    for (index, (kind, verdict)) in verdicts.into_iter().enumerate() {
+        let parsed = verdict.and_then(|mut event| {
+            bind_tenant(&mut event, tenant.as_ref())
+                .map(|()| event)
+                .map_err(|e| vec![e])
+        });
         match parsed {
             Ok(event) => {
-                records.push(state.record(&event, trace.clone()));
+                records.push(state.record(event, trace.clone()));
                 positions.push(index);
             }
             Err(fields) => {
                 let kind = KindLabels {
-                    kind: declared_kind(item),
+                    kind: kind.map_or_else(|| declared_kind(items[index]), EventKind::as_str),
                 };
                 state.metrics.events_rejected.get_or_create(&kind).inc();
                 report.rejected.push(ItemRejection {
@@ -440,11 +454,13 @@ impl AppState {
         }
     }
 
-    pub(super) fn record(&self, event: &Event, trace_id: Option<Arc<str>>) -> Record {
+    /// The event as the record to write: its JSON, keyed by its `request_id`.
+    pub(super) fn record(&self, event: Event, trace_id: Option<Arc<str>>) -> Record {
+        let (kind, payload) = (event.kind(), event.to_json());
         Record {
-            kind: event.kind(),
-            key: event.request_id().to_string(),
-            payload: event.to_json(),
+            kind,
+            key: event.into_request_id().into_string(),
+            payload,
             trace_id,
         }
     }

@@ -50,7 +50,7 @@ async fn take(
     let trace: Option<Arc<str>> = trace_id(headers).map(Into::into);
     let records: Vec<_> = mapped
         .events
-        .iter()
+        .into_iter()
         .map(|event| state.record(event, trace.clone()))
         .collect();
     if let Some(Err(e)) = state

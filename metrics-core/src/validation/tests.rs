@@ -424,10 +424,9 @@ fn timestamps_are_written_as_chrono_writes_them() {
     }
 }
 
-/// The typed fast path must give the same verdict and the same event as the field-by-field
-/// reading, for valid items and for every kind of invalid one.
-#[test]
-fn the_fast_path_never_changes_the_verdict() {
+/// Valid items of both kinds and every kind of invalid one: each field missing, of each wrong
+/// type, fields of the other kind, unknown fields.
+fn batch_items() -> Vec<Value> {
     let mut items = Vec::new();
     for (kind, base) in [("request", request()), ("response", response())] {
         let base = with(base, "type", json!(kind));
@@ -463,8 +462,21 @@ fn the_fast_path_never_changes_the_verdict() {
             "timestamp",
             json!("2024-05-01T13:59:30+02:00"),
         ));
+        // Well typed, but refused by the checks: no reason to leave the one-pass reading.
+        items.push(with(
+            base.clone(),
+            "timestamp",
+            json!("2020-01-01T00:00:00Z"),
+        ));
     }
-    for item in items {
+    items
+}
+
+/// The typed fast path must give the same verdict and the same event as the field-by-field
+/// reading, for valid items and for every kind of invalid one.
+#[test]
+fn the_fast_path_never_changes_the_verdict() {
+    for item in batch_items() {
         let bytes = serde_json::to_vec(&item).unwrap();
         let fast = parse_event_bytes(&bytes, now(), &Limits::default());
         let slow = parse_event(&item, now(), &Limits::default());
@@ -526,4 +538,40 @@ fn the_optional_call_details_are_read_and_checked() {
         response_error(with(response, "error_type", json!("")), "error_type"),
         "must not be empty"
     );
+}
+
+proptest::proptest! {
+    /// A batch read in one pass has, item by item, the verdict of reading each item on its own;
+    /// and every batch of well-typed events is read in one pass.
+    #[test]
+    fn a_batch_read_at_once_has_each_items_verdict(
+        picks in proptest::collection::vec(proptest::prelude::any::<proptest::sample::Index>(), 1..24),
+        typed_only in proptest::prelude::any::<bool>(),
+    ) {
+        let typed = |item: &&Value| {
+            serde_json::from_value::<AnyEvent>((*item).clone()).ok().and_then(AnyEvent::into_event).is_some()
+        };
+        // Half the batches from well-typed items only, which a batch mostly is.
+        let all: Vec<Value> = batch_items().into_iter().filter(|item| !typed_only || typed(&item)).collect();
+        let items: Vec<&Value> = picks.iter().map(|i| &all[i.index(all.len())]).collect();
+        let body = serde_json::to_vec(&items).unwrap();
+        let each: Vec<_> = items
+            .iter()
+            .map(|item| parse_event_bytes(&serde_json::to_vec(item).unwrap(), now(), &Limits::default()))
+            .collect();
+        match parse_event_array(&body, now(), &Limits::default()) {
+            Some(at_once) => {
+                proptest::prop_assert!(items.iter().all(typed));
+                let kinds: Vec<_> = at_once.iter().map(|(kind, _)| *kind).collect();
+                let declared: Vec<_> = items
+                    .iter()
+                    .map(|item| if item["type"] == "request" { EventKind::Request } else { EventKind::Response })
+                    .collect();
+                proptest::prop_assert_eq!(kinds, declared);
+                let verdicts: Vec<_> = at_once.into_iter().map(|(_, verdict)| verdict).collect();
+                proptest::prop_assert_eq!(verdicts, each);
+            }
+            None => proptest::prop_assert!(!items.iter().all(typed), "a batch of typed events read item by item"),
+        }
+    }
 }

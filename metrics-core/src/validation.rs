@@ -220,6 +220,9 @@ pub fn parse_event_bytes(
     }
 }
 
+/// What reading an event ends with: the event, or every offending field.
+pub type Verdict = Result<Event, Vec<FieldError>>;
+
 /// A JSON array of events read in one pass, each item with its kind and its verdict; `None`
 /// when the body is no array or some item is not an event of a known kind with every required
 /// field well typed: then each item is read on its own by [`parse_event_bytes`], which names
@@ -229,7 +232,7 @@ pub fn parse_event_array(
     bytes: &[u8],
     now: DateTime<Utc>,
     limits: &Limits,
-) -> Option<Vec<(EventKind, Result<Event, Vec<FieldError>>)>> {
+) -> Option<Vec<(EventKind, Verdict)>> {
     let items: Vec<AnyEvent> = serde_json::from_slice(bytes).ok()?;
     let events = items
         .into_iter()

@@ -277,7 +277,7 @@ pub async fn post_batch(
     state.limit(&headers, count)?;
 
     // Each item's verdict, and its kind where the reading knew it.
-    let verdicts: Vec<(Option<EventKind>, Result<Event, Vec<FieldError>>)> = match at_once {
+    let verdicts: Vec<(Option<EventKind>, validation::Verdict)> = match at_once {
         Some(all) => all
             .into_iter()
             .map(|(kind, verdict)| (Some(kind), verdict))

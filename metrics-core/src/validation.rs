@@ -234,16 +234,13 @@ pub fn parse_event_array(
     limits: &Limits,
 ) -> Option<Vec<(EventKind, Verdict)>> {
     let items: Vec<AnyEvent> = serde_json::from_slice(bytes).ok()?;
-    let events = items
+    items
         .into_iter()
-        .map(AnyEvent::into_event)
-        .collect::<Option<Vec<_>>>()?;
-    Some(
-        events
-            .into_iter()
-            .map(|event| (event.kind(), check_event(event, now, limits)))
-            .collect(),
-    )
+        .map(|item| {
+            let event = item.into_event()?;
+            Some((event.kind(), check_event(event, now, limits)))
+        })
+        .collect()
 }
 
 /// Every field of either event kind, read in one pass. A field of the other kind that is

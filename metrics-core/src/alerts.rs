@@ -293,11 +293,14 @@ impl RuleSpec {
     }
 }
 
-/// A rule's or objective's name, trimmed; 1 to 100 characters.
+/// A rule's or objective's name, trimmed; 1 to 100 characters, none of them a control
+/// character (Postgres text cannot hold NUL: such a name was a 503, not a 400).
 pub(crate) fn checked_name<'a>(name: &'a str, fail: &mut impl FnMut(&str, &str)) -> &'a str {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 100 {
         fail("name", "must be 1 to 100 characters");
+    } else if name.chars().any(char::is_control) {
+        fail("name", "must not contain control characters");
     }
     name
 }
@@ -492,6 +495,20 @@ mod tests {
 
     fn spec(json: serde_json::Value) -> RuleSpec {
         serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn a_name_with_a_control_character_is_refused_not_stored() {
+        let allowed = |url: &str| webhook_allowed(url, &["http://127.0.0.1".to_owned()]);
+        for name in ["a\u{0}b", "tab\there", "q\u{8}"] {
+            let rule = spec(serde_json::json!({
+                "name": name, "metric": "error_rate", "op": ">", "threshold": 0.05, "window": "5m"
+            }));
+            let errors = rule.check(allowed).unwrap_err();
+            assert_eq!(errors.len(), 1, "{name:?}: {errors:?}");
+            assert_eq!(errors[0].field, "name");
+            assert_eq!(errors[0].reason, "must not contain control characters");
+        }
     }
 
     #[test]

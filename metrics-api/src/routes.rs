@@ -6,11 +6,10 @@ use std::time::Duration;
 
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
-use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use chrono::Utc;
-use infra::http::{measure_and_bound, Guard};
+use infra::http::{Edge, EdgeService};
 use infra::keys::Auth;
 use infra::rollups::Kept;
 use metrics_core::error::ErrorBody;
@@ -18,7 +17,8 @@ use metrics_core::pricing::PricingTable;
 use metrics_core::tiles::Level;
 use serde_json::json;
 use sqlx::PgPool;
-use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower::util::Either;
+use tower_http::cors::{AllowOrigin, Cors, CorsLayer};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -107,20 +107,20 @@ pub fn document() -> &'static str {
     DOCUMENT.get_or_init(|| infra::openapi::to_json(routes().into_openapi()))
 }
 
-pub fn router(state: AppState, cors_origins: &[String]) -> Router {
-    let (app, _) = routes().split_for_parts();
-    let mut app = app
+/// The service: the router, around it the request's id, timeout, panic answer and metrics
+/// (see [`Edge`]), and outside those the CORS answers when origins are configured.
+pub fn router(state: AppState, cors_origins: &[String]) -> Service {
+    let (app, document) = routes().split_for_parts();
+    let edge = Edge::new(
+        state.metrics.http.clone(),
+        state.request_timeout,
+        document.paths.paths.keys().map(String::as_str),
+    );
+    let app = app
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(middleware::from_fn_with_state(
-            Guard {
-                metrics: state.metrics.http.clone(),
-                timeout: state.request_timeout,
-            },
-            measure_and_bound,
-        ));
-    app = infra::http::with_request_ids(app);
-    if !cors_origins.is_empty() {
+        .with_state(state);
+    let cors = (!cors_origins.is_empty()).then(|| {
         let origins = if cors_origins.iter().any(|o| o == "*") {
             AllowOrigin::any()
         } else {
@@ -130,19 +130,23 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
                     .filter_map(|o| HeaderValue::from_str(o).ok()),
             )
         };
-        app = app.layer(
-            CorsLayer::new()
-                .allow_origin(origins)
-                .allow_methods([Method::GET])
-                .allow_headers([
-                    header::AUTHORIZATION,
-                    header::HeaderName::from_static("x-api-key"),
-                ])
-                .max_age(Duration::from_secs(3600)),
-        );
-    }
-    app.with_state(state)
+        CorsLayer::new()
+            .allow_origin(origins)
+            .allow_methods([Method::GET])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::HeaderName::from_static("x-api-key"),
+            ])
+            .max_age(Duration::from_secs(3600))
+    });
+    tower::ServiceBuilder::new()
+        .option_layer(cors)
+        .layer(edge)
+        .service(app)
 }
+
+/// What [`router`] makes: a tower service, served with `axum::serve`.
+pub type Service = Either<Cors<EdgeService<Router>>, EdgeService<Router>>;
 
 /// The tenant a query is for: the key's, and `tenant_id` must agree with it when given.
 pub(crate) async fn tenant(

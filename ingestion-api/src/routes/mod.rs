@@ -9,11 +9,11 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::middleware;
 use axum::Router;
-use infra::http::{measure_and_bound, Guard};
+use infra::http::{Edge, EdgeService};
 use infra::kafka::Topics;
 use metrics_core::validation::Limits;
+use tower::Layer;
 use tower_http::decompression::RequestDecompressionLayer;
 
 use infra::keys::Auth;
@@ -100,18 +100,22 @@ pub fn document() -> &'static str {
     DOCUMENT.get_or_init(|| infra::openapi::to_json(routes(0).into_openapi()))
 }
 
-pub fn router(state: AppState) -> Router {
-    let (app, _) = routes(state.config.max_batch_bytes).split_for_parts();
+/// The service: the router, and around it the request's id, timeout, panic answer and
+/// metrics (see [`Edge`]) and the default body limit.
+pub fn router(state: AppState) -> Service {
+    let (app, document) = routes(state.config.max_batch_bytes).split_for_parts();
+    let edge = Edge::new(
+        state.metrics.http.clone(),
+        state.config.request_timeout,
+        document.paths.paths.keys().map(String::as_str),
+    );
+    let body_limit = DefaultBodyLimit::max(state.config.max_body_bytes);
     let app = app
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
-        .layer(middleware::from_fn_with_state(
-            Guard {
-                metrics: state.metrics.http.clone(),
-                timeout: state.config.request_timeout,
-            },
-            measure_and_bound,
-        ));
-    infra::http::with_request_ids(app).with_state(state)
+        .with_state(state);
+    edge.layer(body_limit.layer(app))
 }
+
+/// What [`router`] makes: a tower service, served with `axum::serve`.
+pub type Service = EdgeService<<DefaultBodyLimit as Layer<Router>>::Service>;

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use axum::Router;
 use http_body_util::BodyExt;
 use infra::keys::{Auth, KeyCache};
 use ingestion_api::limit::RateLimiter;
+use ingestion_api::routes::Service as Router;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use tower::ServiceExt;

@@ -5,12 +5,12 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use axum::Router;
 use chrono::Utc;
 use futures::future::BoxFuture;
 use http_body_util::BodyExt;
 use ingestion_api::metrics::Metrics;
 use ingestion_api::publisher::{PublishError, Publisher, Record};
+use ingestion_api::routes::Service as Router;
 use ingestion_api::routes::{router, AppState, HttpConfig};
 use ingestion_api::settings::Settings;
 use ingestion_api::startup::Application;

@@ -5,9 +5,9 @@ use std::io::Write;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use axum::Router;
 use chrono::Utc;
 use http_body_util::BodyExt;
+use ingestion_api::routes::Service as Router;
 use metrics_core::events::EventKind;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,

@@ -223,24 +223,54 @@ pub fn parse_event_bytes(
 /// What reading an event ends with: the event, or every offending field.
 pub type Verdict = Result<Event, Vec<FieldError>>;
 
-/// A JSON array of events read in one pass, each item with its kind and its verdict; `None`
-/// when the body is no array or some item is not an event of a known kind with every required
-/// field well typed: then each item is read on its own by [`parse_event_bytes`], which names
-/// every offending field. Where it answers, it answers as [`parse_event_bytes`] does item by
-/// item, without first splitting the array into raw items.
+/// A JSON array of events read in one pass: `each` gets every item's kind and verdict, in
+/// order, as it is read, and the answer is how many items there were. `None` when the body is
+/// no array or some item is not an event of a known kind with every required field well typed:
+/// then each item is read on its own by [`parse_event_bytes`], which names every offending
+/// field, and whatever `each` made of the items before that one is to be discarded. Where it
+/// answers, it answers as [`parse_event_bytes`] does item by item, without first splitting the
+/// array into raw items or holding the items read so far.
 pub fn parse_event_array(
     bytes: &[u8],
     now: DateTime<Utc>,
     limits: &Limits,
-) -> Option<Vec<(EventKind, Verdict)>> {
-    let items: Vec<AnyEvent> = serde_json::from_slice(bytes).ok()?;
-    items
-        .into_iter()
-        .map(|item| {
-            let event = item.into_event()?;
-            Some((event.kind(), check_event(event, now, limits)))
-        })
-        .collect()
+    each: impl FnMut(EventKind, Verdict),
+) -> Option<usize> {
+    struct Items<'a, F> {
+        now: DateTime<Utc>,
+        limits: &'a Limits,
+        each: F,
+    }
+
+    impl<'de, F: FnMut(EventKind, Verdict)> serde::de::Visitor<'de> for Items<'_, F> {
+        type Value = usize;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an array of events")
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            mut self,
+            mut seq: A,
+        ) -> Result<usize, A::Error> {
+            let mut count = 0;
+            while let Some(item) = seq.next_element::<AnyEvent>()? {
+                let event = item
+                    .into_event()
+                    .ok_or_else(|| serde::de::Error::custom("not a well-typed event"))?;
+                (self.each)(event.kind(), check_event(event, self.now, self.limits));
+                count += 1;
+            }
+            Ok(count)
+        }
+    }
+
+    let mut reader = serde_json::Deserializer::from_slice(bytes);
+    let count = (&mut reader)
+        .deserialize_seq(Items { now, limits, each })
+        .ok()?;
+    reader.end().ok()?;
+    Some(count)
 }
 
 /// Every field of either event kind, read in one pass. A field of the other kind that is

@@ -245,26 +245,43 @@ pub async fn post_batch(
     let bytes = body.map_err(|r| ApiError::from_body(r, state.config.max_batch_bytes))?;
     let tenant = state.caller(&headers).await?;
     let (now, limits) = (Utc::now(), &state.config.limits);
-    // An array of well-typed events, which is what a batch mostly is, is read in one pass;
-    // any other body item by item, each a raw slice of it, so that every offending field of
-    // every item is named.
+    let trace: Option<Arc<str>> = trace_id(&headers).map(Into::into);
+    let mut sorted = Sorted::default();
+    // An array of well-typed events, which is what a batch mostly is, is read in one pass,
+    // each item made a record as it is read; any other body item by item, each a raw slice of
+    // it, so that every offending field of every item is named.
     let at_once = (!ndjson)
-        .then(|| validation::parse_event_array(&bytes, now, limits))
+        .then(|| {
+            validation::parse_event_array(&bytes, now, limits, |kind, verdict| {
+                sorted.add(&state, tenant.as_ref(), &trace, verdict, || kind.as_str());
+            })
+        })
         .flatten();
-    let items: Vec<&[u8]> = if at_once.is_some() {
-        Vec::new()
-    } else if ndjson {
-        bytes
-            .split(|b| *b == b'\n')
-            .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
-            .collect()
-    } else {
-        let array: Vec<&RawValue> = serde_json::from_slice(&bytes).map_err(|e| {
-            ApiError::MalformedJson(format!("{e} (a batch is a JSON array of events)"))
-        })?;
-        array.into_iter().map(|raw| raw.get().as_bytes()).collect()
+    let count = match at_once {
+        Some(count) => count,
+        None => {
+            let items: Vec<&[u8]> = if ndjson {
+                bytes
+                    .split(|b| *b == b'\n')
+                    .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
+                    .collect()
+            } else {
+                let array: Vec<&RawValue> = serde_json::from_slice(&bytes).map_err(|e| {
+                    ApiError::MalformedJson(format!("{e} (a batch is a JSON array of events)"))
+                })?;
+                array.into_iter().map(|raw| raw.get().as_bytes()).collect()
+            };
+            // What the one-pass reading made of the items before the one it could not read.
+            sorted = Sorted::default();
+            for item in &items {
+                let verdict = validation::parse_event_bytes(item, now, limits);
+                sorted.add(&state, tenant.as_ref(), &trace, verdict, || {
+                    declared_kind(item)
+                });
+            }
+            items.len()
+        }
     };
-    let count = at_once.as_ref().map_or(items.len(), Vec::len);
     if count == 0 {
         let empty = FieldError::new("body", "a batch needs at least one event");
         return Err(ApiError::Invalid(vec![empty]));
@@ -276,43 +293,22 @@ pub async fn post_batch(
 
     state.limit(&headers, count)?;
 
-    // Each item's verdict, and its kind where the reading knew it.
-    let verdicts: Vec<(Option<EventKind>, validation::Verdict)> = match at_once {
-        Some(all) => all
-            .into_iter()
-            .map(|(kind, verdict)| (Some(kind), verdict))
-            .collect(),
-        None => items
-            .iter()
-            .map(|item| (None, validation::parse_event_bytes(item, now, limits)))
-            .collect(),
-    };
+    let Sorted {
+        records,
+        positions,
+        rejected,
+    } = sorted;
     let mut report = BatchReport::default();
-    let mut records = Vec::with_capacity(count);
-    let mut positions = Vec::with_capacity(count);
-    let trace: Option<Arc<str>> = trace_id(&headers).map(Into::into);
-    for (index, (kind, verdict)) in verdicts.into_iter().enumerate() {
-        let parsed = verdict.and_then(|mut event| {
-            bind_tenant(&mut event, tenant.as_ref())
-                .map(|()| event)
-                .map_err(|e| vec![e])
+    for (index, kind, fields) in rejected {
+        state
+            .metrics
+            .events_rejected
+            .get_or_create(&KindLabels { kind })
+            .inc();
+        report.rejected.push(ItemRejection {
+            index,
+            fields: fields.into_iter().map(Into::into).collect(),
         });
-        match parsed {
-            Ok(event) => {
-                records.push(state.record(event, trace.clone()));
-                positions.push(index);
-            }
-            Err(fields) => {
-                let kind = KindLabels {
-                    kind: kind.map_or_else(|| declared_kind(items[index]), EventKind::as_str),
-                };
-                state.metrics.events_rejected.get_or_create(&kind).inc();
-                report.rejected.push(ItemRejection {
-                    index,
-                    fields: fields.into_iter().map(Into::into).collect(),
-                });
-            }
-        }
     }
 
     let results = state.publish(&records).await;
@@ -342,6 +338,41 @@ pub async fn post_batch(
         StatusCode::ACCEPTED
     };
     Ok((status, Json(report)))
+}
+
+/// A batch's items as they are read: the records to write with their positions in the
+/// batch, and the rejected items with their kind and offending fields.
+#[derive(Default)]
+struct Sorted {
+    records: Vec<Record>,
+    positions: Vec<usize>,
+    rejected: Vec<(usize, &'static str, Vec<FieldError>)>,
+}
+
+impl Sorted {
+    /// The next item: a record when it is valid and the caller's tenant's, a rejection
+    /// otherwise (`kind` names it for the metric).
+    fn add(
+        &mut self,
+        state: &AppState,
+        tenant: Option<&TenantId>,
+        trace: &Option<Arc<str>>,
+        verdict: validation::Verdict,
+        kind: impl FnOnce() -> &'static str,
+    ) {
+        let index = self.records.len() + self.rejected.len();
+        let bound = verdict.and_then(|mut event| match bind_tenant(&mut event, tenant) {
+            Ok(()) => Ok(event),
+            Err(e) => Err(vec![e]),
+        });
+        match bound {
+            Ok(event) => {
+                self.records.push(state.record(event, trace.clone()));
+                self.positions.push(index);
+            }
+            Err(fields) => self.rejected.push((index, kind(), fields)),
+        }
+    }
 }
 
 /// The `type` a rejected batch item claims, for the rejection metric.

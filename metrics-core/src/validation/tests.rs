@@ -559,8 +559,11 @@ proptest::proptest! {
             .iter()
             .map(|item| parse_event_bytes(&serde_json::to_vec(item).unwrap(), now(), &Limits::default()))
             .collect();
-        match parse_event_array(&body, now(), &Limits::default()) {
-            Some(at_once) => {
+        let mut at_once = Vec::new();
+        let read = parse_event_array(&body, now(), &Limits::default(), |kind, verdict| at_once.push((kind, verdict)));
+        match read {
+            Some(count) => {
+                proptest::prop_assert_eq!(count, items.len());
                 proptest::prop_assert!(items.iter().all(typed));
                 let kinds: Vec<_> = at_once.iter().map(|(kind, _)| *kind).collect();
                 let declared: Vec<_> = items

@@ -364,60 +364,77 @@ fn to_value(bytes: &[u8]) -> Result<Value, Vec<FieldError>> {
 }
 
 /// Writes a timestamp as RFC 3339 in UTC with `Z`, with 0, 3, 6 or 9 fractional digits as
-/// needed (the form chrono's serde gives), without going through `fmt`: it runs for every
-/// event written.
+/// needed (the form chrono's serde gives), without going through `fmt` or the heap: it runs
+/// for every event written.
 pub fn write_rfc3339<S: serde::Serializer>(
     at: &DateTime<Utc>,
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
     use chrono::{Datelike, Timelike};
-    fn digits(out: &mut Vec<u8>, value: u32, width: usize) {
-        let start = out.len();
-        let mut v = value;
-        for _ in 0..width {
-            out.push(b'0' + (v % 10) as u8);
-            v /= 10;
-        }
-        out[start..].reverse();
+    /// The text, at most `2024-05-01T11:59:30.123456789Z`.
+    struct Text {
+        bytes: [u8; 30],
+        len: usize,
     }
-    let year = at.year();
+    impl Text {
+        fn push(&mut self, byte: u8) {
+            self.bytes[self.len] = byte;
+            self.len += 1;
+        }
+        fn digits(&mut self, value: u32, width: usize) {
+            let mut v = value;
+            for at in (self.len..self.len + width).rev() {
+                self.bytes[at] = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+            self.len += width;
+        }
+    }
+    // Read once: each of chrono's accessors on a `DateTime` converts it to local time again.
+    let (date, time) = (at.date_naive(), at.time());
+    let year = date.year();
     if !(0..=9999).contains(&year) {
         return serializer.serialize_str(&at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true));
     }
-    let mut out = Vec::with_capacity(30);
-    digits(&mut out, year as u32, 4);
+    let mut out = Text {
+        bytes: [0; 30],
+        len: 0,
+    };
+    out.digits(year as u32, 4);
     out.push(b'-');
-    digits(&mut out, at.month(), 2);
+    out.digits(date.month(), 2);
     out.push(b'-');
-    digits(&mut out, at.day(), 2);
+    out.digits(date.day(), 2);
     out.push(b'T');
-    digits(&mut out, at.hour(), 2);
+    out.digits(time.hour(), 2);
     out.push(b':');
-    digits(&mut out, at.minute(), 2);
+    out.digits(time.minute(), 2);
     out.push(b':');
     // A leap second shows as second 60, as chrono writes it.
-    let (second, nanos) = match at.nanosecond() {
-        n if n >= 1_000_000_000 => (at.second() + 1, n - 1_000_000_000),
-        n => (at.second(), n),
+    let (second, nanos) = match time.nanosecond() {
+        n if n >= 1_000_000_000 => (time.second() + 1, n - 1_000_000_000),
+        n => (time.second(), n),
     };
-    digits(&mut out, second, 2);
+    out.digits(second, 2);
     match nanos {
         0 => {}
         n if n % 1_000_000 == 0 => {
             out.push(b'.');
-            digits(&mut out, n / 1_000_000, 3);
+            out.digits(n / 1_000_000, 3);
         }
         n if n % 1_000 == 0 => {
             out.push(b'.');
-            digits(&mut out, n / 1_000, 6);
+            out.digits(n / 1_000, 6);
         }
         n => {
             out.push(b'.');
-            digits(&mut out, n, 9);
+            out.digits(n, 9);
         }
     }
     out.push(b'Z');
-    serializer.serialize_str(std::str::from_utf8(&out).map_err(serde::ser::Error::custom)?)
+    serializer.serialize_str(
+        std::str::from_utf8(&out.bytes[..out.len]).map_err(serde::ser::Error::custom)?,
+    )
 }
 
 /// Deserializes a timestamp exactly as the field-by-field reading does: RFC 3339 only.

@@ -424,6 +424,27 @@ fn timestamps_are_written_as_chrono_writes_them() {
     }
 }
 
+proptest::proptest! {
+    /// Any timestamp of years 0 to 9999, leap seconds included, is written as chrono writes it.
+    #[test]
+    fn any_timestamp_is_written_as_chrono_writes_it(
+        seconds in -62_167_219_200i64..253_402_300_800,
+        nanos in proptest::prop_oneof![
+            proptest::prelude::Just(0u32),
+            proptest::strategy::Strategy::prop_map(0u32..1_000, |ms| ms * 1_000_000),
+            proptest::strategy::Strategy::prop_map(0u32..1_000_000, |us| us * 1_000),
+            0u32..1_000_000_000,
+        ],
+        leap in proptest::prelude::any::<bool>(),
+    ) {
+        // chrono keeps a leap second as nanoseconds past 10^9 in the second 59 of a minute.
+        let (seconds, nanos) = if leap { (seconds - seconds.rem_euclid(60) + 59, nanos + 1_000_000_000) } else { (seconds, nanos) };
+        let at = DateTime::from_timestamp(seconds, nanos).unwrap();
+        let ours = write_rfc3339(&at, serde_json::value::Serializer).unwrap();
+        proptest::prop_assert_eq!(ours, serde_json::to_value(at).unwrap());
+    }
+}
+
 /// Valid items of both kinds and every kind of invalid one: each field missing, of each wrong
 /// type, fields of the other kind, unknown fields.
 fn batch_items() -> Vec<Value> {

@@ -28,7 +28,9 @@ pub struct OutcomeLabels {
 pub struct Metrics {
     registry: Registry,
     pub http: HttpMetrics,
-    pub events_accepted: Family<KindLabels, Counter>,
+    /// `events_accepted` of each kind, made once: every request adds to them.
+    pub accepted_requests: Counter,
+    pub accepted_responses: Counter,
     pub events_rejected: Family<KindLabels, Counter>,
     pub produce_errors: Family<ReasonLabels, Counter>,
     pub produce_duration: Histogram,
@@ -74,10 +76,12 @@ impl Default for Metrics {
             "OpenTelemetry spans received, by outcome",
             spans.clone(),
         );
+        let accepted = |kind| events_accepted.get_or_create(&KindLabels { kind }).clone();
         Self {
             registry,
             http,
-            events_accepted,
+            accepted_requests: accepted("request"),
+            accepted_responses: accepted("response"),
             events_rejected,
             produce_errors,
             produce_duration,

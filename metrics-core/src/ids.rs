@@ -29,15 +29,22 @@ impl std::error::Error for Invalid {}
 /// The join key with the response; also the Kafka record key. 1 to 128 letters, digits,
 /// `-`, `_`, `.` or `:`.
 fn check_request_id(value: &str) -> Result<(), Invalid> {
-    let len = value.chars().count();
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':');
+    let valid_text = value.bytes().all(allowed);
+    // Every allowed character is one byte; the characters are counted only for an id that
+    // holds others, to say which rule it breaks first.
+    let len = if valid_text {
+        value.len()
+    } else {
+        value.chars().count()
+    };
     if len == 0 {
         return Err(Invalid("must not be empty"));
     }
     if len > MAX_REQUEST_ID_CHARS {
         return Err(Invalid("must be at most 128 characters"));
     }
-    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':');
-    if !value.chars().all(allowed) {
+    if !valid_text {
         return Err(Invalid(
             "may contain only letters, digits, '-', '_', '.' and ':'",
         ));
@@ -51,7 +58,8 @@ fn check_identifier(value: &str) -> Result<(), Invalid> {
     if value.trim().is_empty() {
         return Err(Invalid("must not be empty"));
     }
-    if value.chars().count() > MAX_IDENTIFIER_CHARS {
+    // No more bytes than the bound means no more characters either.
+    if value.len() > MAX_IDENTIFIER_CHARS && value.chars().count() > MAX_IDENTIFIER_CHARS {
         return Err(Invalid("must be at most 255 characters"));
     }
     if value.chars().any(|c| c == '|' || c.is_control()) {

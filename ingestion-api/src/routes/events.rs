@@ -191,7 +191,7 @@ async fn single(
             event.tenant().map(ToString::to_string).unwrap_or_default(),
         ));
     }
-    let record = state.record(event, trace_id(&headers).map(Into::into));
+    let record = state.record(event, trace_id(&headers));
     match state.publish(std::slice::from_ref(&record)).await.pop() {
         Some(Ok(())) => Ok((
             StatusCode::ACCEPTED,
@@ -245,7 +245,7 @@ pub async fn post_batch(
     let bytes = body.map_err(|r| ApiError::from_body(r, state.config.max_batch_bytes))?;
     let tenant = state.caller(&headers).await?;
     let (now, limits) = (Utc::now(), &state.config.limits);
-    let trace: Option<Arc<str>> = trace_id(&headers).map(Into::into);
+    let trace = trace_id(&headers);
     let mut sorted = Sorted::default();
     // An array of well-typed events, which is what a batch mostly is, is read in one pass,
     // each item made a record as it is read; any other body item by item, each a raw slice of
@@ -452,12 +452,9 @@ pub(super) fn content_type(headers: &HeaderMap) -> Option<&str> {
     Some(value.split(';').next().unwrap_or_default().trim())
 }
 
-pub(super) fn trace_id(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get(REQUEST_ID_HEADER)?
-        .to_str()
-        .ok()
-        .map(str::to_owned)
+/// The request's id, for the `x-request-id` header of every record it writes.
+pub(super) fn trace_id(headers: &HeaderMap) -> Option<Arc<str>> {
+    headers.get(REQUEST_ID_HEADER)?.to_str().ok().map(Arc::from)
 }
 
 impl AppState {
@@ -521,12 +518,8 @@ impl AppState {
             }
         }
         let m = &self.metrics;
-        m.events_accepted
-            .get_or_create(&KindLabels { kind: "request" })
-            .inc_by(requests);
-        m.events_accepted
-            .get_or_create(&KindLabels { kind: "response" })
-            .inc_by(responses);
+        m.accepted_requests.inc_by(requests);
+        m.accepted_responses.inc_by(responses);
         for (reason, n) in errors {
             m.produce_errors
                 .get_or_create(&ReasonLabels { reason })

@@ -2,8 +2,6 @@
 //! nothing but its exporter pointed here. The same keys, tenants, limits and durability as
 //! the other paths: the export succeeds only once the broker acknowledged every call in it.
 
-use std::sync::Arc;
-
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
@@ -47,7 +45,7 @@ async fn take(
     }
     state.limit(headers, mapped.events.len())?;
 
-    let trace: Option<Arc<str>> = trace_id(headers).map(Into::into);
+    let trace = trace_id(headers);
     let records: Vec<_> = mapped
         .events
         .into_iter()

@@ -163,7 +163,7 @@ impl<S> tower::Layer<S> for Edge {
 
     fn layer(&self, inner: S) -> Self::Service {
         EdgeService {
-            edge: self.clone(),
+            edge: Arc::new(self.clone()),
             inner,
         }
     }
@@ -172,7 +172,8 @@ impl<S> tower::Layer<S> for Edge {
 /// A service wrapped by [`Edge`].
 #[derive(Debug, Clone)]
 pub struct EdgeService<S> {
-    edge: Edge,
+    /// Shared: each request takes one reference, not one per metric family and table.
+    edge: Arc<Edge>,
     inner: S,
 }
 
@@ -212,7 +213,7 @@ where
         // The service that was made ready answers this request; a clone waits for the next.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let edge = self.edge.clone();
+        let edge = Arc::clone(&self.edge);
         let answer = async move {
             let handled = match std::panic::catch_unwind(AssertUnwindSafe(|| inner.call(req))) {
                 Ok(future) => AssertUnwindSafe(future).catch_unwind().await,

@@ -9,7 +9,7 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use infra::keys::{Auth, KeyCache};
 use ingestion_api::limit::RateLimiter;
-use ingestion_api::routes::Service as Router;
+use ingestion_api::routes::Service;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use tower::ServiceExt;
@@ -27,7 +27,7 @@ fn keyed_router(
     pool: &PgPool,
     publisher: Arc<RecordingPublisher>,
     rate: Option<(u32, u32)>,
-) -> Router {
+) -> Service {
     // No caching, so a revocation shows at once.
     let auth = Auth::Keys(Arc::new(KeyCache::new(pool.clone(), Duration::ZERO)));
     let limiter = rate.map(|(per_sec, burst)| Arc::new(RateLimiter::new(per_sec, burst)));
@@ -35,7 +35,7 @@ fn keyed_router(
 }
 
 async fn post(
-    app: &Router,
+    app: &Service,
     path: &str,
     key: Option<&str>,
     body: &Value,

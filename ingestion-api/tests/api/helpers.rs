@@ -10,7 +10,7 @@ use futures::future::BoxFuture;
 use http_body_util::BodyExt;
 use ingestion_api::metrics::Metrics;
 use ingestion_api::publisher::{PublishError, Publisher, Record};
-use ingestion_api::routes::Service as Router;
+use ingestion_api::routes::Service;
 use ingestion_api::routes::{router, AppState, HttpConfig};
 use ingestion_api::settings::Settings;
 use ingestion_api::startup::Application;
@@ -128,7 +128,7 @@ pub fn test_settings(extra: &[(&str, &str)]) -> Settings {
 }
 
 /// A router wired to `publisher`, as `startup` wires it, for `oneshot` calls.
-pub fn test_router(publisher: Arc<RecordingPublisher>) -> Router {
+pub fn test_router(publisher: Arc<RecordingPublisher>) -> Service {
     keyed_router(publisher, infra::keys::Auth::Disabled, None)
 }
 
@@ -137,7 +137,7 @@ pub fn keyed_router(
     publisher: Arc<RecordingPublisher>,
     auth: infra::keys::Auth,
     limiter: Option<Arc<ingestion_api::limit::RateLimiter>>,
-) -> Router {
+) -> Service {
     let s = test_settings(&[]);
     router(AppState {
         auth,
@@ -181,7 +181,7 @@ impl Answer {
 }
 
 pub async fn call(
-    app: &Router,
+    app: &Service,
     method: &str,
     path: &str,
     content_type: Option<&str>,
@@ -206,7 +206,7 @@ pub async fn call(
     }
 }
 
-pub async fn post_json(app: &Router, path: &str, body: &Value) -> Answer {
+pub async fn post_json(app: &Service, path: &str, body: &Value) -> Answer {
     call(
         app,
         "POST",

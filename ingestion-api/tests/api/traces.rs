@@ -7,7 +7,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use chrono::Utc;
 use http_body_util::BodyExt;
-use ingestion_api::routes::Service as Router;
+use ingestion_api::routes::Service;
 use metrics_core::events::EventKind;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -71,7 +71,7 @@ struct Sent {
     body: Vec<u8>,
 }
 
-async fn send(app: &Router, content_type: &str, gzip: bool, body: Vec<u8>) -> Sent {
+async fn send(app: &Service, content_type: &str, gzip: bool, body: Vec<u8>) -> Sent {
     let mut request = Request::post("/v1/traces").header("content-type", content_type);
     let body = if gzip {
         request = request.header("content-encoding", "gzip");

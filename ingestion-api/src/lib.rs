@@ -10,6 +10,7 @@
 //!   metrics, OpenAPI).
 //! - [`otlp`]: OTLP export requests decoded, and GenAI spans mapped to calls.
 //! - [`publisher`]: the durable write to Kafka, behind a trait so handlers can be tested alone.
+//! - [`producer`]: a librdkafka producer whose delivery reports are served on the runtime.
 //! - [`limit`]: per-key rate limiting.
 //! - [`error`]: how every failure becomes a status code and a JSON body.
 //! - [`metrics`]: the Prometheus metrics this service exports.
@@ -18,6 +19,7 @@ pub mod error;
 pub mod limit;
 pub mod metrics;
 pub mod otlp;
+pub mod producer;
 pub mod publisher;
 pub mod routes;
 pub mod settings;

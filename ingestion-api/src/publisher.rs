@@ -12,13 +12,14 @@ use futures::future::BoxFuture;
 use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::util::Timeout;
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext};
 use tokio::sync::Notify;
 
 use infra::http::REQUEST_ID_HEADER;
 use infra::kafka::{KafkaSettings, Topics};
 use metrics_core::events::EventKind;
+
+use crate::producer::ServedProducer;
 
 /// One record to write: which input topic, the key (`request_id`) and the event JSON.
 #[derive(Debug, Clone)]
@@ -92,17 +93,16 @@ impl KafkaPublisher {
             settings,
             topics,
             delivery_timeout,
-            producer: RwLock::new(Arc::new(producer)),
+            producer: RwLock::new(producer),
         })
     }
 
     fn create(
         settings: &KafkaSettings,
         delivery_timeout: Duration,
-    ) -> Result<KafkaProducer, KafkaError> {
-        settings
-            .producer_config("streamlens-ingestion", delivery_timeout)
-            .create_with_context(Deliveries)
+    ) -> Result<Arc<KafkaProducer>, KafkaError> {
+        let config = settings.producer_config("streamlens-ingestion", delivery_timeout);
+        KafkaProducer::create(&config, Deliveries)
     }
 
     fn producer(&self) -> Arc<KafkaProducer> {
@@ -129,16 +129,16 @@ impl KafkaPublisher {
             tracing::warn!("Kafka producer timed out delivering; replacing it");
         }
         match Self::create(&self.settings, self.delivery_timeout) {
-            Ok(fresh) => *slot = Arc::new(fresh),
+            Ok(fresh) => *slot = fresh,
             Err(e) => tracing::error!(error = %e, "cannot create a new Kafka producer"),
         }
     }
 }
 
-type KafkaProducer = ThreadedProducer<Deliveries>;
+type KafkaProducer = ServedProducer<Deliveries>;
 
-/// Receives librdkafka's delivery reports on the producer's polling thread and files each
-/// under the batch it belongs to.
+/// Receives librdkafka's delivery reports (on the runtime, see [`ServedProducer`]) and files
+/// each under the batch it belongs to.
 struct Deliveries;
 
 impl ClientContext for Deliveries {}
@@ -248,8 +248,8 @@ impl Publisher for KafkaPublisher {
                 };
                 let mut record =
                     BaseRecord::with_opaque_to(topic, Box::new((Arc::clone(&batch), i)))
-                        .key(&r.key)
-                        .payload(&r.payload);
+                        .key(r.key.as_str())
+                        .payload(r.payload.as_slice());
                 if let Some(id) = &r.trace_id {
                     record = record.headers(OwnedHeaders::new().insert(Header {
                         key: REQUEST_ID_HEADER,
@@ -315,8 +315,7 @@ impl Publisher for KafkaPublisher {
     fn flush(&self, timeout: Duration) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             let producer = self.producer();
-            let flushed =
-                tokio::task::spawn_blocking(move || producer.flush(Timeout::After(timeout))).await;
+            let flushed = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
             match flushed {
                 Ok(Ok(())) => tracing::info!("producer flushed"),
                 Ok(Err(e)) => tracing::error!(error = %e, "producer flush incomplete"),

@@ -39,8 +39,8 @@ pub struct Settings {
     pub rate_burst: u32,
     /// Threads serving HTTP and gRPC (`WORKER_THREADS`): by default one fewer than the
     /// machine's cores, at least one, which leaves a core to librdkafka's own threads (its
-    /// broker thread and the delivery-report thread) instead of having them preempt the
-    /// workers.
+    /// broker threads) instead of having them preempt the workers. Delivery reports are served
+    /// on these threads (see `producer`).
     pub worker_threads: usize,
 }
 

@@ -112,6 +112,60 @@ async fn a_batch_produces_exactly_its_valid_items() {
     app.stop().await;
 }
 
+/// Delivery reports are served by a task that librdkafka wakes when its queue fills; a lost
+/// wake-up would leave requests waiting until the delivery timeout (answered 503). Many
+/// requests in flight at once, on two runtime threads, make reports arrive while others are
+/// being served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_requests_in_flight_are_each_acknowledged_and_written_once() {
+    let brokers = brokers();
+    // A delivery timeout well under the test's patience: a request left waiting fails it.
+    let app = TestApp::spawn(&brokers, &[("KAFKA_DELIVERY_TIMEOUT_MS", "5000")]).await;
+    let ids: Vec<String> = (0..600).map(|i| unique(&format!("c{i}"))).collect();
+    let shared = &app;
+    let answers = futures::future::join_all(ids.chunks(3).map(|chunk| async move {
+        let app = shared;
+        match chunk {
+            // Every third group as one batch, the others one request at a time.
+            [a, b, c] if a.ends_with('0') => {
+                let items: Vec<Value> = [a, b, c]
+                    .iter()
+                    .map(|id| {
+                        let mut event = request_event(id);
+                        event["type"] = json!("request");
+                        event
+                    })
+                    .collect();
+                vec![app.post("/v1/llm/batch", &Value::Array(items)).await]
+            }
+            _ => {
+                let mut answers = Vec::new();
+                for id in chunk {
+                    answers.push(app.post("/v1/llm/request", &request_event(id)).await);
+                }
+                answers
+            }
+        }
+    }))
+    .await;
+    for (status, body) in answers.iter().flatten() {
+        assert_eq!(*status, StatusCode::ACCEPTED, "{body}");
+        if let Some(rejected) = body.get("rejected") {
+            assert_eq!(rejected, &json!([]), "{body}");
+        }
+    }
+    let mut written = HashSet::new();
+    for record in read_all(&brokers, &app.settings.topics.requests) {
+        assert!(
+            written.insert(record.key.clone()),
+            "{} written twice",
+            record.key
+        );
+    }
+    assert_eq!(written, ids.iter().cloned().collect::<HashSet<_>>());
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn readiness_checks_the_real_broker_and_topics() {
     let app = TestApp::spawn(&brokers(), &[]).await;

@@ -544,6 +544,11 @@ async fn health_readiness_metrics_openapi_and_cors() {
 /// A query slower than the request timeout is cancelled in Postgres before the answer, not
 /// left running with nobody waiting. The query is made slow on purpose: the test holds a lock
 /// on the windows table (of a database of its own, so that no other test waits behind it).
+///
+/// The statement timeout is set 500 ms short of the request timeout rather than left at its
+/// default (a tenth, 150 ms, for this request timeout): it counts from when the statement
+/// reaches Postgres, and on a machine busy with the other tests that once came more than
+/// 150 ms after the request did (a connection to open or to wait for), so the 408 came first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_query_slower_than_its_request_is_cancelled_in_postgres_before_the_408() {
     let admin = infra::db::connect(&test_support::database_url(), 1)
@@ -559,7 +564,15 @@ async fn a_query_slower_than_its_request_is_cancelled_in_postgres_before_the_408
         "{}/{database}",
         &base[..base.rfind('/').expect("a DSN with a path")]
     );
-    let api = Api::start_with(&dsn, false, &[("HTTP_REQUEST_TIMEOUT_MS", "1500")]).await;
+    let api = Api::start_with(
+        &dsn,
+        false,
+        &[
+            ("HTTP_REQUEST_TIMEOUT_MS", "1500"),
+            ("QUERY_STATEMENT_TIMEOUT_MS", "1000"),
+        ],
+    )
+    .await;
 
     let pool = infra::db::connect(&dsn, 1)
         .await

@@ -123,31 +123,32 @@ async fn many_requests_in_flight_are_each_acknowledged_and_written_once() {
     let app = TestApp::spawn(&brokers, &[("KAFKA_DELIVERY_TIMEOUT_MS", "5000")]).await;
     let ids: Vec<String> = (0..600).map(|i| unique(&format!("c{i}"))).collect();
     let shared = &app;
-    let answers = futures::future::join_all(ids.chunks(3).map(|chunk| async move {
-        let app = shared;
-        match chunk {
-            // Every third group as one batch, the others one request at a time.
-            [a, b, c] if a.ends_with('0') => {
-                let items: Vec<Value> = [a, b, c]
-                    .iter()
-                    .map(|id| {
-                        let mut event = request_event(id);
-                        event["type"] = json!("request");
-                        event
-                    })
-                    .collect();
-                vec![app.post("/v1/llm/batch", &Value::Array(items)).await]
-            }
-            _ => {
-                let mut answers = Vec::new();
-                for id in chunk {
-                    answers.push(app.post("/v1/llm/request", &request_event(id)).await);
+    let answers =
+        futures::future::join_all(ids.chunks(3).enumerate().map(|(n, chunk)| async move {
+            let app = shared;
+            match chunk {
+                // Every third group as one batch, the others one request at a time.
+                [a, b, c] if n % 3 == 0 => {
+                    let items: Vec<Value> = [a, b, c]
+                        .iter()
+                        .map(|id| {
+                            let mut event = request_event(id);
+                            event["type"] = json!("request");
+                            event
+                        })
+                        .collect();
+                    vec![app.post("/v1/llm/batch", &Value::Array(items)).await]
                 }
-                answers
+                _ => {
+                    let mut answers = Vec::new();
+                    for id in chunk {
+                        answers.push(app.post("/v1/llm/request", &request_event(id)).await);
+                    }
+                    answers
+                }
             }
-        }
-    }))
-    .await;
+        }))
+        .await;
     for (status, body) in answers.iter().flatten() {
         assert_eq!(*status, StatusCode::ACCEPTED, "{body}");
         if let Some(rejected) = body.get("rejected") {

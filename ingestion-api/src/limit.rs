@@ -35,16 +35,41 @@ impl RateLimiter {
             buckets.retain(|_, (_, at)| *at > stale);
         }
         let (tokens, at) = buckets.entry(key.to_owned()).or_insert((self.burst, now));
-        let refilled = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * self.per_sec)
-            .min(self.burst);
+        let refilled = self.refilled(*tokens, *at, now);
         *at = now;
         if refilled >= need {
             *tokens = refilled - need;
             Ok(())
         } else {
             *tokens = refilled;
-            Err(Duration::from_secs_f64((need - refilled) / self.per_sec))
+            Err(self.wait(need - refilled))
         }
+    }
+
+    /// Whether `key`'s bucket holds at least one event at `now`, taking nothing. A key without
+    /// one would have any request refused, so a batch can be refused before its body is read.
+    pub fn has_room(&self, key: &str, now: Instant) -> Result<(), Duration> {
+        let buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        match buckets.get(key) {
+            Some(&(tokens, at)) => {
+                let refilled = self.refilled(tokens, at, now);
+                if refilled >= 1.0 {
+                    Ok(())
+                } else {
+                    Err(self.wait(1.0 - refilled))
+                }
+            }
+            None => Ok(()), // a full bucket
+        }
+    }
+
+    fn refilled(&self, tokens: f64, at: Instant, now: Instant) -> f64 {
+        (tokens + now.saturating_duration_since(at).as_secs_f64() * self.per_sec).min(self.burst)
+    }
+
+    /// How long the bucket takes to refill `missing` events.
+    fn wait(&self, missing: f64) -> Duration {
+        Duration::from_secs_f64(missing / self.per_sec)
     }
 }
 
@@ -65,6 +90,30 @@ mod tests {
         let later = t0 + Duration::from_millis(500);
         assert!(limiter.take("k", 5, later).is_ok());
         assert!(limiter.take("k", 1, later).is_err());
+    }
+
+    #[test]
+    fn room_is_asked_without_taking_any() {
+        let limiter = RateLimiter::new(10, 2);
+        let t0 = Instant::now();
+        assert!(
+            limiter.has_room("k", t0).is_ok(),
+            "an unseen key has a full bucket"
+        );
+        assert!(limiter.take("k", 1, t0).is_ok());
+        for _ in 0..3 {
+            assert!(limiter.has_room("k", t0).is_ok());
+        }
+        assert!(limiter.take("k", 1, t0).is_ok(), "asking took nothing");
+        let wait = limiter.has_room("k", t0).unwrap_err();
+        assert!((wait.as_secs_f64() - 0.1).abs() < 1e-9, "{wait:?}");
+        // Half an event refilled is not room for one.
+        assert!(limiter
+            .has_room("k", t0 + Duration::from_millis(50))
+            .is_err());
+        assert!(limiter
+            .has_room("k", t0 + Duration::from_millis(100))
+            .is_ok());
     }
 
     #[test]

@@ -244,6 +244,9 @@ pub async fn post_batch(
     };
     let bytes = body.map_err(|r| ApiError::from_body(r, state.config.max_batch_bytes))?;
     let tenant = state.caller(&headers).await?;
+    // A key with no event of its rate left is refused before the batch is read and its records
+    // made, the work a key flooding the API over its rate would otherwise still cost.
+    state.has_room(&headers)?;
     let (now, limits) = (Utc::now(), &state.config.limits);
     let trace = trace_id(&headers);
     let mut sorted = Sorted::default();
@@ -477,6 +480,16 @@ impl AppState {
         match (&self.limiter, infra::keys::Auth::presented(headers)) {
             (Some(limiter), Some(key)) => limiter
                 .take(key, events, std::time::Instant::now())
+                .map_err(|retry_after| ApiError::RateLimited { retry_after }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether the caller's key has at least one event of its rate left, taking none.
+    pub(super) fn has_room(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        match (&self.limiter, infra::keys::Auth::presented(headers)) {
+            (Some(limiter), Some(key)) => limiter
+                .has_room(key, std::time::Instant::now())
                 .map_err(|retry_after| ApiError::RateLimited { retry_after }),
             _ => Ok(()),
         }

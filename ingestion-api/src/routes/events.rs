@@ -20,6 +20,7 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use crate::error::ApiError;
+use crate::limit::RateLimiter;
 use crate::metrics::{KindLabels, ReasonLabels};
 use crate::publisher::{PublishError, Record};
 use infra::http::REQUEST_ID_HEADER;
@@ -477,19 +478,22 @@ impl AppState {
 
     /// Takes `events` from the rate of the caller's key (checked by [`AppState::caller`]).
     pub(super) fn limit(&self, headers: &HeaderMap, events: usize) -> Result<(), ApiError> {
-        match (&self.limiter, infra::keys::Auth::presented(headers)) {
-            (Some(limiter), Some(key)) => limiter
-                .take(key, events, std::time::Instant::now())
-                .map_err(|retry_after| ApiError::RateLimited { retry_after }),
-            _ => Ok(()),
-        }
+        self.rate(headers, |limiter, key, now| limiter.take(key, events, now))
     }
 
     /// Whether the caller's key has at least one event of its rate left, taking none.
     pub(super) fn has_room(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        self.rate(headers, RateLimiter::has_room)
+    }
+
+    /// Asks the rate limiter about the caller's key, when there are both.
+    fn rate(
+        &self,
+        headers: &HeaderMap,
+        ask: impl FnOnce(&RateLimiter, &str, Instant) -> Result<(), std::time::Duration>,
+    ) -> Result<(), ApiError> {
         match (&self.limiter, infra::keys::Auth::presented(headers)) {
-            (Some(limiter), Some(key)) => limiter
-                .has_room(key, std::time::Instant::now())
+            (Some(limiter), Some(key)) => ask(limiter, key, Instant::now())
                 .map_err(|retry_after| ApiError::RateLimited { retry_after }),
             _ => Ok(()),
         }

@@ -208,25 +208,14 @@ async fn a_key_over_its_rate_gets_429_with_retry_after() {
     assert_eq!(headers["retry-after"], "1");
     // With no event of its rate left, the key's batch is refused before its body is read: even
     // a body that is no batch gets the 429, not the 400 it gets from a key with room.
-    let (status, headers, body) = post(
-        &app,
-        "/v1/llm/batch",
-        Some(&key),
-        &json!({"not": "a batch"}),
-    )
-    .await;
+    let no_batch = json!({"not": "a batch"});
+    let (status, headers, body) = post(&app, "/v1/llm/batch", Some(&key), &no_batch).await;
     assert_eq!(
         (status, body["error"].as_str()),
         (StatusCode::TOO_MANY_REQUESTS, Some("rate_limited"))
     );
     assert_eq!(headers["retry-after"], "1");
-    let (status, _, _) = post(
-        &app,
-        "/v1/llm/batch",
-        Some(&other_key),
-        &json!({"not": "a batch"}),
-    )
-    .await;
+    let (status, _, _) = post(&app, "/v1/llm/batch", Some(&other_key), &no_batch).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     // Another key has a bucket of its own; a batch counts each of its events.
     let mut item = request_for(&tenant, "b-1");

@@ -122,10 +122,9 @@ async fn many_requests_in_flight_are_each_acknowledged_and_written_once() {
     // A delivery timeout well under the test's patience: a request left waiting fails it.
     let app = TestApp::spawn(&brokers, &[("KAFKA_DELIVERY_TIMEOUT_MS", "5000")]).await;
     let ids: Vec<String> = (0..600).map(|i| unique(&format!("c{i}"))).collect();
-    let shared = &app;
+    let client = &app;
     let answers =
         futures::future::join_all(ids.chunks(3).enumerate().map(|(n, chunk)| async move {
-            let app = shared;
             match chunk {
                 // Every third group as one batch, the others one request at a time.
                 [a, b, c] if n % 3 == 0 => {
@@ -137,12 +136,12 @@ async fn many_requests_in_flight_are_each_acknowledged_and_written_once() {
                             event
                         })
                         .collect();
-                    vec![app.post("/v1/llm/batch", &Value::Array(items)).await]
+                    vec![client.post("/v1/llm/batch", &Value::Array(items)).await]
                 }
                 _ => {
                     let mut answers = Vec::new();
                     for id in chunk {
-                        answers.push(app.post("/v1/llm/request", &request_event(id)).await);
+                        answers.push(client.post("/v1/llm/request", &request_event(id)).await);
                     }
                     answers
                 }
